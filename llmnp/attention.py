@@ -1,0 +1,65 @@
+"""Causal multi-head self-attention, from the fused qkv projection to the concatenated heads.
+
+forward:  q, k, v = split(qkv) into NH heads of hs = C/NH channels
+          att = softmax(q k^T / sqrt(hs)) with future positions masked,   out = att v
+          Saved for backward: out itself and lse, the log-sum-exp of each softmax row (B,NH,T).
+backward: recomputes att = exp(q k^T / sqrt(hs) - lse) (masked) instead of storing (B,NH,T,T) per
+          layer, as flash attention does; then the usual chain through att v and the softmax.
+          dqkv is overwritten (qkv is a matmul output read by nothing else).
+Not here: dropout, KV caching (generation lives elsewhere).
+
+Shapes: B batch, T time, C channels, NH heads, hs = C/NH. qkv (B,T,3C) holds Q | K | V blocks of C
+channels; head h is channels h*hs..(h+1)*hs of each block.
+"""
+import numpy as np
+
+
+def _split_heads(qkv, NH):
+    """(B,T,3C) -> three (B,NH,T,hs) views."""
+    B, T, C3 = qkv.shape
+    hs = C3 // 3 // NH
+    qkv = qkv.reshape(B, T, 3, NH, hs)
+    return (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+
+
+def _scores(q, k):
+    """Scaled, causally masked scores (B,NH,T,T): future keys get -inf."""
+    T, hs = q.shape[-2:]
+    scores = q @ k.transpose(0, 1, 3, 2)
+    scores *= 1.0 / np.sqrt(hs)
+    scores[..., np.triu(np.ones((T, T), dtype=bool), k=1)] = -np.inf
+    return scores
+
+
+def attention_forward(out, lse, qkv):
+    """out (B,T,C), lse (B,NH,T) <- qkv (B,T,3C). NH is read from lse's shape."""
+    B, T, C = out.shape
+    NH = lse.shape[1]
+    q, k, v = _split_heads(qkv, NH)
+    scores = _scores(q, k)                                 # (B,NH,T,T)
+    row_max = scores.max(axis=-1, keepdims=True)           # the diagonal is never masked: finite
+    att = np.exp(scores - row_max)
+    row_sum = att.sum(axis=-1, keepdims=True)
+    lse[...] = (row_max + np.log(row_sum))[..., 0]
+    att /= row_sum
+    y = att @ v                                            # (B,NH,T,hs)
+    out[...] = y.transpose(0, 2, 1, 3).reshape(B, T, C)    # heads side by side
+
+
+def attention_backward(dqkv, dout, qkv, out, lse):
+    """dqkv (B,T,3C) overwritten <- dout (B,T,C), with qkv, out, lse saved by forward."""
+    B, T, C = out.shape
+    NH = lse.shape[1]
+    hs = C // NH
+    q, k, v = _split_heads(qkv, NH)
+    att = np.exp(_scores(q, k) - lse[..., None])           # recomputed softmax, 0 where masked
+    dy = dout.reshape(B, T, NH, hs).transpose(0, 2, 1, 3)  # (B,NH,T,hs)
+    y = out.reshape(B, T, NH, hs).transpose(0, 2, 1, 3)
+    dq, dk, dv = _split_heads(dqkv, NH)                    # views to write into
+    dv[...] = att.transpose(0, 1, 3, 2) @ dy               # forward: y = att v
+    datt = dy @ v.transpose(0, 1, 3, 2)
+    # softmax backward: dscores = att * (datt - sum_j datt_j att_j); that sum equals sum(dy * y)
+    dscores = att * (datt - (dy * y).sum(axis=-1, keepdims=True))
+    dscores *= 1.0 / np.sqrt(hs)                           # forward: scores = q k^T / sqrt(hs)
+    dq[...] = dscores @ k
+    dk[...] = dscores.transpose(0, 1, 3, 2) @ q

@@ -1,0 +1,242 @@
+"""GPT-2: the forward pass, the backward pass and the AdamW update, written once for both devices.
+
+Every layer is a function of a backend namespace `ops`: llmnp.layers (NumPy) on the CPU, llmnp.cuda
+(CuPy kernels) on the GPU, with the same names and arguments. Buffers come from the tables of
+params.py and are allocated once: parameters at construction, gradients at the first backward,
+AdamW state at the first update, activations at the first forward for that (B, T).
+
+Gradient rule (both devices): parameter gradients accumulate (+=) until zero_grad(), so micro-batches
+add up; activation gradients are scratch, one layer's worth, reused as backward walks down.
+
+Not here: the training loop, schedules and logging (train_gpt2.py), file formats (checkpoint.py).
+"""
+import math
+
+import numpy as np
+
+from llmnp import layers
+from llmnp.config import GPT2Config
+from llmnp.params import (DECAYED_PARAMETERS, activation_specs, allocate, gradient_scratch_specs,
+                          make_views, num_elements, parameter_specs)
+
+
+def backend(device):
+    """(xp, ops) for a device: the array module and the layer namespace."""
+    if device == "cpu":
+        return np, layers
+    if device == "cuda":
+        from llmnp import cuda
+        return cuda.xp(), cuda
+    raise ValueError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
+
+
+class GPT2:
+    def __init__(self, config, device="cpu", dtype=np.float32, seed=42, init=True):
+        self.config = config
+        self.device = device
+        self.dtype = np.dtype(dtype)
+        self.xp, self.ops = backend(device)
+        self.param_specs = parameter_specs(config)
+        self.params_memory, self.params = allocate(self.param_specs, self.dtype, self.xp)  # (num_parameters,)
+        self.num_parameters = self.params_memory.size
+        if init:
+            self.init_weights(seed)
+        self.grads_memory = self.grads = None      # same layout as params, at the first backward
+        self.m_memory = self.v_memory = None       # AdamW state, at the first update
+        self.acts_memory = None                    # activations, at the first forward
+        self.B = self.T = 0                        # the (B, T) the activations were allocated for
+        self.mean_loss = None
+
+    # ----------------------------------------------------------------------------------- init
+    def init_weights(self, seed):
+        """llm.c's init: N(0, 0.02) weights, the two residual projections N(0, 0.02/sqrt(2L)),
+        zero biases, layernorm weights 1. Drawn with NumPy's generator (not torch's) from `seed`."""
+        rng = np.random.default_rng(seed)
+        L, V = self.config.num_layers, self.config.vocab_size
+        host = {}
+        for name, shape in self.param_specs:
+            if name.endswith("w") and name.startswith("ln"):
+                host[name] = np.ones(shape)
+            elif name.endswith("b"):
+                host[name] = np.zeros(shape)
+            else:
+                std = 0.02 / math.sqrt(2 * L) if name in ("attprojw", "fcprojw") else 0.02
+                host[name] = rng.normal(0.0, std, size=shape)
+        host["wte"][V:] = 0.0                      # padded vocab rows stay zero, as in llm.c's files
+        self.load_parameters(np.concatenate([host[n].ravel() for n, _ in self.param_specs]))
+
+    def load_parameters(self, flat):
+        """Copy a flat host array in table order into the parameter buffer."""
+        flat = np.asarray(flat)
+        if flat.shape != (self.num_parameters,):
+            raise ValueError(f"expected {self.num_parameters} parameters, got {flat.size}")
+        self.params_memory[...] = self.xp.asarray(flat.astype(self.dtype, copy=False))
+
+    def parameters_to_host(self):
+        """The flat parameter buffer as a float32/float64 NumPy array (for saving)."""
+        return self._to_host(self.params_memory)
+
+    def _to_host(self, a):
+        return a if self.xp is np else self.xp.asnumpy(a)
+
+    # ------------------------------------------------------------------------------- files
+    @classmethod
+    def from_checkpoint(cls, path, device="cpu", dtype=np.float32):
+        """A model from an llm.c model file (.bin, fp32 version 3 or bf16 version 5)."""
+        from llmnp.checkpoint import load_model
+        config, flat = load_model(path)
+        model = cls(config, device=device, dtype=dtype, init=False)
+        model.load_parameters(flat)
+        return model
+
+    @classmethod
+    def from_pretrained(cls, path, device="cpu", dtype=np.float32):
+        """A model from Hugging Face GPT-2 weights: a model.safetensors file or a folder holding one."""
+        from llmnp.checkpoint import load_hf
+        config, flat = load_hf(path)
+        model = cls(config, device=device, dtype=dtype, init=False)
+        model.load_parameters(flat)
+        return model
+
+    def save_checkpoint(self, path, dtype="float32"):
+        """Write an llm.c model file: dtype "float32" (version 3) or "bfloat16" (version 5)."""
+        from llmnp.checkpoint import save_model
+        save_model(path, self.config, self.parameters_to_host(), dtype=dtype)
+
+    # ----------------------------------------------------------------------------- buffers
+    def _activations(self, B, T):
+        """Views of the activation and activation-gradient tables for (B, T), allocated once for the
+        largest (B, T) seen first; a smaller (B, T) uses the front of the same memory."""
+        if self.acts_memory is None:
+            self.B, self.T = B, T
+            n = num_elements(activation_specs(self.config, B, T))
+            n_grad = num_elements(gradient_scratch_specs(self.config, B, T))
+            self.acts_memory = self.xp.zeros(n, dtype=self.dtype)
+            self.dacts_memory = self.xp.zeros(n_grad, dtype=self.dtype)
+            self.inputs = self.xp.zeros((B, T), dtype=np.int32)
+            self.targets = self.xp.zeros((B, T), dtype=np.int32)
+        elif B > self.B or T > self.T:
+            raise ValueError(f"batch (B={B}, T={T}) is larger than the (B={self.B}, T={self.T}) this "
+                             f"model allocated activations for at its first forward; build a new model")
+        specs = activation_specs(self.config, B, T)
+        gspecs = gradient_scratch_specs(self.config, B, T)
+        self.acts = make_views(self.acts_memory[:num_elements(specs)], specs)
+        self.dacts = make_views(self.dacts_memory[:num_elements(gspecs)], gspecs)
+
+    def _allocate_grads(self):
+        if self.grads_memory is None:
+            self.grads_memory, self.grads = allocate(self.param_specs, self.dtype, self.xp)
+
+    # ----------------------------------------------------------------------------- forward
+    def forward(self, inputs, targets=None):
+        """inputs, targets: int32 (B, T) token ids (NumPy arrays). Fills model.logits (B, T, Vp);
+        with targets, returns the mean loss as a 0-d array of the device (float() to read it),
+        without, returns None. Tokens must be < vocab_size, T <= max_seq_len."""
+        cfg = self.config
+        inputs = self._check_tokens(inputs, "inputs")
+        B, T = inputs.shape
+        if T > cfg.max_seq_len:
+            raise ValueError(f"sequence length T={T} exceeds the model's max_seq_len={cfg.max_seq_len}")
+        self._activations(B, T)
+        p, a, ops = self.params, self.acts, self.ops
+        full = (B, T) == (self.B, self.T)         # the preallocated token buffers fit exactly
+        x = self.inputs if full else self.xp.empty((B, T), np.int32)
+        x[...] = self.xp.asarray(inputs)
+        self.x = x
+        ops.encoder_forward(a["encoded"], x, p["wte"], p["wpe"])
+        for l in range(cfg.num_layers):
+            residual = a["encoded"] if l == 0 else a["residual3"][l - 1]    # (B,T,C)
+            ops.layernorm_forward(a["ln1"][l], a["ln1_mean"][l], a["ln1_rstd"][l], residual, p["ln1w"][l], p["ln1b"][l])
+            ops.matmul_forward(a["qkv"][l], a["ln1"][l], p["qkvw"][l], p["qkvb"][l])             # (B,T,3C)
+            ops.attention_forward(a["atty"][l], a["att_lse"][l], a["qkv"][l])                     # (B,T,C)
+            ops.matmul_forward(a["residual2"][l], a["atty"][l], p["attprojw"][l], p["attprojb"][l])
+            ops.residual_forward(a["residual2"][l], residual, a["residual2"][l])                  # += residual
+            ops.layernorm_forward(a["ln2"][l], a["ln2_mean"][l], a["ln2_rstd"][l], a["residual2"][l], p["ln2w"][l], p["ln2b"][l])
+            ops.matmul_forward(a["fch"][l], a["ln2"][l], p["fcw"][l], p["fcb"][l])                # (B,T,4C)
+            ops.gelu_forward(a["fch_gelu"][l], a["fch"][l])
+            ops.matmul_forward(a["residual3"][l], a["fch_gelu"][l], p["fcprojw"][l], p["fcprojb"][l])
+            ops.residual_forward(a["residual3"][l], a["residual2"][l], a["residual3"][l])         # += residual2
+        ops.layernorm_forward(a["lnf"], a["lnf_mean"], a["lnf_rstd"], a["residual3"][-1], p["lnfw"], p["lnfb"])
+        ops.matmul_forward(a["logits"], a["lnf"], p["wte"], None)                                 # (B,T,Vp), tied wte
+        self.logits = a["logits"]
+        if targets is None:
+            self.y = None
+            self.mean_loss = None
+            return None
+        y = self.targets if full else self.xp.empty((B, T), np.int32)
+        y[...] = self.xp.asarray(self._check_tokens(targets, "targets", shape=(B, T)))
+        self.y = y
+        ops.softmax_forward(a["probs"], a["logits"], cfg.vocab_size)
+        ops.crossentropy_forward(a["losses"], a["probs"], y)
+        self.mean_loss = a["losses"].mean()
+        return self.mean_loss
+
+    def _check_tokens(self, tokens, what, shape=None):
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 2 or (shape is not None and tokens.shape != shape):
+            raise ValueError(f"{what} must be an int array of shape {shape or '(B, T)'}, got {tokens.shape}")
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
+            raise ValueError(f"{what} hold token ids outside [0, {self.config.vocab_size})")
+        return tokens.astype(np.int32, copy=False)
+
+    # ---------------------------------------------------------------------------- backward
+    def zero_grad(self):
+        self._allocate_grads()
+        self.grads_memory.fill(0)
+
+    def backward(self, grad_accum_steps=1):
+        """Adds d(mean loss)/d(parameter) into model.grads, the loss being averaged over B*T positions
+        and grad_accum_steps micro-batches. Needs the forward just before it to have had targets."""
+        if self.mean_loss is None:
+            raise RuntimeError("backward() needs a forward(inputs, targets) with targets first")
+        self._allocate_grads()
+        cfg = self.config
+        B, T = self.y.shape
+        p, g, a, d, ops = self.params, self.grads, self.acts, self.dacts, self.ops
+        dloss = 1.0 / (B * T * grad_accum_steps)
+        dlogits = a["probs"]                                        # overwritten in place (B,T,Vp)
+        ops.crossentropy_softmax_backward(dlogits, a["probs"], self.y, dloss)
+        ops.matmul_backward(d["dln"], g["wte"], None, dlogits, a["lnf"], p["wte"])
+        d["dresidual"].fill(0)
+        ops.layernorm_backward(d["dresidual"], g["lnfw"], g["lnfb"], d["dln"], a["residual3"][-1], p["lnfw"], a["lnf_mean"], a["lnf_rstd"])
+        dres = d["dresidual"]                                       # (B,T,C), accumulates
+        for l in reversed(range(cfg.num_layers)):
+            residual = a["encoded"] if l == 0 else a["residual3"][l - 1]
+            # forward: residual3 = residual2 + fcproj; the projection's dout is dres, and dres stays
+            ops.matmul_backward(d["dfch_gelu"], g["fcprojw"][l], g["fcprojb"][l], dres, a["fch_gelu"][l], p["fcprojw"][l])
+            ops.gelu_backward(d["dfch"], a["fch"][l], d["dfch_gelu"])
+            ops.matmul_backward(d["dln"], g["fcw"][l], g["fcb"][l], d["dfch"], a["ln2"][l], p["fcw"][l])
+            ops.layernorm_backward(dres, g["ln2w"][l], g["ln2b"][l], d["dln"], a["residual2"][l], p["ln2w"][l], a["ln2_mean"][l], a["ln2_rstd"][l])
+            # forward: residual2 = residual + attproj; likewise
+            ops.matmul_backward(d["datty"], g["attprojw"][l], g["attprojb"][l], dres, a["atty"][l], p["attprojw"][l])
+            ops.attention_backward(d["dqkv"], d["datty"], a["qkv"][l], a["atty"][l], a["att_lse"][l])
+            ops.matmul_backward(d["dln"], g["qkvw"][l], g["qkvb"][l], d["dqkv"], a["ln1"][l], p["qkvw"][l])
+            ops.layernorm_backward(dres, g["ln1w"][l], g["ln1b"][l], d["dln"], residual, p["ln1w"][l], a["ln1_mean"][l], a["ln1_rstd"][l])
+        ops.encoder_backward(g["wte"], g["wpe"], dres, self.x)
+        self.mean_loss = None                                       # probs now hold dlogits
+
+    # ------------------------------------------------------------------------------ update
+    def grad_norm(self):
+        """Global L2 norm of all gradients (a Python float)."""
+        return math.sqrt(float(self.ops.global_norm_squared(self.grads_memory)))
+
+    def update(self, lr, beta1, beta2, eps, weight_decay, t, grad_scale=1.0):
+        """One AdamW step (t = 1, 2, ...) on every tensor, weight decay on the 2-D ones only.
+        grad_scale multiplies the gradients first (clipping: min(1, max_norm / norm))."""
+        if self.m_memory is None:
+            self.m_memory = self.xp.zeros(self.num_parameters, dtype=self.dtype)
+            self.v_memory = self.xp.zeros(self.num_parameters, dtype=self.dtype)
+        offset = 0
+        for name, shape in self.param_specs:
+            n = int(np.prod(shape))
+            s = slice(offset, offset + n)
+            wd = weight_decay if name in DECAYED_PARAMETERS else 0.0
+            self.ops.adamw_update(self.params_memory[s], self.grads_memory[s], self.m_memory[s], self.v_memory[s],
+                                  lr, beta1, beta2, eps, wd, t, grad_scale)
+            offset += n
+
+    @property
+    def flops_per_token(self):
+        """llm.c's count for one forward+backward: 6 N + 6 L C T at T = max_seq_len."""
+        c = self.config
+        return 6 * self.num_parameters + 6 * c.num_layers * c.channels * c.max_seq_len

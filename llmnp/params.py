@@ -1,0 +1,114 @@
+"""The tables every buffer is made from: GPT-2's 16 parameter tensors in llm.c's order, and the
+activations one forward pass saves for the backward pass.
+
+One table -> one flat buffer -> named views. The parameter table makes the parameters, the gradients,
+AdamW's m and v, and the checkpoint layout; they all agree because they all come from here.
+This file allocates; it computes nothing.
+
+Dimension letters: L layers, C channels, NH heads, maxT positions, Vp padded vocab, B batch, T time.
+"""
+import numpy as np
+
+PARAMETER_NAMES = ("wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb",
+                   "ln2w", "ln2b", "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb")
+
+# the tensors that get weight decay: the 2-D (and layer-stacked 2-D) matrices, as llm.c's GPU trainer
+DECAYED_PARAMETERS = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")
+
+
+def parameter_specs(config):
+    """[(name, shape)] of the 16 parameter tensors, llm.c's order; weights are (out, in)."""
+    Vp, maxT, L, C = config.padded_vocab_size, config.max_seq_len, config.num_layers, config.channels
+    shapes = [
+        (Vp, C),          # wte: token embedding, also the (tied) output projection
+        (maxT, C),        # wpe: position embedding
+        (L, C),           # ln1w
+        (L, C),           # ln1b
+        (L, 3 * C, C),    # qkvw: rows are Q | K | V, head h in columns h*hs..(h+1)*hs of each
+        (L, 3 * C),       # qkvb
+        (L, C, C),        # attprojw
+        (L, C),           # attprojb
+        (L, C),           # ln2w
+        (L, C),           # ln2b
+        (L, 4 * C, C),    # fcw
+        (L, 4 * C),       # fcb
+        (L, C, 4 * C),    # fcprojw
+        (L, C),           # fcprojb
+        (C,),             # lnfw
+        (C,),             # lnfb
+    ]
+    return list(zip(PARAMETER_NAMES, shapes))
+
+
+def activation_specs(config, B, T):
+    """[(name, shape)] of what the forward pass keeps for backward, all L layers stacked.
+
+    Attention keeps only its output and the softmax log-sum-exp (B, NH, T) per row; the backward
+    pass recomputes the (T, T) probabilities from q, k and that statistic (flash-attention style), so
+    neither device ever holds an (L, B, NH, T, T) tensor.
+    The attention and MLP projections are written straight into the residual buffers and the
+    residual added in place: their own outputs are never needed by backward.
+    """
+    L, C, NH, Vp = config.num_layers, config.channels, config.num_heads, config.padded_vocab_size
+    return [
+        ("encoded", (B, T, C)),          # wte[token] + wpe[position]
+        ("ln1", (L, B, T, C)),
+        ("ln1_mean", (L, B, T)),
+        ("ln1_rstd", (L, B, T)),
+        ("qkv", (L, B, T, 3 * C)),
+        ("atty", (L, B, T, C)),          # attention output, heads concatenated
+        ("att_lse", (L, B, NH, T)),      # log-sum-exp of each softmax row
+        ("residual2", (L, B, T, C)),     # residual + attproj
+        ("ln2", (L, B, T, C)),
+        ("ln2_mean", (L, B, T)),
+        ("ln2_rstd", (L, B, T)),
+        ("fch", (L, B, T, 4 * C)),       # fc output, before GELU
+        ("fch_gelu", (L, B, T, 4 * C)),
+        ("residual3", (L, B, T, C)),     # residual2 + fcproj
+        ("lnf", (B, T, C)),
+        ("lnf_mean", (B, T)),
+        ("lnf_rstd", (B, T)),
+        ("logits", (B, T, Vp)),
+        ("probs", (B, T, Vp)),           # softmax over the first V columns; backward overwrites it with dlogits
+        ("losses", (B, T)),
+    ]
+
+
+def gradient_scratch_specs(config, B, T):
+    """[(name, shape)] of the activation gradients backward needs: one layer's worth, reused by every
+    layer as backward walks down, plus the residual stream's gradient, which accumulates."""
+    C = config.channels
+    return [
+        ("dresidual", (B, T, C)),        # gradient of the residual stream, accumulates layer to layer
+        ("dln", (B, T, C)),              # gradient of a layernorm output (ln1, ln2 or lnf)
+        ("datty", (B, T, C)),
+        ("dqkv", (B, T, 3 * C)),
+        ("dfch_gelu", (B, T, 4 * C)),
+        ("dfch", (B, T, 4 * C)),
+    ]
+
+
+def num_elements(specs):
+    return sum(int(np.prod(shape)) for _, shape in specs)
+
+
+def make_views(flat, specs):
+    """{name: view} into one flat 1-D buffer, laid out in table order with no gaps."""
+    if flat.ndim != 1 or flat.size != num_elements(specs):
+        raise ValueError(f"flat buffer has {flat.size} elements, the table needs {num_elements(specs)}")
+    views, offset = {}, 0
+    for name, shape in specs:
+        n = int(np.prod(shape))
+        views[name] = flat[offset:offset + n].reshape(shape)
+        offset += n
+    return views
+
+
+def allocate(specs, dtype=np.float32, xp=np):
+    """One zeroed flat buffer for a table and its named views: (flat, {name: view})."""
+    flat = xp.zeros(num_elements(specs), dtype=dtype)
+    return flat, make_views(flat, specs)
+
+
+def num_parameters(config):
+    return num_elements(parameter_specs(config))
