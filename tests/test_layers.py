@@ -1,0 +1,176 @@
+"""Every NumPy layer: forward against an independent one-line oracle, backward against float64 finite
+differences for every input and parameter, and the accumulate-or-overwrite rule of its docstring."""
+import numpy as np
+import pytest
+
+from gradcheck import assert_grad
+from llmnp.attention import attention_backward, attention_forward
+from llmnp.classifier import crossentropy_forward, crossentropy_softmax_backward, softmax_forward
+from llmnp.encoder import encoder_backward, encoder_forward
+from llmnp.gelu import gelu_backward, gelu_forward
+from llmnp.layernorm import layernorm_backward, layernorm_forward
+from llmnp.matmul import matmul_backward, matmul_forward
+from llmnp.residual import residual_backward, residual_forward
+
+B, T, C, NH, V, Vp = 2, 5, 8, 2, 11, 16
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+# ----------------------------------------------------------------------------------- encoder
+def test_encoder(rng):
+    inp = rng.integers(0, V, size=(B, T)).astype(np.int32)
+    wte, wpe = rng.standard_normal((Vp, C)), rng.standard_normal((T + 3, C))
+    out = np.empty((B, T, C))
+    encoder_forward(out, inp, wte, wpe)
+    oracle = np.array([[wte[inp[b, t]] + wpe[t] for t in range(T)] for b in range(B)])
+    np.testing.assert_allclose(out, oracle, rtol=1e-15)
+
+    dout = rng.standard_normal((B, T, C))
+    dwte, dwpe = np.ones((Vp, C)), np.ones((T + 3, C))           # accumulates onto ones
+    encoder_backward(dwte, dwpe, dout, inp)
+    f = lambda: (encoder_forward(out, inp, wte, wpe), np.sum(out * dout))[1]
+    assert_grad(f, wte, dwte - 1, rng, name="wte")
+    assert_grad(f, wpe, dwpe - 1, rng, name="wpe")
+    np.testing.assert_array_equal(dwpe[T:], 1.0)                 # unused positions untouched
+
+
+# --------------------------------------------------------------------------------- layernorm
+def test_layernorm(rng):
+    inp = rng.standard_normal((B, T, C)) * 3 + 1
+    w, b = rng.standard_normal(C), rng.standard_normal(C)
+    out, mean, rstd = np.empty((B, T, C)), np.empty((B, T)), np.empty((B, T))
+    layernorm_forward(out, mean, rstd, inp, w, b)
+    oracle = (inp - inp.mean(-1, keepdims=True)) / np.sqrt(inp.var(-1, keepdims=True) + 1e-5) * w + b
+    np.testing.assert_allclose(out, oracle, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(rstd, 1 / np.sqrt(inp.var(-1) + 1e-5), rtol=1e-12)
+
+    dout = rng.standard_normal((B, T, C))
+    dinp, dw, db = np.full((B, T, C), 2.0), np.full(C, 2.0), np.full(C, 2.0)   # all three accumulate
+    layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd)
+    m2, r2 = np.empty((B, T)), np.empty((B, T))
+    f = lambda: (layernorm_forward(out, m2, r2, inp, w, b), np.sum(out * dout))[1]
+    assert_grad(f, inp, dinp - 2, rng, name="inp")
+    assert_grad(f, w, dw - 2, rng, name="weight")
+    assert_grad(f, b, db - 2, rng, name="bias")
+
+
+# ------------------------------------------------------------------------------------ matmul
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_matmul(rng, with_bias):
+    OC = 12
+    inp, w = rng.standard_normal((B, T, C)), rng.standard_normal((OC, C))
+    bias = rng.standard_normal(OC) if with_bias else None
+    out = np.empty((B, T, OC))
+    matmul_forward(out, inp, w, bias)
+    oracle = np.einsum("btc,oc->bto", inp, w) + (bias if with_bias else 0)
+    np.testing.assert_allclose(out, oracle, rtol=1e-12, atol=1e-12)
+
+    dout = rng.standard_normal((B, T, OC))
+    dinp = np.full((B, T, C), 5.0)                                # overwritten
+    dw = np.full((OC, C), 2.0)                                    # accumulates
+    db = np.full(OC, 2.0) if with_bias else None
+    matmul_backward(dinp, dw, db, dout, inp, w)
+    f = lambda: (matmul_forward(out, inp, w, bias), np.sum(out * dout))[1]
+    assert_grad(f, inp, dinp, rng, name="inp")
+    assert_grad(f, w, dw - 2, rng, name="weight")
+    if with_bias:
+        assert_grad(f, bias, db - 2, rng, name="bias")
+
+
+# --------------------------------------------------------------------------------- attention
+def attention_oracle(qkv, NH):
+    """Per-head loops, explicit mask: the textbook formula, independent of attention.py's reshapes."""
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    hs = C // NH
+    out = np.zeros((B, T, C))
+    for b in range(B):
+        for h in range(NH):
+            q = qkv[b, :, h * hs:(h + 1) * hs]
+            k = qkv[b, :, C + h * hs:C + (h + 1) * hs]
+            v = qkv[b, :, 2 * C + h * hs:2 * C + (h + 1) * hs]
+            s = q @ k.T / np.sqrt(hs) + np.where(np.tri(T) > 0, 0.0, -np.inf)
+            p = np.exp(s - s.max(1, keepdims=True))
+            out[b, :, h * hs:(h + 1) * hs] = (p / p.sum(1, keepdims=True)) @ v
+    return out
+
+
+def test_attention(rng):
+    qkv = rng.standard_normal((B, T, 3 * C))
+    out, lse = np.empty((B, T, C)), np.empty((B, NH, T))
+    attention_forward(out, lse, qkv)
+    np.testing.assert_allclose(out, attention_oracle(qkv, NH), rtol=1e-12, atol=1e-12)
+    # position 0 attends only to itself: its output is its own v
+    np.testing.assert_allclose(out[:, 0], qkv[:, 0, 2 * C:], rtol=1e-12)
+
+    dout = rng.standard_normal((B, T, C))
+    dqkv = np.full((B, T, 3 * C), 7.0)                           # overwritten
+    attention_backward(dqkv, dout, qkv, out, lse)
+    o2, l2 = np.empty_like(out), np.empty_like(lse)
+    f = lambda: (attention_forward(o2, l2, qkv), np.sum(o2 * dout))[1]
+    assert_grad(f, qkv, dqkv, rng, name="qkv")
+    # causality: no gradient reaches the keys/values of the last position from earlier outputs
+    dqkv_first = np.empty_like(dqkv)
+    d0 = np.zeros_like(dout)
+    d0[:, 0] = dout[:, 0]
+    attention_backward(dqkv_first, d0, qkv, out, lse)
+    np.testing.assert_array_equal(dqkv_first[:, 1:], 0.0)
+
+
+# -------------------------------------------------------------------------------------- gelu
+def test_gelu(rng):
+    inp = rng.standard_normal((B, T, 4 * C)) * 2
+    out = np.empty_like(inp)
+    gelu_forward(out, inp)
+    oracle = 0.5 * inp * (1 + np.tanh(np.sqrt(2 / np.pi) * (inp + 0.044715 * inp ** 3)))
+    np.testing.assert_allclose(out, oracle, rtol=1e-14, atol=1e-15)
+    dout = rng.standard_normal(inp.shape)
+    dinp = np.full_like(inp, 3.0)                                # overwritten
+    gelu_backward(dinp, inp, dout)
+    f = lambda: (gelu_forward(out, inp), np.sum(out * dout))[1]
+    assert_grad(f, inp, dinp, rng, name="inp")
+
+
+# ---------------------------------------------------------------------------------- residual
+def test_residual(rng):
+    a, b = rng.standard_normal((B, T, C)), rng.standard_normal((B, T, C))
+    out = np.empty_like(a)
+    residual_forward(out, a, b)
+    np.testing.assert_array_equal(out, a + b)
+    dout = rng.standard_normal(a.shape)
+    da, db = np.ones_like(a), np.ones_like(b)                    # both accumulate
+    residual_backward(da, db, dout)
+    f = lambda: (residual_forward(out, a, b), np.sum(out * dout))[1]
+    assert_grad(f, a, da - 1, rng, name="inp1")
+    assert_grad(f, b, db - 1, rng, name="inp2")
+
+
+# -------------------------------------------------------------------------------- classifier
+def test_classifier(rng):
+    logits = rng.standard_normal((B, T, Vp)) * 3
+    targets = rng.integers(0, V, size=(B, T)).astype(np.int32)
+    probs, losses = np.empty_like(logits), np.empty((B, T))
+    softmax_forward(probs, logits, V)
+    crossentropy_forward(losses, probs, targets)
+    x = logits[..., :V]
+    log_z = np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1)) + x.max(-1)
+    oracle = log_z - np.take_along_axis(x, targets[..., None], -1)[..., 0]   # -log softmax[target]
+    np.testing.assert_allclose(losses, oracle, rtol=1e-12)
+    np.testing.assert_array_equal(probs[..., V:], 0.0)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-12)
+
+    dloss = 1.0 / (B * T)
+    dlogits = np.full_like(logits, 9.0)                          # overwritten
+    crossentropy_softmax_backward(dlogits, probs, targets, dloss)
+    np.testing.assert_array_equal(dlogits[..., V:], 0.0)        # padded columns get nothing
+    f = lambda: (softmax_forward(probs, logits, V), crossentropy_forward(losses, probs, targets),
+                 losses.mean())[2]
+    assert_grad(f, logits, dlogits, rng, name="logits")
+    # in place: dlogits written over probs gives the same values
+    softmax_forward(probs, logits, V)
+    crossentropy_softmax_backward(probs, probs, targets, dloss)
+    np.testing.assert_array_equal(probs, dlogits)

@@ -1,0 +1,148 @@
+"""The whole model: every one of the 16 parameter gradients against float64 finite differences, float32
+against float64, llm.c's init statistics, gradient accumulation, and learning (overfitting one batch)."""
+import math
+
+import numpy as np
+import pytest
+
+from gradcheck import assert_grad
+from llmnp import GPT2, GPT2Config
+from llmnp.params import PARAMETER_NAMES
+
+TINY = GPT2Config.tiny(vocab_size=20, max_seq_len=8, num_layers=2, num_heads=2, channels=8, pad_to=8)
+
+
+def batch(config, B, T, seed=1):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, config.vocab_size, size=(B, T + 1)).astype(np.int32)
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+def perturbed_model(dtype=np.float64, seed=0):
+    """A tiny model with O(1) random weights, biases and layernorm parameters: every gradient is far
+    from 0 and well above the finite differences' rounding floor (init's 0.02 makes them ~1e-5)."""
+    model = GPT2(TINY, dtype=dtype, seed=seed)
+    rng = np.random.default_rng(seed + 100)
+    for name in PARAMETER_NAMES:
+        scale = 0.3 if name.endswith("w") and not name.startswith("ln") or name in ("wte", "wpe") else 0.1
+        model.params[name][...] += scale * rng.standard_normal(model.params[name].shape)
+    model.params["wte"][TINY.vocab_size:] = 0
+    return model
+
+
+@pytest.mark.parametrize("name", PARAMETER_NAMES)
+def test_gradient_matches_finite_differences(name):
+    model = perturbed_model()
+    x, y = batch(TINY, B=2, T=6)
+    model.forward(x, y)
+    model.zero_grad()
+    model.backward()
+    grad = model.grads[name].copy()
+    assert np.any(grad != 0), f"{name} has an all-zero gradient"
+    f = lambda: float(model.forward(x, y))
+    # atol: one rounding step of a loss near 3 is 4.4e-16, over 2 eps = 2e-6 that is 2.2e-10 in the
+    # difference quotient; 1e-9 is a few of those. Everything above it is held to rtol 1e-6.
+    assert_grad(f, model.params[name], grad, np.random.default_rng(7), rtol=1e-6, atol=1e-9, name=name)
+
+
+def test_padded_vocab_rows_get_no_gradient_and_unused_positions_neither():
+    model = perturbed_model()
+    x, y = batch(TINY, B=2, T=6)
+    model.forward(x, y)
+    model.zero_grad()
+    model.backward()
+    np.testing.assert_array_equal(model.grads["wte"][TINY.vocab_size:], 0.0)
+    np.testing.assert_array_equal(model.grads["wpe"][6:], 0.0)
+
+
+def test_float32_agrees_with_float64():
+    x, y = batch(TINY, B=2, T=8)
+    results = []
+    for dtype in (np.float32, np.float64):
+        model = perturbed_model(dtype)
+        loss = float(model.forward(x, y))
+        model.zero_grad()
+        model.backward()
+        results.append((loss, model.logits.astype(np.float64), model.grads_memory.astype(np.float64)))
+    (l32, z32, g32), (l64, z64, g64) = results
+    assert abs(l32 - l64) < 1e-5
+    np.testing.assert_allclose(z32, z64, atol=1e-5)
+    assert np.max(np.abs(g32 - g64)) < 1e-5 * max(1.0, np.max(np.abs(g64)))
+
+
+def test_loss_at_init_is_close_to_uniform_over_gpt2_vocab():
+    config = GPT2Config(max_seq_len=16, vocab_size=50257, padded_vocab_size=50304, num_layers=2, num_heads=2, channels=32)
+    model = GPT2(config, seed=0)
+    x, y = batch(config, B=2, T=16)
+    loss = float(model.forward(x, y))
+    assert abs(loss - math.log(50257)) < 0.05, loss
+    assert model.logits.shape == (2, 16, 50304)
+
+
+def test_init_statistics_follow_llmc():
+    config = GPT2Config(max_seq_len=64, vocab_size=500, padded_vocab_size=512, num_layers=4, num_heads=4, channels=64)
+    p = GPT2(config, seed=3).params
+    assert abs(p["wte"][:500].std() - 0.02) < 0.001
+    assert abs(p["fcw"].std() - 0.02) < 0.001
+    assert abs(p["fcprojw"].std() - 0.02 / math.sqrt(2 * 4)) < 0.0005
+    assert abs(p["attprojw"].std() - 0.02 / math.sqrt(2 * 4)) < 0.0005
+    np.testing.assert_array_equal(p["wte"][500:], 0.0)
+    for name in ("ln1w", "ln2w", "lnfw"):
+        np.testing.assert_array_equal(p[name], 1.0)
+    for name in ("qkvb", "attprojb", "fcb", "fcprojb", "ln1b", "lnfb"):
+        np.testing.assert_array_equal(p[name], 0.0)
+    np.testing.assert_array_equal(GPT2(config, seed=3).params_memory, GPT2(config, seed=3).params_memory)
+
+
+def test_forward_without_targets_gives_logits_only():
+    model = GPT2(TINY, dtype=np.float64)
+    x, y = batch(TINY, B=2, T=5)
+    assert model.forward(x) is None
+    logits = model.logits.copy()
+    model.forward(x, y)
+    np.testing.assert_array_equal(model.logits, logits)
+    with pytest.raises(RuntimeError):
+        model.forward(x)
+        model.backward()
+
+
+def test_gradients_accumulate_and_micro_batches_add_up():
+    x, y = batch(TINY, B=2, T=6)
+    full = perturbed_model()
+    full.forward(x, y)
+    full.zero_grad()
+    full.backward()
+    micro = perturbed_model()
+    micro.zero_grad()
+    for i in range(2):                                 # two micro-batches of B=1, accumulated
+        micro.forward(x[i:i + 1], y[i:i + 1])
+        micro.backward(grad_accum_steps=2)
+    np.testing.assert_allclose(micro.grads_memory, full.grads_memory, rtol=1e-10, atol=1e-14)
+    full.forward(x, y)
+    full.backward()                                    # no zero_grad: adds the same gradient again
+    np.testing.assert_allclose(full.grads_memory, 2 * micro.grads_memory, rtol=1e-10, atol=1e-14)
+
+
+def test_smaller_batch_reuses_buffers_and_larger_batch_errors():
+    model = perturbed_model()
+    x, y = batch(TINY, B=2, T=6)
+    model.forward(x, y)
+    small = float(model.forward(x[:1, :4], y[:1, :4]))
+    assert small == pytest.approx(float(perturbed_model().forward(x[:1, :4], y[:1, :4])), rel=1e-12)
+    with pytest.raises(ValueError, match="larger than"):
+        model.forward(*batch(TINY, B=3, T=6))
+    with pytest.raises(ValueError, match="max_seq_len"):
+        GPT2(TINY).forward(*batch(TINY, B=1, T=9))
+    with pytest.raises(ValueError, match="token ids"):
+        GPT2(TINY).forward(np.full((1, 4), TINY.vocab_size, dtype=np.int32))
+
+
+def test_overfits_one_batch():
+    model = GPT2(TINY, seed=0)
+    x, y = batch(TINY, B=4, T=8)
+    for t in range(1, 301):
+        loss = float(model.forward(x, y))
+        model.zero_grad()
+        model.backward()
+        model.update(lr=1e-2, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.0, t=t)
+    assert loss < 0.1, loss
