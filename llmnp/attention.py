@@ -11,6 +11,8 @@ Not here: dropout, KV caching (generation lives elsewhere).
 Shapes: B batch, T time, C channels, NH heads, hs = C/NH. qkv (B,T,3C) holds Q | K | V blocks of C
 channels; head h is channels h*hs..(h+1)*hs of each block.
 """
+import math
+
 import numpy as np
 
 
@@ -26,7 +28,7 @@ def _scores(q, k):
     """Scaled, causally masked scores (B,NH,T,T): future keys get -inf."""
     T, hs = q.shape[-2:]
     scores = q @ k.transpose(0, 1, 3, 2)
-    scores *= 1.0 / np.sqrt(hs)
+    scores *= 1.0 / math.sqrt(hs)
     scores[..., np.triu(np.ones((T, T), dtype=bool), k=1)] = -np.inf
     return scores
 
@@ -60,6 +62,6 @@ def attention_backward(dqkv, dout, qkv, out, lse):
     datt = dy @ v.transpose(0, 1, 3, 2)
     # softmax backward: dscores = att * (datt - sum_j datt_j att_j); that sum equals sum(dy * y)
     dscores = att * (datt - (dy * y).sum(axis=-1, keepdims=True))
-    dscores *= 1.0 / np.sqrt(hs)                           # forward: scores = q k^T / sqrt(hs)
+    dscores *= 1.0 / math.sqrt(hs)                           # forward: scores = q k^T / sqrt(hs)
     dq[...] = dscores @ k
     dk[...] = dscores.transpose(0, 1, 3, 2) @ q

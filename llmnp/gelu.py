@@ -5,15 +5,18 @@ backward: dinp = dout * d out / d x   (overwritten: GELU's input is a matmul out
 
 Shapes: any; in GPT-2, (B, T, 4C).
 """
+import math
+
 import numpy as np
 
-GELU_SCALE = np.sqrt(2.0 / np.pi)
+# a Python float: a NumPy float64 scalar would silently promote float32 arrays to float64
+GELU_SCALE = math.sqrt(2.0 / math.pi)
 
 
 def gelu_forward(out, inp):
     """out <- gelu(inp), same shape."""
     x = inp
-    np.tanh(GELU_SCALE * (x + 0.044715 * x ** 3), out=out)   # out = tanh(u)
+    np.tanh(GELU_SCALE * (x + 0.044715 * (x * x * x)), out=out)   # out = tanh(u)
     out += 1.0
     out *= 0.5 * x
 
@@ -21,7 +24,7 @@ def gelu_forward(out, inp):
 def gelu_backward(dinp, inp, dout):
     """dinp <- dout * gelu'(inp), overwritten."""
     x = inp
-    u = GELU_SCALE * (x + 0.044715 * x ** 3)
+    u = GELU_SCALE * (x + 0.044715 * (x * x * x))
     th = np.tanh(u)
     # d/dx [0.5 x (1 + tanh u)] = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) du/dx
     du = GELU_SCALE * (1.0 + 3.0 * 0.044715 * x * x)
