@@ -216,24 +216,46 @@ class GPT2:
         self.mean_loss = None                                       # probs now hold dlogits
 
     # ------------------------------------------------------------------------------ update
-    def grad_norm(self):
-        """Global L2 norm of all gradients (a Python float)."""
-        return math.sqrt(float(self.ops.global_norm_squared(self.grads_memory)))
+    def grad_norm(self, shard=None):
+        """Global L2 norm of the gradients (a Python float); with shard=(start, end), the sum of squares
+        of that slice of the flat buffer only (ZeRO-1 adds the shards' sums across processes)."""
+        if shard is None:
+            return math.sqrt(float(self.ops.global_norm_squared(self.grads_memory)))
+        return float(self.ops.global_norm_squared(self.grads_memory[shard[0]:shard[1]]))
 
-    def update(self, lr, beta1, beta2, eps, weight_decay, t, grad_scale=1.0):
-        """One AdamW step (t = 1, 2, ...) on every tensor, weight decay on the 2-D ones only.
-        grad_scale multiplies the gradients first (clipping: min(1, max_norm / norm))."""
+    def update(self, lr, beta1, beta2, eps, weight_decay, t, grad_scale=1.0, shard=None):
+        """One AdamW step (t = 1, 2, ...), weight decay on the 2-D tensors only. grad_scale multiplies the
+        gradients first (clipping: min(1, max_norm / norm)). shard=(start, end) updates only that slice
+        of the flat buffer, with AdamW state of that size (ZeRO-1: each process owns one slice)."""
+        start, end = shard or (0, self.num_parameters)
         if self.m_memory is None:
-            self.m_memory = self.xp.zeros(self.num_parameters, dtype=self.dtype)
-            self.v_memory = self.xp.zeros(self.num_parameters, dtype=self.dtype)
+            self.m_memory = self.xp.zeros(end - start, dtype=self.dtype)   # (end - start,)
+            self.v_memory = self.xp.zeros(end - start, dtype=self.dtype)
         offset = 0
         for name, shape in self.param_specs:
             n = int(np.prod(shape))
-            s = slice(offset, offset + n)
-            wd = weight_decay if name in DECAYED_PARAMETERS else 0.0
-            self.ops.adamw_update(self.params_memory[s], self.grads_memory[s], self.m_memory[s], self.v_memory[s],
-                                  lr, beta1, beta2, eps, wd, t, grad_scale)
+            lo, hi = max(offset, start), min(offset + n, end)            # this tensor's part of the shard
+            if lo < hi:
+                s, sm = slice(lo, hi), slice(lo - start, hi - start)
+                wd = weight_decay if name in DECAYED_PARAMETERS else 0.0
+                self.ops.adamw_update(self.params_memory[s], self.grads_memory[s], self.m_memory[sm],
+                                      self.v_memory[sm], lr, beta1, beta2, eps, wd, t, grad_scale)
             offset += n
+
+    def optimizer_state_to_host(self):
+        """(m, v, master) as float32 NumPy arrays for a checkpoint; master is None where the parameters
+        themselves are the fp32 master copy."""
+        if self.m_memory is None:
+            raise RuntimeError("no optimizer state yet: update() has not run")
+        master = getattr(self, "master_memory", None)
+        f32 = lambda a: None if a is None else self._to_host(a).astype(np.float32)   # noqa: E731
+        return f32(self.m_memory), f32(self.v_memory), f32(master)
+
+    def load_optimizer_state(self, m, v, master=None):
+        self.m_memory = self.xp.asarray(np.asarray(m, dtype=self.dtype))
+        self.v_memory = self.xp.asarray(np.asarray(v, dtype=self.dtype))
+        if master is not None and getattr(self, "master_memory", None) is not None:
+            self.master_memory[...] = self.xp.asarray(master)
 
     @property
     def flops_per_token(self):
