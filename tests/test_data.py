@@ -1,0 +1,290 @@
+"""Token shards byte for byte, llm.c's mt19937 and DataLoader (order, rank split, shuffle, resume),
+the eval-file format, the shard packer, the offline default corpus."""
+import glob
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from llmnp import data
+from llmnp.data import (MT19937, DataLoader, ShardWriter, default_corpus, read_eval_file, read_shard,
+                        shard_num_tokens, write_eval_file, write_shard)
+from llmnp.errors import UserError
+
+
+# ---------------------------------------------------------------- independent references (struct, pure Python)
+def struct_shard(tokens, magic=20240520, version=1):
+    return struct.pack("<256i", magic, version, len(tokens), *([0] * 253)) + struct.pack(f"<{len(tokens)}H", *tokens)
+
+
+class RefMT:
+    """llmc/rand.h transcribed: manual_seed, next_state, randint32, with its left/next fields."""
+
+    def __init__(self, seed):
+        self.state = [seed & 0xFFFFFFFF]
+        for j in range(1, 624):
+            prev = self.state[-1]
+            self.state.append((1812433253 * (prev ^ (prev >> 30)) + j) & 0xFFFFFFFF)
+        self.left, self.next = 1, 0
+
+    def _next_state(self):
+        s, mag = self.state, (0, 0x9908B0DF)
+        self.left, self.next = 624, 0
+        for j in range(624):
+            y = (s[j] & 0x80000000) | (s[(j + 1) % 624] & 0x7FFFFFFF)
+            s[j] = s[(j + 397) % 624] ^ (y >> 1) ^ mag[y & 1]
+
+    def randint32(self):
+        self.left -= 1
+        if self.left <= 0:
+            self._next_state()
+        y = self.state[self.next]
+        self.next += 1
+        y ^= y >> 11
+        y ^= (y << 7) & 0x9D2C5680
+        y ^= (y << 15) & 0xEFC60000
+        return y ^ (y >> 18)
+
+    def permute(self, a):
+        for i in range(len(a) - 1, 0, -1):
+            j = self.randint32() % (i + 1)
+            a[i], a[j] = a[j], a[i]
+
+
+class RefLoader:
+    """llmc/dataloader.h's DataLoader transcribed, on in-memory token lists."""
+
+    def __init__(self, shards, B, T, rank, nproc, shuffle):
+        self.shards, self.B, self.T, self.rank, self.nproc, self.shuffle = shards, B, T, rank, nproc, shuffle
+        if shuffle:
+            self.rng = RefMT(42 + rank)
+            self.shard_indices = list(range(len(shards)))
+        self.reset()
+
+    def load(self, i):
+        self.tokens = self.shards[self.shard_indices[i] if self.shuffle else i]
+        self.num_samples = (len(self.tokens) - 1) // (self.nproc * self.B * self.T)
+
+    def intra(self):
+        self.intra_indices = list(range(self.num_samples))
+        self.rng.permute(self.intra_indices)
+
+    def reset(self):
+        self.shard, self.sample = 0, 0
+        if self.shuffle:
+            self.rng.permute(self.shard_indices)
+        self.load(0)
+        if self.shuffle:
+            self.intra()
+
+    def next_batch(self):
+        if self.sample >= self.num_samples:
+            if self.shard == len(self.shards) - 1:
+                self.reset()
+            else:
+                self.shard, self.sample = self.shard + 1, 0
+                self.load(self.shard)
+                if self.shuffle:
+                    self.intra()
+        idx = self.intra_indices[self.sample] if self.shuffle else self.sample
+        start = idx * self.nproc * self.B * self.T + self.rank * self.B * self.T
+        buf = self.tokens[start:start + self.B * self.T + 1]
+        self.sample += 1
+        return buf[:-1], buf[1:]
+
+
+# ------------------------------------------------------------------------------------------ shards
+def test_shard_byte_exact_and_round_trip(tmp_path):
+    tokens = [0, 1, 50256, 65535, 7, 7]
+    write_shard(tmp_path / "a.bin", tokens)
+    assert (tmp_path / "a.bin").read_bytes() == struct_shard(tokens)
+    (tmp_path / "b.bin").write_bytes(struct_shard(tokens))
+    got = read_shard(tmp_path / "b.bin")
+    assert got.dtype == np.uint16 and got.tolist() == tokens
+    assert shard_num_tokens(tmp_path / "b.bin") == 6
+    with pytest.raises(ValueError):
+        write_shard(tmp_path / "c.bin", [70000])
+
+
+@pytest.mark.parametrize("raw, message", [
+    (struct_shard([1, 2, 3], magic=20240801), "bad magic"),
+    (struct_shard([1, 2, 3], version=7), "version 7"),
+    (struct_shard([1, 2, 3])[:-1], "truncated"),
+    (struct_shard([1, 2, 3])[:500], "truncated"),
+])
+def test_bad_shards(tmp_path, raw, message):
+    (tmp_path / "x.bin").write_bytes(raw)
+    with pytest.raises(UserError, match=message):
+        read_shard(tmp_path / "x.bin")
+    with pytest.raises(UserError, match=message):
+        DataLoader(str(tmp_path / "x.bin"), 1, 1, vocab_size=10)
+
+
+def test_loader_errors(tmp_path):
+    with pytest.raises(UserError, match="no files match"):
+        DataLoader(str(tmp_path / "*.bin"), 2, 4)
+    with pytest.raises(UserError, match="not found"):
+        read_shard(tmp_path / "missing.bin")
+    write_shard(tmp_path / "short.bin", np.arange(8))
+    with pytest.raises(UserError, match="world_size\\*B\\*T\\+1 = 9"):
+        DataLoader(str(tmp_path / "short.bin"), 2, 4, vocab_size=100)
+    DataLoader(str(tmp_path / "short.bin"), 1, 7, vocab_size=100)          # 8 tokens = one 7+1 window
+    write_shard(tmp_path / "big.bin", [1, 2, 3, 99, 4])
+    with pytest.raises(UserError, match="token id 99"):
+        DataLoader(str(tmp_path / "big.bin"), 1, 2, vocab_size=99)
+
+
+# ------------------------------------------------------------------------------------------ mt19937
+def test_mt19937_matches_torch_and_llmc_state():
+    # the sequence llmc/rand.h documents for torch.manual_seed(137)
+    assert MT19937(137).randint32(5).tolist() == [4053805790, 2173880614, 380293709, 1237255315, 2986595568]
+    ref, rng = RefMT(42), MT19937(42)
+    for n in (0, 1, 622, 1, 1, 700, 624, 3):
+        draws = rng.randint32(n).tolist()
+        assert draws == [ref.randint32() for _ in range(n)]
+        d = rng.state_dict()
+        assert (d["left"], d["next"], d["state"]) == (ref.left, ref.next, ref.state)
+        # the raw struct of llm.c's state file, and back
+        raw = rng.to_bytes()
+        assert raw == struct.pack("<QiI624I2I", 42, ref.left, ref.next, *ref.state, 0, 0x9908B0DF)
+        twin = MT19937.from_bytes(raw)
+        assert twin.state_dict() == d
+        assert twin.randint32(5).tolist() == MT19937.from_bytes(raw).randint32(5).tolist()
+    twin = MT19937(1)
+    twin.load_state_dict(json.loads(json.dumps(rng.state_dict())))
+    assert twin.randint32(1000).tolist() == rng.randint32(1000).tolist()
+
+
+# ------------------------------------------------------------------------------------------ loader
+def make_shards(tmp_path, sizes, V=1000, seed=0):
+    rng = np.random.default_rng(seed)
+    shards = []
+    for i, n in enumerate(sizes):
+        toks = rng.integers(0, V, n)
+        write_shard(tmp_path / f"s_{i:03d}.bin", toks)
+        shards.append(toks.tolist())
+    return str(tmp_path / "s_*.bin"), shards
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("nproc", [1, 3])
+def test_loader_matches_llmc(tmp_path, shuffle, nproc):
+    pattern, shards = make_shards(tmp_path, [97, 160, 61, 130])
+    B, T = 2, 4
+    for rank in range(nproc):
+        loader = DataLoader(pattern, B, T, rank=rank, world_size=nproc, shuffle=shuffle, vocab_size=1000)
+        ref = RefLoader(shards, B, T, rank, nproc, shuffle)
+        assert loader.num_tokens == sum(map(len, shards))
+        assert loader.num_batches == sum((len(s) - 1) // (nproc * B * T) for s in shards)
+        for _ in range(3 * loader.num_batches + 2):                        # three epochs and a bit
+            x, y = loader.next_batch()
+            rx, ry = ref.next_batch()
+            assert x.dtype == np.int32 and x.shape == (B, T) and y.shape == (B, T)
+            assert x.ravel().tolist() == rx and y.ravel().tolist() == ry
+
+
+def test_ranks_split_without_overlap(tmp_path):
+    pattern, shards = make_shards(tmp_path, [200, 150])
+    B, T, P = 2, 3, 4
+    seen = []
+    for rank in range(P):
+        loader = DataLoader(pattern, B, T, rank=rank, world_size=P, vocab_size=1000)
+        for _ in range(loader.num_batches):
+            seen.append(loader.next_batch()[0])
+    # per shard, the windows of all ranks tile the first samples*P*B*T tokens exactly once
+    stream = np.concatenate([np.array(s[:(len(s) - 1) // (P * B * T) * P * B * T]) for s in shards])
+    n = len(seen) // P
+    by_step = [np.concatenate([seen[r * n + i].ravel() for r in range(P)]) for i in range(n)]
+    assert np.array_equal(np.concatenate(by_step), stream)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_resume(tmp_path, shuffle):
+    pattern, _ = make_shards(tmp_path, [97, 160, 61])
+    a = DataLoader(pattern, 2, 4, shuffle=shuffle, seed=7, vocab_size=1000)
+    for k in (0, 5, 13, 30):
+        a.reset() if k == 0 else None
+        for _ in range(k):
+            a.next_batch()
+        state = json.loads(json.dumps(a.state_dict()))                     # JSON-able
+        b = DataLoader(pattern, 2, 4, shuffle=shuffle, seed=7, vocab_size=1000)
+        b.next_batch()                                                     # somewhere else first
+        b.load_state_dict(state)
+        for _ in range(25):
+            xa, ya = a.next_batch()
+            xb, yb = b.next_batch()
+            assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+    if shuffle:
+        c = DataLoader(pattern, 2, 4, shuffle=False, vocab_size=1000)
+        with pytest.raises(UserError, match="shuffle"):
+            c.load_state_dict(state)
+        d = DataLoader(pattern, 1, 4, shuffle=True, seed=7, vocab_size=1000)
+        with pytest.raises(UserError):
+            d.load_state_dict(state)
+
+
+def test_shuffle_reproducible_and_different_per_rank(tmp_path):
+    pattern, _ = make_shards(tmp_path, [300, 300])
+    first = lambda **kw: [DataLoader(pattern, 2, 4, vocab_size=1000, **kw).next_batch()[0].tolist() for _ in range(1)]
+    assert first(shuffle=True, seed=3) == first(shuffle=True, seed=3)
+    assert first(shuffle=True, seed=3) != first(shuffle=True, seed=4)
+
+
+# ------------------------------------------------------------------------------------------ eval file
+def struct_eval_file(examples):
+    body, longest = b"", 0
+    for i, ex in enumerate(examples):
+        words = [i, ex["label"], 4, len(ex["ctx_tokens"]), *ex["ctx_tokens"]]
+        for e in ex["ending_tokens"]:
+            words += [len(e), *e]
+        nbytes = 2 * (len(words) + 2)
+        longest = max(longest, nbytes)
+        body += struct.pack(f"<{len(words) + 2}H", 65535, nbytes, *words)
+    return struct.pack("<256i", 20240522, 1, len(examples), longest, *([0] * 252)) + body
+
+
+def test_eval_file_byte_exact(tmp_path):
+    examples = [{"label": 3, "ctx_tokens": [10, 11, 12], "ending_tokens": [[1], [2, 3], [4, 5, 6], [7]]},
+                {"label": 0, "ctx_tokens": [50256], "ending_tokens": [[9, 9], [8], [7], [6, 5, 4, 3]]}]
+    write_eval_file(tmp_path / "e.bin", examples)
+    assert (tmp_path / "e.bin").read_bytes() == struct_eval_file(examples)
+    assert read_eval_file(tmp_path / "e.bin") == examples
+    (tmp_path / "bad.bin").write_bytes(struct_eval_file(examples)[:-4])
+    with pytest.raises(UserError, match="example 1"):
+        read_eval_file(tmp_path / "bad.bin")
+
+
+# ------------------------------------------------------------------------------------------ writers
+def test_shard_writer_packs_documents(tmp_path):
+    docs = [np.arange(k, k + n) for k, n in [(0, 7), (100, 3), (200, 12), (300, 1)]]
+    w = ShardWriter(str(tmp_path), "toy", shard_size=5, progress=False)
+    for d in docs:
+        w.add(d)
+    paths = w.close()
+    assert [os.path.basename(p) for p in paths] == ["toy_val_000000.bin"] + [f"toy_train_{i:06d}.bin" for i in range(1, 5)]
+    assert np.array_equal(np.concatenate([read_shard(p) for p in paths]), np.concatenate(docs))
+    assert [shard_num_tokens(p) for p in paths] == [5, 5, 5, 5, 3]
+
+
+def test_default_corpus(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train, val = default_corpus()
+    assert (train, val) == (os.path.join("dev", "data", "tinyshakespeare", "tiny_shakespeare_train.bin"),
+                            os.path.join("dev", "data", "tinyshakespeare", "tiny_shakespeare_val.bin"))
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "shakespeare.txt" in out
+    assert default_corpus() == (train, val) and capsys.readouterr().out == ""   # made once
+    assert shard_num_tokens(val) == 32768 and shard_num_tokens(train) > 200_000
+    x, y = DataLoader(val, 4, 64).next_batch()
+    assert x[0, 0] == 50256 and np.array_equal(x[0, 1:], y[0, :-1])       # a speech starts with EOT
+    # llm.c's tinyshakespeare.py tokenization, the long way: EOT + each "\n\n"-separated section
+    from llmnp.tokenizer import EOT, encode
+    text = open(data.CORPUS_TEXT, encoding="utf-8").read()[:20000]
+    sections = text.split("\n\n")
+    expected = []
+    for i, s in enumerate(sections):
+        expected += [EOT] + encode(s + ("\n\n" if i < len(sections) - 1 else ""))
+    val_part, train_part = data.tokenize_tinyshakespeare(text)
+    assert np.concatenate([val_part, train_part]).tolist() == expected
