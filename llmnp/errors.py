@@ -3,6 +3,7 @@
 Library code raises UserError with a message that says what is wrong and what to do; the command-line
 entry points (train_gpt2.py, python -m llmnp.*) catch it, print `error: <message>` and exit 1.
 """
+import os
 import sys
 
 
@@ -15,8 +16,15 @@ def run_cli(main, argv=None):
     try:
         return main(argv)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{_rank_prefix()}error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def _rank_prefix():
+    """'[rank r] ' when running as one of several MPI processes, else ''."""
+    size = os.environ.get("PMI_SIZE") or os.environ.get("OMPI_COMM_WORLD_SIZE") or "1"
+    rank = os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or "0"
+    return f"[rank {rank}] " if size.isdigit() and int(size) > 1 else ""
