@@ -1,0 +1,369 @@
+"""llm.c model / debug-state / training-state files byte for byte against struct-based writers, bf16
+rounding, and HF GPT-2 safetensors import/export checked against a from-the-paper forward pass."""
+import dataclasses
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from llmnp import GPT2, GPT2Config
+from llmnp.checkpoint import (bf16_bits_to_float32, float32_to_bf16_bits, load_hf, load_model, load_state,
+                              read_debug_state, read_safetensors, save_hf, save_model, save_state,
+                              write_debug_state, write_safetensors)
+from llmnp.config import pad_vocab
+from llmnp.data import DataLoader, write_shard
+from llmnp.errors import UserError
+from llmnp.params import num_parameters, parameter_specs
+
+HEADER = 1024
+TINY = GPT2Config.tiny(vocab_size=50, max_seq_len=16, num_layers=2, num_heads=2, channels=8, pad_to=16)
+
+
+def random_flat(config, seed=0):
+    flat = np.random.default_rng(seed).standard_normal(num_parameters(config)).astype(np.float32)
+    flat[config.vocab_size * config.channels:config.padded_vocab_size * config.channels] = 0   # padded rows
+    return flat
+
+
+def header(*fields):
+    return struct.pack("<256i", *fields, *([0] * (256 - len(fields))))
+
+
+def bf16_reference(values):
+    """Round-to-nearest-even float32 -> bf16 bits, one Python int at a time."""
+    out = []
+    for x in np.asarray(values, np.float32).tolist():
+        bits = struct.unpack("<I", struct.pack("<f", x))[0]
+        if x != x:
+            out.append(0x7FC0)
+            continue
+        lower, upper = bits & 0xFFFF, bits >> 16
+        if lower > 0x8000 or (lower == 0x8000 and upper & 1):
+            upper += 1
+        out.append(upper)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ bf16
+def test_bf16_round_to_nearest_even():
+    edge = np.array([1.0, 1 + 2**-8, 1 + 3 * 2**-8, 1 + 2**-8 + 2**-20, -2.5, 0.0, -0.0, 3.4e38, -3.4e38,
+                     np.inf, -np.inf, np.nan, 1e-40, 65504.0], np.float32)
+    x = np.concatenate([edge, np.random.default_rng(0).standard_normal(5000).astype(np.float32) * 10])
+    bits = float32_to_bf16_bits(x)
+    assert bits.dtype == np.uint16 and bits.tolist() == bf16_reference(x)
+    back = bf16_bits_to_float32(bits)
+    assert back.dtype == np.float32
+    assert np.array_equal(float32_to_bf16_bits(back), bits)                 # bf16 values are fixed points
+    finite = np.isfinite(x) & (np.abs(x) < 3e38) & (np.abs(x) > 1e-37)     # normal numbers
+    assert np.all(np.abs(back[finite] - x[finite]) <= np.abs(x[finite]) * 2**-8)
+
+
+# ------------------------------------------------------------------------------------------ model file
+def struct_model_file(config, flat, version):
+    c = config
+    out = header(20240326, version, c.max_seq_len, c.vocab_size, c.num_layers, c.num_heads, c.channels,
+                 c.padded_vocab_size)
+    if version == 3:
+        return out + struct.pack(f"<{flat.size}f", *flat.tolist())
+    return out + struct.pack(f"<{flat.size}H", *bf16_reference(flat))
+
+
+@pytest.mark.parametrize("dtype, version", [("float32", 3), ("bfloat16", 5)])
+def test_model_file_byte_exact(tmp_path, dtype, version):
+    flat = random_flat(TINY)
+    save_model(tmp_path / "m.bin", TINY, flat, dtype=dtype)
+    assert (tmp_path / "m.bin").read_bytes() == struct_model_file(TINY, flat, version)
+    (tmp_path / "s.bin").write_bytes(struct_model_file(TINY, flat, version))
+    config, got = load_model(tmp_path / "s.bin")
+    assert config == TINY and got.dtype == np.float32
+    expected = flat if version == 3 else bf16_bits_to_float32(float32_to_bf16_bits(flat))
+    assert np.array_equal(got, expected)
+
+
+def test_model_file_124M_size():
+    # llm.c's documented sizes, without writing 500 MB: 124,475,904 parameters, 497,904,640 B fp32
+    assert HEADER + 4 * num_parameters(GPT2Config.preset("d12")) == 497_904_640
+    assert HEADER + 2 * num_parameters(GPT2Config.preset("d12")) == 248_952_832
+
+
+def test_unpadded_version1_file(tmp_path):
+    c = TINY
+    flat = random_flat(c)
+    V, C, Vp = c.vocab_size, c.channels, c.padded_vocab_size
+    unpadded = np.concatenate([flat[:V * C], flat[Vp * C:]])
+    raw = header(20240326, 1, c.max_seq_len, V, c.num_layers, c.num_heads, C) + unpadded.astype("<f4").tobytes()
+    (tmp_path / "old.bin").write_bytes(raw)
+    config, got = load_model(tmp_path / "old.bin")
+    assert config.padded_vocab_size == pad_vocab(V) == 128 and config.vocab_size == V
+    assert np.array_equal(got[:V * C], flat[:V * C]) and not got[V * C:config.padded_vocab_size * C].any()
+    assert np.array_equal(got[config.padded_vocab_size * C:], flat[Vp * C:])
+
+
+def test_model_file_errors(tmp_path):
+    good = struct_model_file(TINY, random_flat(TINY), 3)
+    cases = {
+        "magic": (header(20240327) + good[1024:], "bad magic"),
+        "version": (good[:4] + struct.pack("<i", 4) + good[8:], "version 4"),
+        "truncated": (good[:-4], "truncated"),
+        "longer": (good + b"\0\0\0\0", "disagree"),
+        "header": (good[:8] + struct.pack("<i", 17) + good[12:], "disagree"),        # maxT 16 -> 17
+        "heads": (good[:20] + struct.pack("<i", 3) + good[24:], "multiple of num_heads"),
+        "tiny": (good[:10], "truncated"),
+    }
+    for name, (raw, message) in cases.items():
+        (tmp_path / name).write_bytes(raw)
+        with pytest.raises(UserError, match=message):
+            load_model(tmp_path / name)
+    with pytest.raises(UserError, match="not found"):
+        load_model(tmp_path / "nope.bin")
+
+
+def test_gpt2_from_and_to_checkpoint(tmp_path):
+    model = GPT2(TINY, seed=3)
+    model.save_checkpoint(tmp_path / "a.bin")
+    again = GPT2.from_checkpoint(tmp_path / "a.bin")
+    assert np.array_equal(again.params_memory, model.params_memory)
+    model.save_checkpoint(tmp_path / "b.bin", dtype="bfloat16")
+    half = GPT2.from_checkpoint(tmp_path / "b.bin")
+    assert np.allclose(half.params_memory, model.params_memory, rtol=2**-8, atol=1e-30)
+
+
+# ------------------------------------------------------------------------------------------ debug state
+def test_debug_state_byte_exact(tmp_path):
+    B, T, V = 2, 3, TINY.vocab_size
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+    logits = rng.standard_normal((B, T, TINY.padded_vocab_size)).astype(np.float32)
+    grads = random_flat(TINY, seed=2)
+    write_debug_state(tmp_path / "d.bin", x, y, logits, 3.25, grads, TINY)
+    expected = (header(20240327, 2, B, T) + struct.pack(f"<{2 * B * T}i", *x.ravel().tolist(), *y.ravel().tolist())
+                + struct.pack(f"<{B * T * V}f", *logits[..., :V].ravel().tolist()) + struct.pack("<f", 3.25)
+                + struct.pack(f"<{grads.size}f", *grads.tolist()))
+    assert (tmp_path / "d.bin").read_bytes() == expected
+    for config in (TINY, None):
+        if config is None:
+            # without a config, V is GPT-2's: write one with V = 50257 to read that way
+            Vg = 50257
+            lg = rng.standard_normal((1, 2, Vg)).astype(np.float32)
+            raw = header(20240327, 2, 1, 2) + struct.pack("<4i", 1, 2, 3, 4) + lg.astype("<f4").tobytes() \
+                + struct.pack("<f", 1.5) + grads.astype("<f4").tobytes()
+            (tmp_path / "g.bin").write_bytes(raw)
+            st = read_debug_state(tmp_path / "g.bin")
+            assert st["inputs"].tolist() == [[1, 2]] and st["targets"].tolist() == [[3, 4]]
+            assert np.array_equal(st["logits"], lg) and st["loss"] == 1.5 and np.array_equal(st["grads"], grads)
+            continue
+        st = read_debug_state(tmp_path / "d.bin", config)
+        assert (st["B"], st["T"]) == (B, T) and st["inputs"].dtype == np.int32
+        assert np.array_equal(st["inputs"], x) and np.array_equal(st["targets"], y)
+        assert np.array_equal(st["logits"], logits[..., :V]) and st["loss"] == 3.25
+        assert np.array_equal(st["grads"], grads)
+    (tmp_path / "t.bin").write_bytes(expected[:-8])
+    with pytest.raises(UserError, match="truncated"):
+        read_debug_state(tmp_path / "t.bin", TINY)
+    with pytest.raises(UserError, match="bad magic"):
+        read_debug_state(_with_magic(tmp_path, expected, 20240326), TINY)
+
+
+def _with_magic(tmp_path, raw, magic):
+    path = tmp_path / f"magic{magic}.bin"
+    path.write_bytes(struct.pack("<i", magic) + raw[4:])
+    return path
+
+
+# ------------------------------------------------------------------------------------------ training state
+def struct_state_file(step, m, v, master, world, rank, rng_state, rng_last, loader):
+    h = list(struct.unpack("<256i", header(20240527, 1, world, rank, int(master is not None),
+                                           loader["should_shuffle"])))
+    h[10] = step
+    raw = bytearray(struct.pack("<256i", *h))
+    for slot, value in ((20, rng_state), (22, rng_last), (30, loader["current_shard_idx"]),
+                        (32, loader["current_sample_idx"])):
+        struct.pack_into("<Q", raw, 4 * slot, value)
+    raw += struct.pack(f"<{m.size}f", *m.tolist()) + struct.pack(f"<{v.size}f", *v.tolist())
+    if master is not None:
+        raw += struct.pack(f"<{master.size}f", *master.tolist())
+    if loader["should_shuffle"]:
+        s, i, r = loader["shard_indices"], loader["intra_shard_indices"], loader["rng"]
+        raw += struct.pack(f"<Q{len(s)}i", len(s), *s) + struct.pack(f"<Q{len(i)}i", len(i), *i)
+        raw += struct.pack("<QiI624I2I", r["seed"], r["left"], r["next"], *r["state"], 0, 0x9908B0DF)
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("with_master", [False, True])
+def test_training_state_byte_exact_and_resume(tmp_path, shuffle, with_master):
+    rng = np.random.default_rng(0)
+    for i, n in enumerate([300, 170, 250]):
+        write_shard(tmp_path / f"tr_{i}.bin", rng.integers(0, 50, n))
+    pattern = str(tmp_path / "tr_*.bin")
+    loader = DataLoader(pattern, 2, 4, rank=1, world_size=2, shuffle=shuffle, vocab_size=50)
+    for _ in range(11):
+        loader.next_batch()
+    P = 37
+    m, v = rng.standard_normal(P).astype(np.float32), rng.random(P).astype(np.float32)
+    master = rng.standard_normal(P).astype(np.float32) if with_master else None
+    fields = dict(step=1234, m=m, v=v, master=master, loader_state=loader.state_dict(), rank=1, world_size=2,
+                  rng_state=2**63 + 5, rng_state_last_update=13371337)
+    save_state(tmp_path / "state.bin", **fields)
+    assert (tmp_path / "state.bin").read_bytes() == struct_state_file(
+        1234, m, v, master, 2, 1, 2**63 + 5, 13371337, loader.state_dict())
+    for hint in (None, P):
+        st = load_state(tmp_path / "state.bin", num_parameters=hint)
+        assert (st["step"], st["world_size"], st["rank"], st["should_shuffle"]) == (1234, 2, 1, shuffle)
+        assert (st["rng_state"], st["rng_state_last_update"]) == (2**63 + 5, 13371337)
+        assert np.array_equal(st["m"], m) and np.array_equal(st["v"], v)
+        assert (st["master"] is None) if master is None else np.array_equal(st["master"], master)
+        assert st["loader_state"] == json.loads(json.dumps(loader.state_dict()))
+    resumed = DataLoader(pattern, 2, 4, rank=1, world_size=2, shuffle=shuffle, vocab_size=50)
+    resumed.load_state_dict(st["loader_state"])
+    for _ in range(40):
+        assert all(np.array_equal(a, b) for a, b in zip(loader.next_batch(), resumed.next_batch()))
+    raw = (tmp_path / "state.bin").read_bytes()
+    for name, bad in {"truncated": raw[:-3], "magic": struct.pack("<i", 1) + raw[4:]}.items():
+        (tmp_path / name).write_bytes(bad)
+        with pytest.raises(UserError):
+            load_state(tmp_path / name)
+
+
+# ------------------------------------------------------------------------------------------ HF GPT-2
+def hf_tensors(config, seed=0, prefix="", buffers=True, lm_head=False):
+    """A random GPT-2 the way transformers stores it: Conv1D weights [in, out], V rows, mask buffers."""
+    rng = np.random.default_rng(seed)
+    V, C, L, maxT = config.vocab_size, config.channels, config.num_layers, config.max_seq_len
+    r = lambda *s: (0.3 * rng.standard_normal(s)).astype(np.float32)   # noqa: E731
+    t = {"wte.weight": r(V, C), "wpe.weight": r(maxT, C), "ln_f.weight": 1 + r(C), "ln_f.bias": r(C)}
+    for l in range(L):
+        h = f"h.{l}."
+        t.update({h + "ln_1.weight": 1 + r(C), h + "ln_1.bias": r(C), h + "ln_2.weight": 1 + r(C), h + "ln_2.bias": r(C),
+                  h + "attn.c_attn.weight": r(C, 3 * C), h + "attn.c_attn.bias": r(3 * C),
+                  h + "attn.c_proj.weight": r(C, C), h + "attn.c_proj.bias": r(C),
+                  h + "mlp.c_fc.weight": r(C, 4 * C), h + "mlp.c_fc.bias": r(4 * C),
+                  h + "mlp.c_proj.weight": r(4 * C, C), h + "mlp.c_proj.bias": r(C)})
+        if buffers:
+            t[h + "attn.bias"] = np.tril(np.ones((maxT, maxT), np.float32))[None, None]
+            t[h + "attn.masked_bias"] = np.array(-1e4, np.float32)
+    t = {prefix + k: v for k, v in t.items()}
+    if lm_head:
+        t["lm_head.weight"] = t[prefix + "wte.weight"].copy()
+    return t
+
+
+def reference_logits(t, config, tokens):
+    """GPT-2 forward straight from HF tensors (picoGPT style, Conv1D: x @ w + b), float64."""
+    t = {k: v.astype(np.float64) for k, v in t.items()}
+    C, NH = config.channels, config.num_heads
+
+    def ln(x, g, b):
+        mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + 1e-5) * g + b
+
+    def gelu(x):
+        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+
+    T = len(tokens)
+    x = t["wte.weight"][tokens] + t["wpe.weight"][:T]
+    mask = np.triu(np.full((T, T), -np.inf), 1)
+    for l in range(config.num_layers):
+        p = lambda n: t[f"h.{l}.{n}"]   # noqa: E731
+        qkv = ln(x, p("ln_1.weight"), p("ln_1.bias")) @ p("attn.c_attn.weight") + p("attn.c_attn.bias")
+        q, k, v = (a.reshape(T, NH, C // NH).transpose(1, 0, 2) for a in np.split(qkv, 3, axis=-1))
+        att = q @ k.transpose(0, 2, 1) / np.sqrt(C // NH) + mask
+        att = np.exp(att - att.max(-1, keepdims=True))
+        att /= att.sum(-1, keepdims=True)
+        y = (att @ v).transpose(1, 0, 2).reshape(T, C)
+        x = x + y @ p("attn.c_proj.weight") + p("attn.c_proj.bias")
+        h = gelu(ln(x, p("ln_2.weight"), p("ln_2.bias")) @ p("mlp.c_fc.weight") + p("mlp.c_fc.bias"))
+        x = x + h @ p("mlp.c_proj.weight") + p("mlp.c_proj.bias")
+    return ln(x, t["ln_f.weight"], t["ln_f.bias"]) @ t["wte.weight"].T
+
+
+def test_hf_import_export_identical_logits(tmp_path):
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    config = GPT2Config(max_seq_len=16, vocab_size=61, padded_vocab_size=128, num_layers=2, num_heads=2, channels=128)
+    t = hf_tensors(config)
+    os.makedirs(tmp_path / "hf")
+    safetensors_numpy.save_file(t, str(tmp_path / "hf" / "model.safetensors"))   # an independent writer
+    tokens = np.array([[5, 60, 0, 17, 33, 2, 9]], np.int32)
+    ref = reference_logits(t, config, tokens[0])
+
+    model = GPT2.from_pretrained(str(tmp_path / "hf"), dtype=np.float64)           # no config.json: inferred
+    assert model.config == config
+    model.forward(tokens)
+    assert np.allclose(model.logits[0, :, :61], ref, rtol=1e-10, atol=1e-10)
+    assert not model.params["wte"][61:].any()
+
+    model32 = GPT2.from_pretrained(str(tmp_path / "hf" / "model.safetensors"))
+    model32.forward(tokens)
+    model32.save_checkpoint(tmp_path / "m.bin")
+    again = GPT2.from_checkpoint(tmp_path / "m.bin")
+    again.forward(tokens)
+    assert np.array_equal(again.logits, model32.logits)
+
+    # export back to HF: exact tensors (buffers dropped, prefix added), readable by safetensors itself
+    config2, flat = load_model(tmp_path / "m.bin")
+    save_hf(tmp_path / "out", config2, flat)
+    back = safetensors_numpy.load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert set(back) == {"transformer." + k for k in t if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    assert all(np.array_equal(back["transformer." + k], t[k]) for k in t if "transformer." + k in back)
+    hf_config = json.load(open(tmp_path / "out" / "config.json"))
+    assert (hf_config["n_layer"], hf_config["n_head"], hf_config["n_embd"], hf_config["vocab_size"],
+            hf_config["n_positions"]) == (2, 2, 128, 61, 16)
+    config3, flat3 = load_hf(tmp_path / "out")
+    assert config3 == config2 and np.array_equal(flat3, flat)
+
+
+def test_hf_variants_and_errors(tmp_path):
+    config = dataclasses.replace(TINY, padded_vocab_size=128)   # HF import pads V to a multiple of 128
+    flat = random_flat(config)
+    save_hf(tmp_path / "a", config, flat)                       # config.json gives NH (C=8 is not 64*NH)
+    assert load_hf(tmp_path / "a")[0] == config
+    tensors = read_safetensors(tmp_path / "a" / "model.safetensors")
+    # no prefix, tied lm_head present, mask buffers present
+    plain = {k[len("transformer."):]: v for k, v in tensors.items()}
+    plain["lm_head.weight"] = plain["wte.weight"]
+    plain["h.0.attn.bias"] = np.ones((1, 1, 16, 16), np.float32)
+    os.makedirs(tmp_path / "b")
+    write_safetensors(tmp_path / "b" / "model.safetensors", plain)
+    (tmp_path / "b" / "config.json").write_text((tmp_path / "a" / "config.json").read_text())
+    c2, f2 = load_hf(tmp_path / "b")
+    assert c2 == config and np.array_equal(f2, flat)
+    raw = (tmp_path / "b" / "model.safetensors").read_bytes()
+    assert raw[8:].startswith(b"{") and struct.unpack("<Q", raw[:8])[0] % 8 == 0
+
+    def bad(name, tensors, message, config_json=True):
+        os.makedirs(tmp_path / name)
+        write_safetensors(tmp_path / name / "model.safetensors", tensors)
+        if config_json:
+            (tmp_path / name / "config.json").write_text((tmp_path / "a" / "config.json").read_text())
+        with pytest.raises(UserError, match=message):
+            load_hf(tmp_path / name)
+
+    bad("untied", {**plain, "lm_head.weight": plain["wte.weight"] + 1}, "lm_head")
+    bad("missing", {k: v for k, v in plain.items() if k != "h.1.mlp.c_fc.bias"}, "h.1.mlp.c_fc.bias is missing")
+    bad("shape", {**plain, "h.0.attn.c_proj.weight": np.zeros((8, 9), np.float32)}, "shape")
+    bad("extra", {**plain, "h.0.attn.rotary": np.zeros(3, np.float32)}, "unexpected")
+    bad("noheads", plain, "multiple of 64", config_json=False)
+    with pytest.raises(UserError, match="no model.safetensors"):
+        load_hf(tmp_path)
+    (tmp_path / "junk.safetensors").write_bytes(b"\x05\0\0\0\0\0\0\0hello")
+    with pytest.raises(UserError, match="not a safetensors"):
+        load_hf(tmp_path / "junk.safetensors")
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "model.safetensors").write_bytes(raw[:-10])
+    with pytest.raises(UserError, match="truncated"):
+        load_hf(tmp_path / "cut")
+
+
+def test_safetensors_interop(tmp_path):
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    t = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b.c": np.array([1.5], np.float32)}
+    write_safetensors(tmp_path / "mine.safetensors", t, metadata={"format": "pt"})
+    theirs = safetensors_numpy.load_file(str(tmp_path / "mine.safetensors"))
+    assert set(theirs) == set(t) and all(np.array_equal(theirs[k], t[k]) for k in t)
+    # BF16 written by hand: header length, JSON header, raw bits
+    head = json.dumps({"w": {"dtype": "BF16", "shape": [1, 2], "data_offsets": [0, 4]}}).encode()
+    bits = np.array([[0x3F80, 0xC020]], "<u2")
+    (tmp_path / "bf.safetensors").write_bytes(struct.pack("<Q", len(head)) + head + bits.tobytes())
+    assert read_safetensors(tmp_path / "bf.safetensors")["w"].tolist() == [[1.0, -2.5]]
