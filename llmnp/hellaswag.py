@@ -1,0 +1,218 @@
+"""HellaSwag, scored as llm.c scores it: read its eval .bin, pick the ending the model finds least
+surprising, count the right picks.
+
+    python -m llmnp.hellaswag --model gpt2_124M.bin --device cuda           # dev/data/hellaswag/hellaswag_val.bin
+    python -m llmnp.hellaswag --model out/ --data my_eval.bin --limit 500
+
+The file (llm.c's dev/data/data_common.py writes it): a header of 256 int32, [0] magic 20240522,
+[1] version 1, [2] number of examples, [3] bytes of the longest example; then per example a stream of
+uint16: 65535, the example's byte count (all of its fields), its index, the label (the right ending),
+the number of endings (4), the context length and tokens, then for each ending its length and tokens.
+
+Scoring (llm.c's dataloader.h and train_gpt2.cu): each ending makes one row, context + ending; the loss
+of a row is the mean cross-entropy over the ending's tokens only (the context's last token predicts the
+ending's first); the prediction is the ending of lowest loss (ties: the first); accuracy = right picks /
+examples (HellaSwag's acc_norm, as llm.c reports it). B rows per forward pass (B/4 examples), padded to
+the longest row of that batch. With several processes, rank r takes the contiguous block of
+ceil(N / world_size) examples starting at r * that; allreduce sums the counts.
+Not here: writing the .bin from HellaSwag's jsonl (data/hellaswag.py), few-shot prompts.
+"""
+import argparse
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from llmnp.data import EVAL_MAGIC, EVAL_START, EVAL_VERSION, open_file, read_header
+from llmnp.errors import UserError, run_cli
+from llmnp.generate import load, pick_device, to_host
+
+NUM_COMPLETIONS = 4                 # llm.c's ASSUMED_NUM_COMPLETIONS: 4 rows per example
+DEFAULT_DATA = "dev/data/hellaswag/hellaswag_val.bin"
+
+
+@dataclass
+class Example:
+    index: int
+    label: int
+    context: list      # token ids
+    endings: list      # NUM_COMPLETIONS lists of token ids
+
+
+def read_examples(path):
+    """Every example of an llm.c HellaSwag .bin, checked field by field; bad files raise UserError."""
+    with open_file(path, "HellaSwag file") as f:
+        header = read_header(f, path, EVAL_MAGIC, (EVAL_VERSION,), "HellaSwag eval file")
+        raw = f.read()
+    n = int(header[2])
+    if n <= 0:
+        raise UserError(f"{path}: the header says {n} examples")
+    if len(raw) % 2:
+        raise UserError(f"{path}: odd payload size: not a stream of uint16")
+    s = np.frombuffer(raw, dtype="<u2").tolist()
+
+    examples, i = [], 0
+    for idx in range(n):
+        def bad(what):
+            return UserError(f"{path}: example {idx} (at uint16 {i}): {what}")
+        if i + 6 > len(s):
+            raise bad(f"the file ends early: the header says {n} examples, it holds {idx}")
+        if s[i] != EVAL_START:
+            raise bad(f"expected the start marker {EVAL_START}, found {s[i]}")
+        nbytes, index, label, ncomp, ctx_len = s[i + 1:i + 6]
+        if index != idx:
+            raise bad(f"index field {index}, expected {idx}")
+        if ncomp != NUM_COMPLETIONS:
+            raise bad(f"{ncomp} endings; llm.c's format has {NUM_COMPLETIONS}")
+        if not 0 <= label < ncomp:
+            raise bad(f"label {label} is not an ending index 0..{ncomp - 1}")
+        if ctx_len == 0:
+            raise bad("empty context")
+        j = i + 6
+        context = s[j:j + ctx_len]
+        j += ctx_len
+        endings = []
+        for _ in range(ncomp):
+            if j >= len(s):
+                raise bad("the file ends inside the example")
+            end_len = s[j]
+            if end_len == 0:
+                raise bad("empty ending")
+            endings.append(s[j + 1:j + 1 + end_len])
+            j += 1 + end_len
+        if j > len(s):
+            raise bad("the file ends inside the example")
+        if nbytes != 2 * (j - i):
+            raise bad(f"byte count field {nbytes}, but its fields take {2 * (j - i)} bytes")
+        examples.append(Example(idx, label, context, endings))
+        i = j
+    if i != len(s):
+        raise UserError(f"{path}: {2 * (len(s) - i)} bytes after the {n} examples the header announces")
+    return examples
+
+
+def rank_block(N, rank, world_size):
+    """The examples [start, end) of one process: contiguous blocks of ceil(N / world_size), as llm.c."""
+    per = math.ceil(N / world_size)
+    return min(N, rank * per), min(N, (rank + 1) * per)
+
+
+def positions(ex):
+    """The sequence length an example's longest row needs: context + ending, less the last token."""
+    return len(ex.context) + max(map(len, ex.endings)) - 1
+
+
+def make_batch(examples, shape=None):
+    """inputs (4E, T) int32 with each row context + ending (its last token dropped: it predicts nothing
+    that is scored) zero-padded to the longest row, or to `shape` (rows, T) if given; and the scored
+    positions: for every ending token i, row, position len(context) - 1 + i, target token.
+    (E = len(examples); padding rows are never scored.)"""
+    shape = shape or (NUM_COMPLETIONS * len(examples), max(map(positions, examples)))
+    inputs = np.zeros(shape, np.int32)
+    row_idx, pos_idx, targets = [], [], []
+    for e, ex in enumerate(examples):
+        c = len(ex.context)
+        for k, end in enumerate(ex.endings):
+            r = NUM_COMPLETIONS * e + k
+            tokens = (ex.context + end)[:-1]
+            inputs[r, :len(tokens)] = tokens
+            row_idx += [r] * len(end)
+            pos_idx += range(c - 1, c - 1 + len(end))    # context's last token predicts ending token 0
+            targets += end
+    return inputs, np.array(row_idx), np.array(pos_idx), np.array(targets)
+
+
+def completion_losses(model, inputs, row_idx, pos_idx, targets):
+    """The mean cross-entropy of each scored row (4E,) over its positions, as a host float64 array:
+    one forward pass without targets, then a log-softmax over the first V logits of the scored
+    positions only, on the model's device."""
+    xp, V = model.xp, model.config.vocab_size
+    model.forward(inputs)
+    logits = model.logits[xp.asarray(row_idx), xp.asarray(pos_idx), :V]        # (M, V) of (4E, T, Vp)
+    logits = logits.astype(xp.result_type(logits.dtype, np.float32))            # bf16 -> fp32
+    m = logits.max(axis=-1)
+    lse = m + xp.log(xp.exp(logits - m[:, None]).sum(axis=-1))
+    nll = lse - logits[xp.arange(len(targets)), xp.asarray(targets)]           # (M,) -log p(target)
+    return np.bincount(row_idx, weights=to_host(nll)) / np.bincount(row_idx)
+
+
+def evaluate(model, path, B=16, limit=None, rank=0, world_size=1, allreduce=None, progress=False):
+    """(correct, total) over the file's examples (the first `limit` of them if given), this process's
+    block of them when world_size > 1; allreduce(np.array([correct, total])) -> the sums over all
+    processes, when given. B: rows per forward pass, a multiple of 4 is best (B // 4 examples)."""
+    examples = read_examples(path)
+    return evaluate_examples(model, examples[:limit], B, rank, world_size, allreduce, progress, path)
+
+
+def evaluate_examples(model, examples, B=16, rank=0, world_size=1, allreduce=None, progress=False, path="HellaSwag"):
+    """evaluate() on examples already read."""
+    if B < NUM_COMPLETIONS:
+        raise UserError(f"HellaSwag needs B >= {NUM_COMPLETIONS} rows per batch (one example), got {B}")
+    start, end = rank_block(len(examples), rank, world_size)
+    examples = examples[start:end]
+    check_fits(model, examples, path)
+    # The model allocates its activations at its first forward, for that (B, T), and later batches must
+    # fit in them. A model that has not run yet gets the largest batch first: the first batch padded
+    # to B rows and the longest example's T. One that has (a training model) keeps to its B; its T
+    # was checked above.
+    fresh = getattr(model, "acts_memory", None) is None
+    if not fresh:
+        B = min(B, model.B)
+    E = B // NUM_COMPLETIONS
+    batches = [examples[i:i + E] for i in range(0, len(examples), E)]
+    largest = (NUM_COMPLETIONS * E, max(map(positions, examples), default=1))
+
+    from tqdm import tqdm
+    correct = 0
+    with tqdm(total=len(examples), desc="HellaSwag", unit="ex", disable=not progress or rank != 0) as bar:
+        for k, batch in enumerate(batches):
+            inputs, row_idx, pos_idx, targets = make_batch(batch, largest if k == 0 and fresh else None)
+            losses = completion_losses(model, inputs, row_idx, pos_idx, targets)
+            picks = losses.reshape(len(batch), NUM_COMPLETIONS).argmin(axis=1)   # ties: the first
+            correct += int(sum(pick == ex.label for pick, ex in zip(picks, batch)))
+            bar.update(len(batch))
+    counts = np.array([correct, len(examples)], dtype=np.int64)
+    if allreduce is not None:
+        counts = np.asarray(allreduce(counts))
+    return int(counts[0]), int(counts[1])
+
+
+def check_fits(model, examples, path):
+    """Token ids within the model's vocabulary, rows within its positions (and within the T of its
+    activations, if it has run already); UserError otherwise."""
+    if not examples:
+        return
+    cfg = model.config
+    longest = max(map(positions, examples))
+    top = max(max(ex.context + [t for end in ex.endings for t in end]) for ex in examples)
+    if top >= cfg.vocab_size:
+        raise UserError(f"{path}: holds token id {top}, outside the model's vocabulary of {cfg.vocab_size}")
+    if longest > cfg.max_seq_len:
+        raise UserError(f"{path}: an example needs {longest} positions, the model has {cfg.max_seq_len}")
+    if getattr(model, "acts_memory", None) is not None and longest > model.T:
+        raise UserError(f"HellaSwag needs sequences of {longest} tokens, but this model's activations "
+                        f"hold T={model.T} (allocated at its first forward); llm.c likewise runs HellaSwag "
+                        f"at the training T: train with -t {longest} or more")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m llmnp.hellaswag", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True, help="llm.c .bin, HF GPT-2 folder/.safetensors, or training output folder")
+    ap.add_argument("--data", default=DEFAULT_DATA, help=f"llm.c HellaSwag .bin [{DEFAULT_DATA}]")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--limit", type=int, default=None, help="only the first N examples")
+    ap.add_argument("-b", "--batch-size", type=int, default=16, help="rows per forward pass, 4 per example [16]")
+    args = ap.parse_args(argv)
+    if args.data == DEFAULT_DATA and not os.path.exists(DEFAULT_DATA):
+        raise UserError(f"{DEFAULT_DATA} not found: python data/hellaswag.py writes it (or pass --data FILE)")
+    if args.limit is not None and args.limit <= 0:
+        raise UserError(f"--limit must be > 0, got {args.limit}")
+    examples = read_examples(args.data)[:args.limit]      # a bad file fails before the model loads
+    model = load(args.model, device=pick_device(args.device))
+    correct, total = evaluate_examples(model, examples, B=args.batch_size, progress=True, path=args.data)
+    print(f"HellaSwag: {correct}/{total} = {correct / total:f}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
