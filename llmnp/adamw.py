@@ -6,15 +6,21 @@ update (t = 1, 2, ...; all in place):
     param -= lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * param)
 Weight decay is decoupled (AdamW, not L2) and the model applies it only to the 2-D matrices
 (params.DECAYED_PARAMETERS), as llm.c's GPU trainer and PyTorch's "dim >= 2" group do.
-Not here: the learning-rate schedule (schedule.py) and the fp32 master weights of the bf16 GPU path.
+Not here: the learning-rate schedule (schedule.py).
 """
 import numpy as np
 
 CHUNK = 1 << 16   # elements per pass: the temporary stays in the L2 cache
 
 
-def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, t, grad_scale=1.0):
-    """One AdamW step on 1-D arrays of one length; grads are multiplied by grad_scale first (clipping)."""
+def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, t, grad_scale=1.0, master=None):
+    """One AdamW step on 1-D arrays of one length; grads are multiplied by grad_scale first (clipping).
+    master: float32 master weights of low-precision (bf16) params: AdamW updates master, and params
+    receive it rounded to their dtype."""
+    if master is not None:
+        adamw_update(master, grads, m, v, lr, beta1, beta2, eps, weight_decay, t, grad_scale)
+        params[...] = master
+        return
     bc1 = 1.0 - beta1 ** t
     bc2 = 1.0 - beta2 ** t
     tmp = np.empty(min(CHUNK, params.size), dtype=params.dtype)

@@ -16,8 +16,16 @@ import numpy as np
 
 from llmnp import layers
 from llmnp.config import GPT2Config
-from llmnp.params import (DECAYED_PARAMETERS, activation_specs, allocate, gradient_scratch_specs,
+from llmnp.params import (DECAYED_PARAMETERS, STATISTICS, activation_specs, allocate, gradient_scratch_specs,
                           make_views, num_elements, parameter_specs)
+
+
+def storage_dtype(dtype):
+    """np.dtype of a dtype or its name; "bfloat16" (or "bf16") comes from ml_dtypes."""
+    if isinstance(dtype, str) and dtype in ("bfloat16", "bf16"):
+        import ml_dtypes
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(dtype)
 
 
 def backend(device):
@@ -34,11 +42,17 @@ class GPT2:
     def __init__(self, config, device="cpu", dtype=np.float32, seed=42, init=True):
         self.config = config
         self.device = device
-        self.dtype = np.dtype(dtype)
+        self.dtype = storage_dtype(dtype)          # parameters, gradients, activations
+        # statistics, AdamW state and master weights: float32 when the storage is narrower (bf16)
+        self.state_dtype = np.dtype(np.float32) if self.dtype.itemsize < 4 else self.dtype
         self.xp, self.ops = backend(device)
         self.param_specs = parameter_specs(config)
         self.params_memory, self.params = allocate(self.param_specs, self.dtype, self.xp)  # (num_parameters,)
         self.num_parameters = self.params_memory.size
+        # the float32 copy AdamW updates when the parameters are stored in bf16 (None otherwise)
+        self.master_memory = (self.xp.zeros(self.num_parameters, dtype=self.state_dtype)
+                              if self.state_dtype != self.dtype else None)
+        self.shard = (0, self.num_parameters)      # the slice update() owns (ZeRO-1 narrows it)
         if init:
             self.init_weights(seed)
         self.grads_memory = self.grads = None      # same layout as params, at the first backward
@@ -71,9 +85,14 @@ class GPT2:
         if flat.shape != (self.num_parameters,):
             raise ValueError(f"expected {self.num_parameters} parameters, got {flat.size}")
         self.params_memory[...] = self.xp.asarray(flat.astype(self.dtype, copy=False))
+        if self.master_memory is not None:
+            self.master_memory[...] = self.xp.asarray(flat.astype(self.state_dtype, copy=False))
 
     def parameters_to_host(self):
-        """The flat parameter buffer as a float32/float64 NumPy array (for saving)."""
+        """The flat parameter buffer as a float32/float64 NumPy array (for saving): the master weights
+        where the parameters are stored in bf16."""
+        if self.master_memory is not None:
+            return self._to_host(self.master_memory)
         return self._to_host(self.params_memory)
 
     def _to_host(self, a):
@@ -109,18 +128,20 @@ class GPT2:
         largest (B, T) seen first; a smaller (B, T) uses the front of the same memory."""
         if self.acts_memory is None:
             self.B, self.T = B, T
-            n = num_elements(activation_specs(self.config, B, T))
+            specs, stats = _split_statistics(activation_specs(self.config, B, T))
             n_grad = num_elements(gradient_scratch_specs(self.config, B, T))
-            self.acts_memory = self.xp.zeros(n, dtype=self.dtype)
+            self.acts_memory = self.xp.zeros(num_elements(specs), dtype=self.dtype)
+            self.stats_memory = self.xp.zeros(num_elements(stats), dtype=self.state_dtype)
             self.dacts_memory = self.xp.zeros(n_grad, dtype=self.dtype)
             self.inputs = self.xp.zeros((B, T), dtype=np.int32)
             self.targets = self.xp.zeros((B, T), dtype=np.int32)
         elif B > self.B or T > self.T:
             raise ValueError(f"batch (B={B}, T={T}) is larger than the (B={self.B}, T={self.T}) this "
                              f"model allocated activations for at its first forward; build a new model")
-        specs = activation_specs(self.config, B, T)
+        specs, stats = _split_statistics(activation_specs(self.config, B, T))
         gspecs = gradient_scratch_specs(self.config, B, T)
         self.acts = make_views(self.acts_memory[:num_elements(specs)], specs)
+        self.acts.update(make_views(self.stats_memory[:num_elements(stats)], stats))
         self.dacts = make_views(self.dacts_memory[:num_elements(gspecs)], gspecs)
 
     def _allocate_grads(self):
@@ -227,10 +248,10 @@ class GPT2:
         """One AdamW step (t = 1, 2, ...), weight decay on the 2-D tensors only. grad_scale multiplies the
         gradients first (clipping: min(1, max_norm / norm)). shard=(start, end) updates only that slice
         of the flat buffer, with AdamW state of that size (ZeRO-1: each process owns one slice)."""
-        start, end = shard or (0, self.num_parameters)
+        start, end = self.shard = shard or (0, self.num_parameters)
         if self.m_memory is None:
-            self.m_memory = self.xp.zeros(end - start, dtype=self.dtype)   # (end - start,)
-            self.v_memory = self.xp.zeros(end - start, dtype=self.dtype)
+            self.m_memory = self.xp.zeros(end - start, dtype=self.state_dtype)   # (end - start,)
+            self.v_memory = self.xp.zeros(end - start, dtype=self.state_dtype)
         offset = 0
         for name, shape in self.param_specs:
             n = int(np.prod(shape))
@@ -238,8 +259,9 @@ class GPT2:
             if lo < hi:
                 s, sm = slice(lo, hi), slice(lo - start, hi - start)
                 wd = weight_decay if name in DECAYED_PARAMETERS else 0.0
+                master = None if self.master_memory is None else self.master_memory[s]
                 self.ops.adamw_update(self.params_memory[s], self.grads_memory[s], self.m_memory[sm],
-                                      self.v_memory[sm], lr, beta1, beta2, eps, wd, t, grad_scale)
+                                      self.v_memory[sm], lr, beta1, beta2, eps, wd, t, grad_scale, master=master)
             offset += n
 
     def optimizer_state_to_host(self):
@@ -247,18 +269,29 @@ class GPT2:
         themselves are the fp32 master copy."""
         if self.m_memory is None:
             raise RuntimeError("no optimizer state yet: update() has not run")
-        master = getattr(self, "master_memory", None)
+        start, end = self.shard
+        master = None if self.master_memory is None else self.master_memory[start:end]   # this shard's
         f32 = lambda a: None if a is None else self._to_host(a).astype(np.float32)   # noqa: E731
         return f32(self.m_memory), f32(self.v_memory), f32(master)
 
-    def load_optimizer_state(self, m, v, master=None):
-        self.m_memory = self.xp.asarray(np.asarray(m, dtype=self.dtype))
-        self.v_memory = self.xp.asarray(np.asarray(v, dtype=self.dtype))
-        if master is not None and getattr(self, "master_memory", None) is not None:
-            self.master_memory[...] = self.xp.asarray(master)
+    def load_optimizer_state(self, m, v, master=None, shard=None):
+        """m, v (and master, for bf16 parameters) of the slice shard=(start, end), default the whole buffer
+        or the front len(m) of it."""
+        start, end = self.shard = shard or (0, len(m))
+        self.m_memory = self.xp.asarray(np.asarray(m, dtype=self.state_dtype))
+        self.v_memory = self.xp.asarray(np.asarray(v, dtype=self.state_dtype))
+        if master is not None and self.master_memory is not None:
+            self.master_memory[start:end] = self.xp.asarray(np.asarray(master, dtype=self.state_dtype))
+            self.params_memory[start:end] = self.xp.asarray(np.asarray(master).astype(self.dtype))
 
     @property
     def flops_per_token(self):
         """llm.c's count for one forward+backward: 6 N + 6 L C T at T = max_seq_len."""
         c = self.config
         return 6 * self.num_parameters + 6 * c.num_layers * c.channels * c.max_seq_len
+
+
+def _split_statistics(specs):
+    """(activations, statistics) of an activation table: statistics (params.STATISTICS) are stored in
+    float32 even when activations are bf16; on the CPU both tables have one dtype."""
+    return [s for s in specs if s[0] not in STATISTICS], [s for s in specs if s[0] in STATISTICS]

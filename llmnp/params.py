@@ -74,6 +74,11 @@ def activation_specs(config, B, T):
     ]
 
 
+# the activations that are statistics rather than tensors of the model's dtype: kept in float32 when
+# the model stores bf16 (layernorm mean/rstd, attention log-sum-exp, per-position losses)
+STATISTICS = ("ln1_mean", "ln1_rstd", "att_lse", "ln2_mean", "ln2_rstd", "lnf_mean", "lnf_rstd", "losses")
+
+
 def gradient_scratch_specs(config, B, T):
     """[(name, shape)] of the activation gradients backward needs: one layer's worth, reused by every
     layer as backward walks down, plus the residual stream's gradient, which accumulates."""

@@ -1,0 +1,527 @@
+// Causal multi-head self-attention, flash-attention style (llmnp/attention.py is the reference).
+//
+// forward:  out = softmax(q k^T / sqrt(HS), causal) v per head, and lse (B,NH,T) float, the log-sum-exp
+//           of each softmax row. Online softmax over key tiles: no (T,T) buffer is ever written.
+// backward: D = rowsum(dout * out) (B,NH,T) float (kernel1), then the probabilities are recomputed from
+//           q, k and lse: dv = P^T dout, dP = dout v^T, dS = P (dP - D) / sqrt(HS), dk = dS^T q, dq = dS k.
+//           dqkv is overwritten. dk/dv (one pass per key tile) and dq (one pass per query tile) are
+//           separate kernels, so nothing is accumulated with atomics.
+// Two implementations: kernels 1-3, fp32 arithmetic on CUDA cores, any HS up to 128, fp32 or bf16
+// storage (the fp32 path, and the reference for the other); kernels 2/4/5 (forward 2, backward 4, 5),
+// bf16 tensor cores (mma.sync m16n8k16, fp32 accumulation) for HS a multiple of 16 up to 64.
+// Shapes: B batch, T time, NH heads, HS head size (a -D constant), C = NH*HS; qkv (B,T,3C) = Q | K | V
+// blocks of C; head h holds channels h*HS..(h+1)*HS of each; out, dout (B,T,C).
+#include "common.cuh"
+
+#define LOG2E 1.4426950408889634f
+
+// ------------------------------------------------------------------------------------------------------
+// CUDA-core kernels: one thread per query (forward, dq) or per key (dk/dv), the other side in shared tiles
+
+#define ROWS1 64    // threads per block, one row each
+#define TILE1 32    // rows of the other operand per shared-memory tile
+
+extern "C" __global__ void attention_forward_kernel1(floatX* out, float* lse, const floatX* qkv, int B, int T, int NH) {
+    __shared__ float ks[TILE1][HS], vs[TILE1][HS];
+    const int C = NH * HS, C3 = 3 * C;
+    const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
+    const int t = blockIdx.x * ROWS1 + threadIdx.x;
+    const floatX* base = qkv + (long long)b * T * C3 + h * HS;
+    const float scale = 1.0f / sqrtf((float)HS);
+    float q[HS], o[HS];
+    for (int d = 0; d < HS; d++) {
+        q[d] = t < T ? toF(base[(long long)t * C3 + d]) * scale : 0.0f;
+        o[d] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    const int last = min(T - 1, blockIdx.x * ROWS1 + ROWS1 - 1);     // the block's last query
+    for (int k0 = 0; k0 <= last; k0 += TILE1) {
+        __syncthreads();
+        for (int i = threadIdx.x; i < TILE1 * HS; i += blockDim.x) {
+            const int r = i / HS, d = i % HS;
+            const bool ok = k0 + r < T;
+            ks[r][d] = ok ? toF(base[(long long)(k0 + r) * C3 + C + d]) : 0.0f;
+            vs[r][d] = ok ? toF(base[(long long)(k0 + r) * C3 + 2 * C + d]) : 0.0f;
+        }
+        __syncthreads();
+        if (t >= T) continue;
+        for (int j = 0; j < TILE1 && k0 + j <= t; j++) {
+            float s = 0.0f;
+            for (int d = 0; d < HS; d++) s += q[d] * ks[j][d];
+            const float m_new = fmaxf(m, s);
+            const float corr = expf(m - m_new), p = expf(s - m_new);
+            l = l * corr + p;
+            for (int d = 0; d < HS; d++) o[d] = o[d] * corr + p * vs[j][d];
+            m = m_new;
+        }
+    }
+    if (t < T) {
+        floatX* y = out + ((long long)b * T + t) * C + h * HS;
+        for (int d = 0; d < HS; d++) y[d] = fromF(o[d] / l);
+        lse[(long long)bh * T + t] = m + logf(l);
+    }
+}
+
+// D[b,h,t] = sum_d dout[b,t,h,d] * out[b,t,h,d]; one warp per (b, t, h)
+extern "C" __global__ void attention_backward_kernel1(float* D, const floatX* dout, const floatX* out, int B, int T, int NH) {
+    const int lane = threadIdx.x % 32;
+    const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;   // (b, t, h) flat
+    if (row >= (long long)B * T * NH) return;
+    const int h = (int)(row % NH);
+    const long long bt = row / NH;
+    const int b = (int)(bt / T), t = (int)(bt % T);
+    float sum = 0.0f;
+    for (int d = lane; d < HS; d += 32) sum += toF(dout[row * HS + d]) * toF(out[row * HS + d]);
+    sum = warp_sum(sum);
+    if (lane == 0) D[((long long)b * NH + h) * T + t] = sum;
+}
+
+// dk, dv: one thread per key; its k and v rows in shared memory (padded rows: no bank conflicts),
+// query tiles (q, dout, lse, D) shared. Dynamic shared memory, floats:
+// 2*ROWS1*(HS+1) + 2*TILE1*HS + 2*TILE1
+extern "C" __global__ void attention_backward_kernel2(floatX* dqkv, const floatX* dout, const floatX* qkv,
+                                                      const float* lse, const float* D, int B, int T, int NH) {
+    extern __shared__ float smem[];
+    float* kr = smem;                           // [ROWS1][HS+1]
+    float* vr = kr + ROWS1 * (HS + 1);          // [ROWS1][HS+1]
+    float* qs = vr + ROWS1 * (HS + 1);          // [TILE1][HS]
+    float* ds = qs + TILE1 * HS;                // [TILE1][HS] dout rows
+    float* ls = ds + TILE1 * HS;                // [TILE1] lse
+    float* Ds = ls + TILE1;                     // [TILE1] D
+    const int C = NH * HS, C3 = 3 * C;
+    const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
+    const int j = blockIdx.x * ROWS1 + threadIdx.x;          // this thread's key
+    const floatX* base = qkv + (long long)b * T * C3 + h * HS;
+    const floatX* dbase = dout + (long long)b * T * C + h * HS;
+    const float scale = 1.0f / sqrtf((float)HS);
+    float* myk = kr + threadIdx.x * (HS + 1);
+    float* myv = vr + threadIdx.x * (HS + 1);
+    for (int d = 0; d < HS; d++) {
+        myk[d] = j < T ? toF(base[(long long)j * C3 + C + d]) : 0.0f;
+        myv[d] = j < T ? toF(base[(long long)j * C3 + 2 * C + d]) : 0.0f;
+    }
+    float dk[HS], dv[HS];
+    for (int d = 0; d < HS; d++) dk[d] = dv[d] = 0.0f;
+    for (int i0 = blockIdx.x * ROWS1; i0 < T; i0 += TILE1) {    // queries before the block's first key see none of its keys
+        __syncthreads();
+        for (int x = threadIdx.x; x < TILE1 * HS; x += blockDim.x) {
+            const int r = x / HS, d = x % HS;
+            const bool ok = i0 + r < T;
+            qs[x] = ok ? toF(base[(long long)(i0 + r) * C3 + d]) : 0.0f;
+            ds[x] = ok ? toF(dbase[(long long)(i0 + r) * C + d]) : 0.0f;
+        }
+        for (int r = threadIdx.x; r < TILE1; r += blockDim.x) {
+            const bool ok = i0 + r < T;
+            ls[r] = ok ? lse[(long long)bh * T + i0 + r] : 0.0f;
+            Ds[r] = ok ? D[(long long)bh * T + i0 + r] : 0.0f;
+        }
+        __syncthreads();
+        if (j >= T) continue;
+        for (int r = 0; r < TILE1; r++) {
+            const int i = i0 + r;
+            if (i < j || i >= T) continue;                  // key j is visible to queries i >= j
+            const float* qi = qs + r * HS;
+            const float* di = ds + r * HS;
+            float s = 0.0f, dp = 0.0f;
+            for (int d = 0; d < HS; d++) {
+                s += qi[d] * myk[d];
+                dp += di[d] * myv[d];
+            }
+            const float p = expf(s * scale - ls[r]);
+            const float dsc = p * (dp - Ds[r]);
+            for (int d = 0; d < HS; d++) {
+                dv[d] += p * di[d];
+                dk[d] += dsc * qi[d];
+            }
+        }
+    }
+    if (j < T) {
+        floatX* g = dqkv + ((long long)b * T + j) * C3 + h * HS;
+        for (int d = 0; d < HS; d++) {
+            g[C + d] = fromF(dk[d] * scale);
+            g[2 * C + d] = fromF(dv[d]);
+        }
+    }
+}
+
+// dq: one thread per query; its q and dout rows in shared memory, key tiles (k, v) shared.
+// Dynamic shared memory, floats: 2*ROWS1*(HS+1) + 2*TILE1*HS
+extern "C" __global__ void attention_backward_kernel3(floatX* dqkv, const floatX* dout, const floatX* qkv,
+                                                      const float* lse, const float* D, int B, int T, int NH) {
+    extern __shared__ float smem[];
+    float* qr = smem;                           // [ROWS1][HS+1]
+    float* dr = qr + ROWS1 * (HS + 1);          // [ROWS1][HS+1]
+    float* ks = dr + ROWS1 * (HS + 1);          // [TILE1][HS]
+    float* vs = ks + TILE1 * HS;                // [TILE1][HS]
+    const int C = NH * HS, C3 = 3 * C;
+    const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
+    const int i = blockIdx.x * ROWS1 + threadIdx.x;          // this thread's query
+    const floatX* base = qkv + (long long)b * T * C3 + h * HS;
+    const float scale = 1.0f / sqrtf((float)HS);
+    float* myq = qr + threadIdx.x * (HS + 1);
+    float* myd = dr + threadIdx.x * (HS + 1);
+    for (int d = 0; d < HS; d++) {
+        myq[d] = i < T ? toF(base[(long long)i * C3 + d]) : 0.0f;
+        myd[d] = i < T ? toF(dout[((long long)b * T + i) * C + h * HS + d]) : 0.0f;
+    }
+    const float li = i < T ? lse[(long long)bh * T + i] : 0.0f;
+    const float Di = i < T ? D[(long long)bh * T + i] : 0.0f;
+    float dq[HS];
+    for (int d = 0; d < HS; d++) dq[d] = 0.0f;
+    const int last = min(T - 1, blockIdx.x * ROWS1 + ROWS1 - 1);
+    for (int k0 = 0; k0 <= last; k0 += TILE1) {
+        __syncthreads();
+        for (int x = threadIdx.x; x < TILE1 * HS; x += blockDim.x) {
+            const int r = x / HS, d = x % HS;
+            const bool ok = k0 + r < T;
+            ks[x] = ok ? toF(base[(long long)(k0 + r) * C3 + C + d]) : 0.0f;
+            vs[x] = ok ? toF(base[(long long)(k0 + r) * C3 + 2 * C + d]) : 0.0f;
+        }
+        __syncthreads();
+        if (i >= T) continue;
+        for (int r = 0; r < TILE1 && k0 + r <= i; r++) {
+            const float* kj = ks + r * HS;
+            const float* vj = vs + r * HS;
+            float s = 0.0f, dp = 0.0f;
+            for (int d = 0; d < HS; d++) {
+                s += myq[d] * kj[d];
+                dp += myd[d] * vj[d];
+            }
+            const float p = expf(s * scale - li);
+            const float dsc = p * (dp - Di);
+            for (int d = 0; d < HS; d++) dq[d] += dsc * kj[d];
+        }
+    }
+    if (i < T) {
+        floatX* g = dqkv + ((long long)b * T + i) * C3 + h * HS;
+        for (int d = 0; d < HS; d++) g[d] = fromF(dq[d] * scale);
+    }
+}
+
+// ------------------------------------------------------------------------------------------------------
+// Tensor-core kernels (bf16): 4 warps per block, each warp owns 16 rows of a 64-row tile; the other
+// operand streams through shared memory in 64-row tiles. Fragments follow the PTX ISA layout of
+// mma.m16n8k16: lane = 4 g + tig; an fp32 accumulator tile (16 x 8) holds rows g and g+8, columns
+// 2 tig and 2 tig + 1. Two accumulator tiles side by side are exactly the A operand of the next mma.
+
+#if LLMNP_BF16 && HS % 16 == 0 && HS <= 64
+#define TILE 64            // rows per block and per shared tile
+#define LDS (HS + 8)       // shared row pitch (bf16): 16-byte aligned rows, ldmatrix without bank conflicts
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+
+// A operand (16 x 16, row-major) at rows r0.., columns c0.. of a shared tile
+__device__ __forceinline__ void ldsm_a(unsigned (&a)[4], const floatX* tile, int r0, int c0) {
+    const int lane = threadIdx.x % 32;
+    const floatX* p = tile + (r0 + lane % 16) * LDS + c0 + (lane / 16) * 8;
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3]) : "r"(smem_u32(p)) : "memory");
+}
+
+// B operands of two n-tiles (n0.. and n0+8..) at k-step k0, where B[k][n] = tile[n][k] (e.g. K for q k^T)
+__device__ __forceinline__ void ldsm_b(unsigned (&b)[4], const floatX* tile, int n0, int k0) {
+    const int lane = threadIdx.x % 32;
+    const floatX* p = tile + (n0 + (lane / 16) * 8 + lane % 8) * LDS + k0 + ((lane / 8) % 2) * 8;
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3]) : "r"(smem_u32(p)) : "memory");
+}
+
+// B operands of two n-tiles (n0.. and n0+8..) at k-step k0, where B[k][n] = tile[k][n] (e.g. V for P v)
+__device__ __forceinline__ void ldsm_bt(unsigned (&b)[4], const floatX* tile, int k0, int n0) {
+    const int lane = threadIdx.x % 32;
+    const floatX* p = tile + (k0 + lane % 16) * LDS + n0 + (lane / 16) * 8;
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3]) : "r"(smem_u32(p)) : "memory");
+}
+
+__device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<unsigned*>(&v);
+}
+
+// the A operand for k-step kk made of accumulator tiles 2kk and 2kk+1
+__device__ __forceinline__ void acc_to_a(unsigned (&a)[4], const float (&lo)[4], const float (&hi)[4]) {
+    a[0] = pack_bf16(lo[0], lo[1]);
+    a[1] = pack_bf16(lo[2], lo[3]);
+    a[2] = pack_bf16(hi[0], hi[1]);
+    a[3] = pack_bf16(hi[2], hi[3]);
+}
+
+// TILE rows of one head (HS bf16 each, `stride` elements apart) from row row0 into a shared tile;
+// rows at or past T are zero
+__device__ __forceinline__ void load_tile(floatX* tile, const floatX* src, int row0, int T, int stride) {
+    for (int i = threadIdx.x; i < TILE * HS / 8; i += blockDim.x) {
+        const int r = i / (HS / 8), c = (i % (HS / 8)) * 8;
+        uint4 val = make_uint4(0, 0, 0, 0);
+        if (row0 + r < T) val = *reinterpret_cast<const uint4*>(src + (long long)(row0 + r) * stride + c);
+        *reinterpret_cast<uint4*>(tile + r * LDS + c) = val;
+    }
+}
+
+// grid (ceil(T/64), B*NH), 128 threads; the longest query tiles (last in time) start first
+extern "C" __global__ void __launch_bounds__(128) attention_forward_kernel2(floatX* out, float* lse, const floatX* qkv,
+                                                                          int B, int T, int NH) {
+    __shared__ __align__(16) floatX qs[TILE * LDS];
+    __shared__ __align__(16) floatX ks[TILE * LDS];
+    __shared__ __align__(16) floatX vs[TILE * LDS];
+    const int C = NH * HS, C3 = 3 * C;
+    const int qt = gridDim.x - 1 - blockIdx.x;
+    const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
+    const floatX* q = qkv + (long long)b * T * C3 + h * HS;
+    load_tile(qs, q, qt * TILE, T, C3);
+    __syncthreads();
+    unsigned qf[HS / 16][4];
+    for (int kk = 0; kk < HS / 16; kk++) ldsm_a(qf[kk], qs, warp * 16, kk * 16);
+    const int r0 = qt * TILE + warp * 16 + g, r1 = r0 + 8;       // this thread's two query rows
+    const float sl2 = LOG2E / sqrtf((float)HS);                   // scores in base-2 units
+    float o[HS / 8][4];
+    for (int n = 0; n < HS / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    for (int kt = 0; kt <= qt; kt++) {
+        __syncthreads();
+        load_tile(ks, q + C, kt * TILE, T, C3);
+        load_tile(vs, q + 2 * C, kt * TILE, T, C3);
+        __syncthreads();
+        float s[TILE / 8][4];
+        for (int n = 0; n < TILE / 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+        for (int kk = 0; kk < HS / 16; kk++)
+            for (int n2 = 0; n2 < TILE / 16; n2++) {
+                unsigned kb[4];
+                ldsm_b(kb, ks, n2 * 16, kk * 16);
+                mma16816(s[2 * n2], qf[kk], kb[0], kb[1]);
+                mma16816(s[2 * n2 + 1], qf[kk], kb[2], kb[3]);
+            }
+        float mx0 = m0, mx1 = m1;
+        for (int n = 0; n < TILE / 8; n++)
+            for (int e = 0; e < 4; e++) {
+                const int key = kt * TILE + n * 8 + 2 * tig + (e & 1);
+                const int row = e < 2 ? r0 : r1;
+                const float x = (key <= row && key < T) ? s[n][e] * sl2 : -INFINITY;
+                s[n][e] = x;
+                if (e < 2) mx0 = fmaxf(mx0, x); else mx1 = fmaxf(mx1, x);
+            }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        // key 0 is visible to every row, so after the first tile mx is finite and exp2(-inf) = 0 once
+        const float c0 = exp2f(m0 - mx0), c1 = exp2f(m1 - mx1);
+        m0 = mx0;
+        m1 = mx1;
+        l0 *= c0;
+        l1 *= c1;
+        for (int n = 0; n < TILE / 8; n++) {
+            s[n][0] = exp2f(s[n][0] - m0);
+            s[n][1] = exp2f(s[n][1] - m0);
+            s[n][2] = exp2f(s[n][2] - m1);
+            s[n][3] = exp2f(s[n][3] - m1);
+            l0 += s[n][0] + s[n][1];
+            l1 += s[n][2] + s[n][3];
+        }
+        for (int n = 0; n < HS / 8; n++) {
+            o[n][0] *= c0;
+            o[n][1] *= c0;
+            o[n][2] *= c1;
+            o[n][3] *= c1;
+        }
+        for (int kk = 0; kk < TILE / 16; kk++) {
+            unsigned pa[4];
+            acc_to_a(pa, s[2 * kk], s[2 * kk + 1]);
+            for (int n2 = 0; n2 < HS / 16; n2++) {
+                unsigned vb[4];
+                ldsm_bt(vb, vs, kk * 16, n2 * 16);
+                mma16816(o[2 * n2], pa, vb[0], vb[1]);
+                mma16816(o[2 * n2 + 1], pa, vb[2], vb[3]);
+            }
+        }
+    }
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
+    for (int n = 0; n < HS / 8; n++) {
+        const int col = h * HS + n * 8 + 2 * tig;
+        if (r0 < T) *reinterpret_cast<__nv_bfloat162*>(out + ((long long)b * T + r0) * C + col) = __floats2bfloat162_rn(o[n][0] * inv0, o[n][1] * inv0);
+        if (r1 < T) *reinterpret_cast<__nv_bfloat162*>(out + ((long long)b * T + r1) * C + col) = __floats2bfloat162_rn(o[n][2] * inv1, o[n][3] * inv1);
+    }
+    if (tig == 0) {
+        if (r0 < T) lse[(long long)bh * T + r0] = (m0 + log2f(l0)) / LOG2E;
+        if (r1 < T) lse[(long long)bh * T + r1] = (m1 + log2f(l1)) / LOG2E;
+    }
+}
+
+// dk, dv: grid (ceil(T/64), B*NH), 128 threads; block kt owns keys kt*64.., its warps 16 keys each,
+// and walks the query tiles from the diagonal to the end (block 0, the longest, starts first)
+extern "C" __global__ void __launch_bounds__(128) attention_backward_kernel4(floatX* dqkv, const floatX* dout,
+                                                                           const floatX* qkv, const float* lse,
+                                                                           const float* D, int B, int T, int NH) {
+    __shared__ __align__(16) floatX qs[TILE * LDS];
+    __shared__ __align__(16) floatX dos[TILE * LDS];
+    __shared__ __align__(16) floatX ks[TILE * LDS];
+    __shared__ __align__(16) floatX vs[TILE * LDS];
+    __shared__ float ls[TILE], Ds[TILE];
+    const int C = NH * HS, C3 = 3 * C;
+    const int kt = blockIdx.x;
+    const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
+    const floatX* q = qkv + (long long)b * T * C3 + h * HS;
+    const floatX* dO = dout + (long long)b * T * C + h * HS;
+    load_tile(ks, q + C, kt * TILE, T, C3);
+    load_tile(vs, q + 2 * C, kt * TILE, T, C3);
+    __syncthreads();
+    unsigned kf[HS / 16][4], vf[HS / 16][4];
+    for (int kk = 0; kk < HS / 16; kk++) {
+        ldsm_a(kf[kk], ks, warp * 16, kk * 16);
+        ldsm_a(vf[kk], vs, warp * 16, kk * 16);
+    }
+    const int j0 = kt * TILE + warp * 16 + g, j1 = j0 + 8;       // this thread's two keys
+    const float sl2 = LOG2E / sqrtf((float)HS);
+    float dk[HS / 8][4], dv[HS / 8][4];
+    for (int n = 0; n < HS / 8; n++)
+        for (int e = 0; e < 4; e++) dk[n][e] = dv[n][e] = 0.0f;
+    const int ntiles = (T + TILE - 1) / TILE;
+    for (int qt = kt; qt < ntiles; qt++) {
+        __syncthreads();
+        load_tile(qs, q, qt * TILE, T, C3);
+        load_tile(dos, dO, qt * TILE, T, C);
+        for (int i = threadIdx.x; i < TILE; i += blockDim.x) {
+            const int row = qt * TILE + i;
+            ls[i] = row < T ? lse[(long long)bh * T + row] * LOG2E : 0.0f;
+            Ds[i] = row < T ? D[(long long)bh * T + row] : 0.0f;
+        }
+        __syncthreads();
+        float st[TILE / 8][4], dpt[TILE / 8][4];        // S^T and dP^T: rows keys, columns queries
+        for (int n = 0; n < TILE / 8; n++)
+            for (int e = 0; e < 4; e++) st[n][e] = dpt[n][e] = 0.0f;
+        for (int kk = 0; kk < HS / 16; kk++)
+            for (int n2 = 0; n2 < TILE / 16; n2++) {
+                unsigned qb[4], db[4];
+                ldsm_b(qb, qs, n2 * 16, kk * 16);
+                mma16816(st[2 * n2], kf[kk], qb[0], qb[1]);
+                mma16816(st[2 * n2 + 1], kf[kk], qb[2], qb[3]);
+                ldsm_b(db, dos, n2 * 16, kk * 16);
+                mma16816(dpt[2 * n2], vf[kk], db[0], db[1]);
+                mma16816(dpt[2 * n2 + 1], vf[kk], db[2], db[3]);
+            }
+        for (int n = 0; n < TILE / 8; n++)
+            for (int e = 0; e < 4; e++) {
+                const int il = n * 8 + 2 * tig + (e & 1), i = qt * TILE + il;
+                const int j = e < 2 ? j0 : j1;
+                const float p = (i >= j && i < T && j < T) ? exp2f(st[n][e] * sl2 - ls[il]) : 0.0f;
+                st[n][e] = p;
+                dpt[n][e] = p * (dpt[n][e] - Ds[il]);
+            }
+        for (int kk = 0; kk < TILE / 16; kk++) {
+            unsigned pa[4], da[4];
+            acc_to_a(pa, st[2 * kk], st[2 * kk + 1]);
+            acc_to_a(da, dpt[2 * kk], dpt[2 * kk + 1]);
+            for (int n2 = 0; n2 < HS / 16; n2++) {
+                unsigned ob[4], qb[4];
+                ldsm_bt(ob, dos, kk * 16, n2 * 16);
+                mma16816(dv[2 * n2], pa, ob[0], ob[1]);
+                mma16816(dv[2 * n2 + 1], pa, ob[2], ob[3]);
+                ldsm_bt(qb, qs, kk * 16, n2 * 16);
+                mma16816(dk[2 * n2], da, qb[0], qb[1]);
+                mma16816(dk[2 * n2 + 1], da, qb[2], qb[3]);
+            }
+        }
+    }
+    const float scale = 1.0f / sqrtf((float)HS);
+    for (int n = 0; n < HS / 8; n++) {
+        const int col = h * HS + n * 8 + 2 * tig;
+        if (j0 < T) {
+            floatX* gr = dqkv + ((long long)b * T + j0) * C3 + col;
+            *reinterpret_cast<__nv_bfloat162*>(gr + C) = __floats2bfloat162_rn(dk[n][0] * scale, dk[n][1] * scale);
+            *reinterpret_cast<__nv_bfloat162*>(gr + 2 * C) = __floats2bfloat162_rn(dv[n][0], dv[n][1]);
+        }
+        if (j1 < T) {
+            floatX* gr = dqkv + ((long long)b * T + j1) * C3 + col;
+            *reinterpret_cast<__nv_bfloat162*>(gr + C) = __floats2bfloat162_rn(dk[n][2] * scale, dk[n][3] * scale);
+            *reinterpret_cast<__nv_bfloat162*>(gr + 2 * C) = __floats2bfloat162_rn(dv[n][2], dv[n][3]);
+        }
+    }
+}
+
+// dq: grid (ceil(T/64), B*NH), 128 threads; block owns 64 queries (16 per warp) and walks the key
+// tiles up to the diagonal (longest first)
+extern "C" __global__ void __launch_bounds__(128) attention_backward_kernel5(floatX* dqkv, const floatX* dout,
+                                                                           const floatX* qkv, const float* lse,
+                                                                           const float* D, int B, int T, int NH) {
+    __shared__ __align__(16) floatX qs[TILE * LDS];
+    __shared__ __align__(16) floatX dos[TILE * LDS];
+    __shared__ __align__(16) floatX ks[TILE * LDS];
+    __shared__ __align__(16) floatX vs[TILE * LDS];
+    const int C = NH * HS, C3 = 3 * C;
+    const int qt = gridDim.x - 1 - blockIdx.x;
+    const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
+    const floatX* q = qkv + (long long)b * T * C3 + h * HS;
+    const floatX* dO = dout + (long long)b * T * C + h * HS;
+    load_tile(qs, q, qt * TILE, T, C3);
+    load_tile(dos, dO, qt * TILE, T, C);
+    __syncthreads();
+    unsigned qf[HS / 16][4], df[HS / 16][4];
+    for (int kk = 0; kk < HS / 16; kk++) {
+        ldsm_a(qf[kk], qs, warp * 16, kk * 16);
+        ldsm_a(df[kk], dos, warp * 16, kk * 16);
+    }
+    const int r0 = qt * TILE + warp * 16 + g, r1 = r0 + 8;
+    const float lse0 = r0 < T ? lse[(long long)bh * T + r0] * LOG2E : 0.0f;
+    const float lse1 = r1 < T ? lse[(long long)bh * T + r1] * LOG2E : 0.0f;
+    const float D0 = r0 < T ? D[(long long)bh * T + r0] : 0.0f;
+    const float D1 = r1 < T ? D[(long long)bh * T + r1] : 0.0f;
+    const float sl2 = LOG2E / sqrtf((float)HS);
+    float dq[HS / 8][4];
+    for (int n = 0; n < HS / 8; n++) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
+    for (int kt = 0; kt <= qt; kt++) {
+        __syncthreads();
+        load_tile(ks, q + C, kt * TILE, T, C3);
+        load_tile(vs, q + 2 * C, kt * TILE, T, C3);
+        __syncthreads();
+        float s[TILE / 8][4], dp[TILE / 8][4];
+        for (int n = 0; n < TILE / 8; n++)
+            for (int e = 0; e < 4; e++) s[n][e] = dp[n][e] = 0.0f;
+        for (int kk = 0; kk < HS / 16; kk++)
+            for (int n2 = 0; n2 < TILE / 16; n2++) {
+                unsigned kb[4], vb[4];
+                ldsm_b(kb, ks, n2 * 16, kk * 16);
+                mma16816(s[2 * n2], qf[kk], kb[0], kb[1]);
+                mma16816(s[2 * n2 + 1], qf[kk], kb[2], kb[3]);
+                ldsm_b(vb, vs, n2 * 16, kk * 16);
+                mma16816(dp[2 * n2], df[kk], vb[0], vb[1]);
+                mma16816(dp[2 * n2 + 1], df[kk], vb[2], vb[3]);
+            }
+        for (int n = 0; n < TILE / 8; n++)
+            for (int e = 0; e < 4; e++) {
+                const int key = kt * TILE + n * 8 + 2 * tig + (e & 1);
+                const int row = e < 2 ? r0 : r1;
+                const float p = (key <= row && key < T && row < T) ? exp2f(s[n][e] * sl2 - (e < 2 ? lse0 : lse1)) : 0.0f;
+                s[n][e] = p * (dp[n][e] - (e < 2 ? D0 : D1));          // dS (unscaled)
+            }
+        for (int kk = 0; kk < TILE / 16; kk++) {
+            unsigned da[4];
+            acc_to_a(da, s[2 * kk], s[2 * kk + 1]);
+            for (int n2 = 0; n2 < HS / 16; n2++) {
+                unsigned kb[4];
+                ldsm_bt(kb, ks, kk * 16, n2 * 16);
+                mma16816(dq[2 * n2], da, kb[0], kb[1]);
+                mma16816(dq[2 * n2 + 1], da, kb[2], kb[3]);
+            }
+        }
+    }
+    const float scale = 1.0f / sqrtf((float)HS);
+    for (int n = 0; n < HS / 8; n++) {
+        const int col = h * HS + n * 8 + 2 * tig;
+        if (r0 < T) *reinterpret_cast<__nv_bfloat162*>(dqkv + ((long long)b * T + r0) * C3 + col) = __floats2bfloat162_rn(dq[n][0] * scale, dq[n][1] * scale);
+        if (r1 < T) *reinterpret_cast<__nv_bfloat162*>(dqkv + ((long long)b * T + r1) * C3 + col) = __floats2bfloat162_rn(dq[n][2] * scale, dq[n][3] * scale);
+    }
+}
+#endif

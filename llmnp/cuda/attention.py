@@ -1,0 +1,67 @@
+"""Attention launchers (attention.cu; llmnp/attention.py is the reference and states the rules).
+
+bf16 storage with a head size that is a multiple of 16 up to 64 (GPT-2's is 64) runs on the tensor-core
+kernels; everything else (fp32 storage, other head sizes up to 128) on the fp32 CUDA-core kernels.
+lse and the backward's D = rowsum(dout * out) are float32 (B,NH,T).
+Shapes: B batch, T time, C channels, NH heads, hs = C/NH; qkv (B,T,3C), out/dout (B,T,C).
+"""
+import numpy as np
+
+from llmnp.cuda.runtime import blocks, check, kernel, scratch, storage_is_bf16
+
+ROWS = 64                     # query (or key) rows per block in every kernel (attention.cu ROWS1, TILE)
+TILE1 = 32                    # attention.cu TILE1
+
+
+def _shapes(out, lse, qkv):
+    B, T, C = out.shape
+    NH = lse.shape[1]
+    if C % NH or lse.shape != (B, NH, T) or qkv.shape != (B, T, 3 * C):
+        raise ValueError(f"attention shapes disagree: out {out.shape}, lse {lse.shape}, qkv {qkv.shape}")
+    hs = C // NH
+    if hs > 128:
+        raise ValueError(f"the GPU attention kernels take head sizes up to 128, got {hs}")
+    return B, T, C, NH, hs
+
+
+def use_tensor_cores(dtype, hs, *arrays):
+    """The mma kernels need bf16, hs % 16 == 0, hs <= 64 and 16-byte aligned rows."""
+    return (storage_is_bf16(dtype) and hs % 16 == 0 and hs <= 64
+            and all(a.data.ptr % 16 == 0 for a in arrays))
+
+
+def attention_forward(out, lse, qkv, tensor_cores=None):
+    """out (B,T,C), lse (B,NH,T) <- qkv (B,T,3C). tensor_cores: None chooses (tests force either)."""
+    B, T, C, NH, hs = _shapes(out, lse, qkv)
+    check(out.dtype, out=out, qkv=qkv)
+    check(np.float32, lse=lse)
+    if tensor_cores is None:
+        tensor_cores = use_tensor_cores(out.dtype, hs, out, qkv)
+    args = (out, lse, qkv, np.int32(B), np.int32(T), np.int32(NH))
+    if tensor_cores:
+        kernel("attention", "attention_forward_kernel2", out.dtype, HS=hs)((blocks(T, ROWS), B * NH), (128,), args)
+    else:
+        kernel("attention", "attention_forward_kernel1", out.dtype, HS=hs)((blocks(T, ROWS), B * NH), (ROWS,), args)
+
+
+def attention_backward(dqkv, dout, qkv, out, lse, tensor_cores=None):
+    """dqkv (B,T,3C) overwritten <- dout (B,T,C), with qkv, out, lse saved by forward."""
+    B, T, C, NH, hs = _shapes(out, lse, qkv)
+    check(out.dtype, dqkv=dqkv, dout=dout, qkv=qkv, out=out)
+    check(np.float32, lse=lse)
+    if tensor_cores is None:
+        tensor_cores = use_tensor_cores(out.dtype, hs, dqkv, dout, qkv, out)
+    D = scratch("attention_D", B * NH * T)
+    k = kernel("attention", "attention_backward_kernel1", out.dtype, HS=hs)
+    k((blocks(B * T * NH, 8),), (256,), (D, dout, out, np.int32(B), np.int32(T), np.int32(NH)))
+    args = (dqkv, dout, qkv, lse, D, np.int32(B), np.int32(T), np.int32(NH))
+    grid = (blocks(T, ROWS), B * NH)
+    if tensor_cores:
+        kernel("attention", "attention_backward_kernel4", out.dtype, HS=hs)(grid, (128,), args)
+        kernel("attention", "attention_backward_kernel5", out.dtype, HS=hs)(grid, (128,), args)
+    else:
+        smem = 4 * (2 * ROWS * (hs + 1) + 2 * TILE1 * hs + 2 * TILE1)
+        for name in ("attention_backward_kernel2", "attention_backward_kernel3"):
+            k = kernel("attention", name, out.dtype, HS=hs)
+            k.max_dynamic_shared_size_bytes = smem
+            k(grid, (ROWS,), args, shared_mem=smem)

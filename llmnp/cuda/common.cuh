@@ -1,0 +1,68 @@
+// common.cuh: the storage type and the small helpers every kernel file shares.
+//
+// floatX is how activations, weights and their gradients are stored: float, or __nv_bfloat16 when the
+// launcher compiles with -DLLMNP_BF16=1. Arithmetic is always fp32: load with toF, store with fromF.
+// Statistics (layernorm mean/rstd, attention lse, losses), AdamW state and master weights are float in
+// both modes. Not here: any kernel.
+#pragma once
+#include <cuda_bf16.h>
+
+#ifndef INFINITY                       // NVRTC has no <math.h>
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
+#if LLMNP_BF16
+typedef __nv_bfloat16 floatX;
+#else
+typedef float floatX;
+#endif
+
+__device__ __forceinline__ float toF(float x) { return x; }
+__device__ __forceinline__ float toF(__nv_bfloat16 x) { return __bfloat162float(x); }
+#if LLMNP_BF16
+__device__ __forceinline__ floatX fromF(float x) { return __float2bfloat16_rn(x); }
+#else
+__device__ __forceinline__ floatX fromF(float x) { return x; }
+#endif
+
+// 16-byte packs: PACK elements of floatX moved with one load or store instruction
+#define PACK (16 / (int)sizeof(floatX))
+struct __align__(16) x128 { floatX v[16 / sizeof(floatX)]; };
+
+__device__ __forceinline__ x128 load128(const floatX* p) { return *reinterpret_cast<const x128*>(p); }
+__device__ __forceinline__ void store128(floatX* p, x128 x) { *reinterpret_cast<x128*>(p) = x; }
+__device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<size_t>(p) & 15) == 0; }
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// sum over the whole block (blockDim.x a multiple of 32, at most 1024); every thread gets the result
+__device__ __forceinline__ float block_sum(float v) {
+    __shared__ float partial[32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    v = warp_sum(v);
+    __syncthreads();                  // partial may still be read by a previous call
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    v = lane < warps ? partial[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+// max over the whole block, likewise
+__device__ __forceinline__ float block_max(float v) {
+    __shared__ float partial[32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    v = lane < warps ? partial[lane] : -INFINITY;
+    return warp_max(v);
+}

@@ -1,0 +1,34 @@
+"""LayerNorm launchers (layernorm.cu; llmnp/layernorm.py is the reference and states the rules).
+
+mean and rstd are float32 in both storage modes. Shapes: N = B*T rows (any leading shape), C channels.
+"""
+import numpy as np
+
+from llmnp.cuda.runtime import blocks, check, kernel, num_sms, scratch
+
+
+def layernorm_forward(out, mean, rstd, inp, weight, bias):
+    """out (B,T,C), mean (B,T), rstd (B,T) <- inp (B,T,C), weight (C,), bias (C,)."""
+    C = inp.shape[-1]
+    N = inp.size // C
+    check(out.dtype, out=out, inp=inp, weight=weight, bias=bias)
+    check(np.float32, mean=mean, rstd=rstd)
+    block_size = 256                                      # 8 warps, one row each
+    k = kernel("layernorm", "layernorm_forward_kernel1", out.dtype)
+    k((blocks(N, block_size // 32),), (block_size,), (out, mean, rstd, inp, weight, bias, np.int32(N), np.int32(C)))
+
+
+def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
+    """Adds into dinp (B,T,C), dweight (C,), dbias (C,) from dout (B,T,C)."""
+    C = inp.shape[-1]
+    N = inp.size // C
+    check(dinp.dtype, dinp=dinp, dweight=dweight, dbias=dbias, dout=dout, inp=inp, weight=weight)
+    check(np.float32, mean=mean, rstd=rstd)
+    block_size = 512                                      # 16 warps, rows strided over the grid
+    grid = min(blocks(N, block_size // 32), 2 * num_sms())
+    partial = scratch("layernorm_partial", grid * 2 * C)
+    k = kernel("layernorm", "layernorm_backward_kernel1", dinp.dtype)
+    k((grid,), (block_size,), (dinp, partial, dout, inp, weight, mean, rstd, np.int32(N), np.int32(C)),
+      shared_mem=2 * C * 4)
+    k = kernel("layernorm", "layernorm_backward_kernel2", dinp.dtype)
+    k((blocks(2 * C, 256),), (256,), (dweight, dbias, partial, np.int32(grid), np.int32(C)))

@@ -1,0 +1,45 @@
+"""Matmul launchers: the products on cuBLAS (fp32 accumulation), bias and dbias in matmul.cu
+(llmnp/matmul.py is the reference and states the rules).
+
+cuBLAS is column-major: a row-major (N, C) array is a column-major C x N matrix (written X_cm). So
+out (N,OC) = inp (N,C) @ weight (OC,C)^T is out_cm (OC x N) = W_cm^T (W_cm: C x OC) @ inp_cm (C x N):
+the (out, in) weight layout is used as it is, never transposed in memory.
+Shapes: N = B*T rows (any leading shape is flattened), C in channels, OC out channels.
+"""
+import numpy as np
+
+from llmnp.cuda.runtime import blocks, check, gemm, kernel, num_sms, pack, scratch
+
+
+def matmul_forward(out, inp, weight, bias):
+    """out (B,T,OC) <- inp (B,T,C), weight (OC,C), bias (OC,) or None."""
+    OC, C = weight.shape
+    N = inp.size // C
+    check(out.dtype, out=out, inp=inp, weight=weight)
+    gemm(out, weight, inp, m=OC, n=N, k=C, transa=True, transb=False, lda=C, ldb=C, ldc=OC)
+    if bias is not None:
+        check(out.dtype, bias=bias)
+        block_size = 256
+        k = kernel("matmul", "matmul_forward_kernel1", out.dtype)
+        k((blocks(N * OC, block_size * pack(out.dtype)),), (block_size,), (out, bias, np.int32(N), np.int32(OC)))
+
+
+def matmul_backward(dinp, dweight, dbias, dout, inp, weight):
+    """dinp (B,T,C) overwritten (unless None); adds into dweight (OC,C) and dbias (OC,) (unless None)."""
+    OC, C = weight.shape
+    N = inp.size // C
+    check(dout.dtype, dweight=dweight, dout=dout, inp=inp, weight=weight)
+    if dinp is not None:
+        check(dout.dtype, dinp=dinp)
+        # dinp (N,C) = dout (N,OC) @ weight (OC,C):  dinp_cm (C x N) = W_cm (C x OC) @ dout_cm (OC x N)
+        gemm(dinp, weight, dout, m=C, n=N, k=OC, transa=False, transb=False, lda=C, ldb=OC, ldc=C)
+    # dweight (OC,C) += dout^T (OC,N) @ inp (N,C):  dW_cm (C x OC) += inp_cm (C x N) @ dout_cm^T (N x OC)
+    gemm(dweight, inp, dout, m=C, n=OC, k=N, transa=False, transb=True, lda=C, ldb=OC, ldc=C, beta=1.0)
+    if dbias is not None:
+        check(dout.dtype, dbias=dbias)
+        R = max(1, min(blocks(N, 256), blocks(4 * num_sms(), blocks(OC, 32))))   # row ranges: ~4 blocks per SM
+        partial = scratch("matmul_partial", R * OC)
+        k = kernel("matmul", "matmul_backward_kernel1", dout.dtype)
+        k((blocks(OC, 32), R), (32, 8), (partial, dout, np.int32(N), np.int32(OC)))
+        k = kernel("matmul", "matmul_backward_kernel2", dout.dtype)
+        k((blocks(OC, 256),), (256,), (dbias, partial, np.int32(R), np.int32(OC)))

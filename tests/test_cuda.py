@@ -1,0 +1,373 @@
+"""The GPU backend (llmnp/cuda). Without a GPU: every .cu file compiles with NVRTC to sm_90 machine code,
+in both storage modes (the CI check). With a GPU: every launcher against its NumPy reference at several
+shapes, in fp32 (to ~1e-5) and bf16 (to ~1e-2), the accumulate-or-overwrite rule of each (accumulating
+outputs start random, overwritten ones start NaN), then the whole model against the CPU.
+
+Tolerances are on ||gpu - ref|| / ||ref||, the reference being the NumPy layer in float64 on the very
+inputs the GPU saw (bf16-rounded where the GPU stores bf16).
+"""
+import os
+
+import numpy as np
+import pytest
+
+cp = pytest.importorskip("cupy")
+from llmnp import layers as ref  # noqa: E402
+from llmnp.cuda import runtime  # noqa: E402
+
+FAMILIES = sorted(f[:-3] for f in os.listdir(runtime.KERNEL_DIR) if f.endswith(".cu"))
+
+
+def gpu_available():
+    try:
+        return cp.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+gpu = pytest.mark.skipif(not gpu_available(), reason="no CUDA GPU")
+
+
+# ------------------------------------------------------------------------------------ compile (CI)
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kernel_file_compiles(family, bf16):
+    pytest.importorskip("cupy_backends.cuda.libs.nvrtc")
+    head_sizes = (4, 16, 32, 64, 128) if family == "attention" else (None,)
+    for hs in head_sizes:
+        defines = (("HS", hs),) if hs else ()
+        try:
+            assert runtime.compile_check(family, bf16, defines) > 0
+        except (ImportError, OSError) as e:   # no NVRTC library on this machine
+            pytest.skip(f"NVRTC not available: {e}")
+
+
+def test_no_gpu_is_a_user_error(monkeypatch):
+    if gpu_available():
+        pytest.skip("a GPU is present")
+    from llmnp import GPT2, GPT2Config
+    from llmnp.errors import UserError
+    runtime.cupy.cache_clear()
+    with pytest.raises(UserError, match="no CUDA GPU"):
+        GPT2(GPT2Config.tiny(), device="cuda")
+
+
+# --------------------------------------------------------------------------------------- helpers
+DTYPES = ["float32", "bfloat16"]
+TOL = {"float32": 2e-5, "bfloat16": 1.5e-2}
+
+
+def dtype_of(name):
+    from llmnp.model import storage_dtype
+    return storage_dtype(name)
+
+
+class Case:
+    """Random inputs for one dtype: each array exists on the GPU (storage dtype) and on the host as the
+    float64 copy of exactly those values."""
+
+    def __init__(self, dtype, seed=0):
+        self.dtype = dtype_of(dtype)
+        self.tol = TOL[dtype]
+        self.rng = np.random.default_rng(seed)
+
+    def dev(self, a, dtype=None):
+        return cp.asarray(np.asarray(a).astype(dtype or self.dtype))
+
+    def randn(self, *shape, scale=1.0, dtype=None):
+        """(device array, float64 host copy of its values)"""
+        d = self.dev(self.rng.standard_normal(shape) * scale, dtype)
+        return d, host(d)
+
+    def nan(self, *shape, dtype=None):
+        return self.dev(np.full(shape, np.nan), dtype)
+
+    def close(self, got, want, what, tol=None):
+        got = host(got)
+        want = np.asarray(want, dtype=np.float64)
+        assert got.shape == want.shape, what
+        assert np.all(np.isfinite(got)), f"{what}: non-finite values (unwritten?)"
+        err = np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30)
+        assert err < (tol or self.tol), f"{what}: relative error {err:.3g}"
+
+
+def host(a):
+    return cp.asnumpy(a).astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------- layers
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,T,C,V", [(2, 5, 8, 16), (4, 64, 768, 512), (3, 7, 20, 30)])
+def test_encoder(dtype, B, T, C, V):
+    from llmnp.cuda import encoder_backward, encoder_forward
+    k = Case(dtype)
+    inp = k.rng.integers(0, min(V, 10), size=(B, T)).astype(np.int32)   # repeated tokens
+    wte, wte_h = k.randn(V, C)
+    wpe, wpe_h = k.randn(T + 3, C)
+    out = k.nan(B, T, C)
+    encoder_forward(out, cp.asarray(inp), wte, wpe)
+    want = np.empty((B, T, C))
+    ref.encoder_forward(want, inp, wte_h, wpe_h)
+    k.close(out, want, "encoder out")
+    dout, dout_h = k.randn(B, T, C)
+    dwte, dwte_h = k.randn(V, C)
+    dwpe, dwpe_h = k.randn(T + 3, C)
+    encoder_backward(dwte, dwpe, dout, cp.asarray(inp))
+    ref.encoder_backward(dwte_h, dwpe_h, dout_h, inp)
+    k.close(dwte, dwte_h, "dwte")
+    k.close(dwpe, dwpe_h, "dwpe")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,T,C", [(2, 3, 8), (4, 64, 768), (3, 7, 100)])
+def test_layernorm(dtype, B, T, C):
+    from llmnp.cuda import layernorm_backward, layernorm_forward
+    k = Case(dtype)
+    inp, inp_h = k.randn(B, T, C, scale=3.0)
+    w, w_h = k.randn(C)
+    b, b_h = k.randn(C)
+    out, mean, rstd = k.nan(B, T, C), k.nan(B, T, dtype=np.float32), k.nan(B, T, dtype=np.float32)
+    layernorm_forward(out, mean, rstd, inp, w, b)
+    want, m_h, r_h = np.empty((B, T, C)), np.empty((B, T)), np.empty((B, T))
+    ref.layernorm_forward(want, m_h, r_h, inp_h, w_h, b_h)
+    k.close(out, want, "ln out")
+    k.close(mean, m_h, "mean", tol=1e-5)
+    k.close(rstd, r_h, "rstd", tol=1e-5)
+    dout, dout_h = k.randn(B, T, C)
+    dinp, dinp_h = k.randn(B, T, C)
+    dw, dw_h = k.randn(C)
+    db, db_h = k.randn(C)
+    layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd)
+    ref.layernorm_backward(dinp_h, dw_h, db_h, dout_h, inp_h, w_h, m_h, r_h)
+    k.close(dinp, dinp_h, "dinp")
+    k.close(dw, dw_h, "dweight")
+    k.close(db, db_h, "dbias")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,T,C,OC,bias", [(2, 5, 8, 24, True), (4, 64, 768, 2304, True), (3, 7, 20, 50, True),
+                                            (2, 64, 64, 512, False)])
+def test_matmul(dtype, B, T, C, OC, bias):
+    from llmnp.cuda import matmul_backward, matmul_forward
+    k = Case(dtype)
+    inp, inp_h = k.randn(B, T, C)
+    w, w_h = k.randn(OC, C, scale=C ** -0.5)
+    b, b_h = k.randn(OC) if bias else (None, None)
+    out = k.nan(B, T, OC)
+    matmul_forward(out, inp, w, b)
+    want = np.empty((B, T, OC))
+    ref.matmul_forward(want, inp_h, w_h, b_h)
+    k.close(out, want, "matmul out")
+    dout, dout_h = k.randn(B, T, OC)
+    dinp = k.nan(B, T, C)
+    dw, dw_h = k.randn(OC, C)
+    db, db_h = k.randn(OC) if bias else (None, None)
+    matmul_backward(dinp, dw, db, dout, inp, w)
+    dinp_h = np.empty((B, T, C))
+    ref.matmul_backward(dinp_h, dw_h, db_h, dout_h, inp_h, w_h)
+    k.close(dinp, dinp_h, "dinp")
+    k.close(dw, dw_h, "dweight")
+    if bias:
+        k.close(db, db_h, "dbias")
+
+
+def attention_cases():
+    for dtype in DTYPES:
+        for B, T, NH, hs in [(2, 5, 2, 4), (2, 64, 2, 64), (1, 100, 3, 64), (2, 200, 4, 32), (1, 1024, 2, 64),
+                             (2, 33, 2, 16)]:
+            for tc in ([False, True] if dtype == "bfloat16" and hs % 16 == 0 else [False]):
+                yield dtype, B, T, NH, hs, tc
+
+
+@gpu
+@pytest.mark.parametrize("dtype,B,T,NH,hs,tensor_cores", list(attention_cases()))
+def test_attention(dtype, B, T, NH, hs, tensor_cores):
+    from llmnp.cuda.attention import attention_backward, attention_forward
+    k = Case(dtype)
+    C = NH * hs
+    qkv, qkv_h = k.randn(B, T, 3 * C)
+    out, lse = k.nan(B, T, C), k.nan(B, NH, T, dtype=np.float32)
+    attention_forward(out, lse, qkv, tensor_cores=tensor_cores)
+    want, lse_h = np.empty((B, T, C)), np.empty((B, NH, T))
+    ref.attention_forward(want, lse_h, qkv_h)
+    k.close(out, want, "att out")
+    k.close(lse, lse_h, "lse", tol=1e-5 if dtype == "float32" else 2e-3)
+    dout, dout_h = k.randn(B, T, C)
+    dqkv = k.nan(B, T, 3 * C)
+    attention_backward(dqkv, dout, qkv, out, lse, tensor_cores=tensor_cores)
+    dqkv_h = np.empty((B, T, 3 * C))
+    ref.attention_backward(dqkv_h, dout_h, qkv_h, host(out), host(lse))   # from the GPU's own saved out/lse
+    for i, name in enumerate("qkv"):
+        k.close(dqkv[..., i * C:(i + 1) * C], dqkv_h[..., i * C:(i + 1) * C], "d" + name)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(7,), (4, 64, 3072), (3, 5, 13)])
+def test_gelu_and_residual(dtype, shape):
+    from llmnp.cuda import gelu_backward, gelu_forward, residual_backward, residual_forward
+    k = Case(dtype)
+    x, x_h = k.randn(*shape, scale=2.0)
+    out = k.nan(*shape)
+    gelu_forward(out, x)
+    want = np.empty(shape)
+    ref.gelu_forward(want, x_h)
+    k.close(out, want, "gelu out")
+    dout, dout_h = k.randn(*shape)
+    dinp = k.nan(*shape)
+    gelu_backward(dinp, x, dout)
+    want = np.empty(shape)
+    ref.gelu_backward(want, x_h, dout_h)
+    k.close(dinp, want, "gelu dinp")
+
+    y, y_h = k.randn(*shape)
+    out = k.nan(*shape)
+    residual_forward(out, x, y)
+    k.close(out, x_h + y_h, "residual out")
+    residual_forward(y, x, y)                              # in place, as the model calls it
+    k.close(y, x_h + y_h, "residual in place")
+    d1, d1_h = k.randn(*shape)
+    d2, d2_h = k.randn(*shape)
+    residual_backward(d1, d2, dout)
+    ref.residual_backward(d1_h, d2_h, dout_h)
+    k.close(d1, d1_h, "dinp1")
+    k.close(d2, d2_h, "dinp2")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,T,V,Vp", [(2, 5, 11, 16), (4, 3, 50257, 50304), (1, 4, 90, 100)])
+def test_classifier(dtype, B, T, V, Vp):
+    from llmnp.cuda import crossentropy_forward, crossentropy_softmax_backward, softmax_forward
+    k = Case(dtype)
+    logits, logits_h = k.randn(B, T, Vp, scale=3.0)
+    targets = k.rng.integers(0, V, size=(B, T)).astype(np.int32)
+    probs = k.nan(B, T, Vp)
+    softmax_forward(probs, logits, V)
+    probs_h = np.empty((B, T, Vp))
+    ref.softmax_forward(probs_h, logits_h, V)
+    k.close(probs, probs_h, "probs")
+    losses = k.nan(B, T, dtype=np.float32)
+    crossentropy_forward(losses, probs, cp.asarray(targets))
+    losses_h = np.empty((B, T))
+    ref.crossentropy_forward(losses_h, host(probs), targets)
+    k.close(losses, losses_h, "losses", tol=1e-6)
+    dloss = 1.0 / (B * T * 2)
+    want = np.empty((B, T, Vp))
+    ref.crossentropy_softmax_backward(want, host(probs), targets, dloss)
+    crossentropy_softmax_backward(probs, probs, cp.asarray(targets), dloss)   # in place, as the model calls it
+    k.close(probs, want, "dlogits")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 1000, 1 << 20])
+def test_adamw_and_global_norm(dtype, n):
+    from llmnp.cuda import adamw_update, global_norm_squared
+    k = Case(dtype)
+    grads, g_h = k.randn(n, scale=0.1)
+    m, m_h = k.randn(n, scale=0.01, dtype=np.float32)
+    v_d = k.dev(k.rng.random(n) * 1e-3, np.float32)
+    v_h = host(v_d)
+    master_h = k.rng.standard_normal(n).astype(np.float32).astype(np.float64)
+    if dtype == "float32":
+        params, master = k.dev(master_h), None
+    else:
+        params, master = k.dev(master_h), k.dev(master_h, np.float32)
+    for t in (1, 2):
+        adamw_update(params, grads, m, v_d, 1e-3, 0.9, 0.95, 1e-8, 0.1, t, grad_scale=0.5, master=master)
+        ref.adamw_update(master_h, g_h, m_h, v_h, 1e-3, 0.9, 0.95, 1e-8, 0.1, t, grad_scale=0.5)
+    k.close(m, m_h, "m", tol=1e-5)
+    k.close(v_d, v_h, "v", tol=1e-5)
+    if master is not None:
+        k.close(master, master_h, "master", tol=1e-6)
+    k.close(params, master_h, "params", tol=1e-6 if dtype == "float32" else 5e-3)
+    got = float(global_norm_squared(grads))
+    want = ref.global_norm_squared(g_h)
+    assert abs(got - want) <= 1e-5 * want, (got, want)
+
+
+# ------------------------------------------------------------------------------------ the model
+def _batch(config, B, T, seed=1):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, config.vocab_size, size=(B, T + 1)).astype(np.int32)
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+SMALL = dict(max_seq_len=64, vocab_size=500, padded_vocab_size=512, num_layers=2, num_heads=2, channels=128)
+
+
+def _step(model, x, y):
+    loss = float(model.forward(x, y))
+    model.zero_grad()
+    model.backward()
+    return loss
+
+
+@gpu
+def test_model_fp32_matches_cpu():
+    """Logits, loss and all 16 gradients at init-like weights, then 10 AdamW steps (llm.c's test_gpt2)."""
+    from llmnp import GPT2, GPT2Config
+    from llmnp.params import PARAMETER_NAMES
+    config = GPT2Config(**SMALL)
+    x, y = _batch(config, B=4, T=64)
+    cpu, gpu_model = GPT2(config, seed=3), GPT2(config, device="cuda", seed=3)
+    lc, lg = _step(cpu, x, y), _step(gpu_model, x, y)
+    assert abs(lc - lg) < 1e-5, (lc, lg)
+    z = host(gpu_model.logits)
+    assert np.max(np.abs(z - cpu.logits)) < 1e-5 * max(1.0, np.max(np.abs(cpu.logits)))
+    for name in PARAMETER_NAMES:
+        want, got = cpu.grads[name], host(gpu_model.grads[name])
+        maxdiff = np.max(np.abs(got - want))
+        assert maxdiff <= 2e-5 * np.max(np.abs(want)), f"{name}: maxdiff {maxdiff:.3g} of max {np.max(np.abs(want)):.3g}"
+    losses = {}
+    for name, model in (("cpu", cpu), ("gpu", gpu_model)):
+        losses[name] = []
+        for t in range(1, 11):
+            losses[name].append(_step(model, x, y))
+            norm = model.grad_norm()
+            model.update(1e-4, 0.9, 0.95, 1e-8, 0.0, t, grad_scale=min(1.0, 1.0 / norm))
+    np.testing.assert_allclose(losses["gpu"], losses["cpu"], rtol=1e-4)
+    assert losses["gpu"][-1] < losses["gpu"][0] - 0.5
+
+
+@gpu
+def test_model_bf16_close_to_cpu_and_learns():
+    from llmnp import GPT2, GPT2Config
+    from llmnp.params import PARAMETER_NAMES
+    config = GPT2Config(**SMALL)
+    x, y = _batch(config, B=4, T=64)
+    cpu, bf = GPT2(config, seed=3), GPT2(config, device="cuda", dtype="bfloat16", seed=3)
+    assert bf.params_memory.dtype.name == "bfloat16" and bf.master_memory.dtype == np.float32
+    np.testing.assert_array_equal(bf.parameters_to_host(), cpu.params_memory)     # master = the fp32 init
+    lc, lb = _step(cpu, x, y), _step(bf, x, y)
+    assert abs(lc - lb) < 0.02, (lc, lb)
+    for name in PARAMETER_NAMES:
+        want, got = cpu.grads[name], host(bf.grads[name])
+        err = np.linalg.norm(got - want) / np.linalg.norm(want)
+        assert err < 0.05, f"{name}: relative error {err:.3g}"
+    first = lb
+    for t in range(1, 31):
+        loss = _step(bf, x, y)
+        bf.update(1e-3, 0.9, 0.95, 1e-8, 0.0, t, grad_scale=min(1.0, 1.0 / bf.grad_norm()))
+    assert loss < first - 2.0, (first, loss)
+
+
+@gpu
+def test_model_gpu_buffers_stay_on_the_gpu():
+    from llmnp import GPT2, GPT2Config
+    config = GPT2Config(**SMALL)
+    model = GPT2(config, device="cuda", dtype="bfloat16")
+    x, y = _batch(config, B=2, T=32)
+    loss = model.forward(x, y)
+    assert isinstance(loss, cp.ndarray) and loss.dtype == np.float32
+    model.zero_grad()
+    model.backward()
+    model.update(1e-3, 0.9, 0.95, 1e-8, 0.1, 1)
+    for a in (model.params_memory, model.grads_memory, model.m_memory, model.v_memory, model.master_memory,
+              model.acts_memory, model.stats_memory, model.dacts_memory):
+        assert isinstance(a, cp.ndarray)
+    assert model.m_memory.dtype == model.stats_memory.dtype == np.float32
