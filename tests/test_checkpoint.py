@@ -367,3 +367,56 @@ def test_safetensors_interop(tmp_path):
     bits = np.array([[0x3F80, 0xC020]], "<u2")
     (tmp_path / "bf.safetensors").write_bytes(struct.pack("<Q", len(head)) + head + bits.tobytes())
     assert read_safetensors(tmp_path / "bf.safetensors")["w"].tolist() == [[1.0, -2.5]]
+
+
+# ------------------------------------------------------------------------------------------ download
+def run_download(args, tmp_path, fake_hub=None, **env):
+    import subprocess
+    import sys
+    environ = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("HF_")}
+    if fake_hub is not None:
+        (tmp_path / "fake").mkdir(exist_ok=True)
+        (tmp_path / "fake" / "huggingface_hub.py").write_text(fake_hub)
+        environ["PYTHONPATH"] = str(tmp_path / "fake")
+    environ.update(env)
+    return subprocess.run([sys.executable, "-m", "llmnp.download", *args], capture_output=True, text=True,
+                          env=environ, cwd=tmp_path)
+
+
+FAKE_HUB = '''
+import os
+class LocalEntryNotFoundError(Exception):
+    pass
+def hf_hub_download(repo_id, filename):
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise LocalEntryNotFoundError("not in the cache\\nsecond line")
+    assert repo_id == "openai-community/gpt2", repo_id
+    return os.path.join(os.environ["FAKE_HUB_DIR"], filename)
+'''
+
+
+def test_download_converts_local_and_hub_weights(tmp_path):
+    config = dataclasses.replace(TINY, padded_vocab_size=128)
+    flat = random_flat(config)
+    save_hf(tmp_path / "hf", config, flat)
+    r = run_download(["hf", "-o", "out"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    for name in ("gpt2_d2.bin", "gpt2_d2_bf16.bin", "gpt2_tokenizer.bin"):
+        assert (tmp_path / "out" / name).exists()
+    assert load_model(tmp_path / "out" / "gpt2_d2.bin")[0] == config
+    assert np.array_equal(load_model(tmp_path / "out" / "gpt2_d2.bin")[1], flat)
+    # "gpt2" through the hub (a stand-in huggingface_hub serving the same folder), online
+    r = run_download(["gpt2", "-o", "hub"], tmp_path, FAKE_HUB, HF_HUB_OFFLINE="0", FAKE_HUB_DIR=str(tmp_path / "hf"))
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(load_model(tmp_path / "hub" / "gpt2_d2.bin")[1], flat)
+
+
+def test_download_offline_and_without_huggingface_hub(tmp_path):
+    # offline: the hub's host does not answer -> HF_HUB_OFFLINE=1 -> one line, at once
+    r = run_download(["gpt2", "-o", "x"], tmp_path, FAKE_HUB, HF_ENDPOINT="http://127.0.0.1:9")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "offline" in r.stderr
+    assert not (tmp_path / "x").exists()
+    r = run_download(["gpt2"], tmp_path, "raise ImportError('no hub here')")
+    assert r.returncode == 1 and "pip install huggingface_hub" in r.stderr and r.stderr.count("\n") == 1
+    r = run_download(["gpt3"], tmp_path)
+    assert r.returncode == 1 and "gpt2-medium" in r.stderr
