@@ -11,18 +11,9 @@ import pytest
 from llmnp import GPT2, GPT2Config
 from llmnp.errors import UserError
 from llmnp.export import main as export
-from llmnp.params import PARAMETER_NAMES
+from test_generate import perturbed_model
 
 CONFIG = GPT2Config(max_seq_len=12, vocab_size=50, padded_vocab_size=64, num_layers=2, num_heads=2, channels=16)
-
-
-def perturbed_model(seed=0):
-    model = GPT2(CONFIG, seed=seed)
-    rng = np.random.default_rng(seed + 1)
-    for name in PARAMETER_NAMES:
-        model.params[name][...] += 0.3 * rng.standard_normal(model.params[name].shape)
-    model.params["wte"][CONFIG.vocab_size:] = 0
-    return model
 
 
 def logits(model, x):
@@ -31,7 +22,7 @@ def logits(model, x):
 
 
 def test_export_then_import_gives_identical_logits(tmp_path, capsys):
-    model = perturbed_model()
+    model = perturbed_model(np.float32, CONFIG)
     model.save_checkpoint(str(tmp_path / "model.bin"))
     export([str(tmp_path / "model.bin"), str(tmp_path / "hf")])
     assert "2 layers, 16 channels, 2 heads, 50 tokens, 12 positions" in capsys.readouterr().out
@@ -47,7 +38,7 @@ def test_export_then_import_gives_identical_logits(tmp_path, capsys):
 
 def test_folder_is_in_hugging_face_gpt2_layout(tmp_path):
     from safetensors.numpy import load_file
-    model = perturbed_model()
+    model = perturbed_model(np.float32, CONFIG)
     run = tmp_path / "run"
     run.mkdir()
     model.save_checkpoint(str(run / "model_00000005.bin"))

@@ -1,11 +1,16 @@
 """Generation: the KV-cache step against the full forward pass (logits at every position, and greedy
 generation token for token), sampling's knobs, the max_seq_len stop, and the CLI on every kind of
 model path. The end-to-end run (your text -> shards -> training -> generate) is tests/test_text.py."""
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
-from llmnp import GPT2, GPT2Config
-from llmnp.generate import KVCache, forward_step, generate, sample
+from llmnp import GPT2, GPT2Config, tokenizer
+from llmnp.errors import UserError
+from llmnp.generate import KVCache, forward_step, generate, main, sample, to_host
 from llmnp.params import PARAMETER_NAMES
 
 TINY = GPT2Config.tiny(vocab_size=40, max_seq_len=24, num_layers=2, num_heads=2, channels=16, pad_to=16)
@@ -120,8 +125,6 @@ def model_paths(tmp_path_factory):
 
 
 def test_cli_streams_the_same_text_from_every_kind_of_model_path(model_paths, capsys):
-    from llmnp import tokenizer
-    from llmnp.generate import main
     model, paths = model_paths
     prompt = "Hello"
     tokens = list(generate(model, [tokenizer.EOT] + tokenizer.encode(prompt), 10, temperature=0.9, seed=3))
@@ -134,7 +137,6 @@ def test_cli_streams_the_same_text_from_every_kind_of_model_path(model_paths, ca
 
 
 def test_cli_says_when_it_stops_at_max_seq_len(model_paths, capsys):
-    from llmnp.generate import main
     _, paths = model_paths
     main(["--model", str(paths["bin"]), "-n", "100", "--temperature", "0"])
     err = capsys.readouterr().err
@@ -151,20 +153,52 @@ def test_cli_says_when_it_stops_at_max_seq_len(model_paths, capsys):
     (["--model", "{tmp}/small.bin"], "vocabulary has 40 tokens"),
 ])
 def test_cli_bad_input_is_one_clear_line(model_paths, tmp_path, argv, message):
-    from llmnp.errors import UserError
-    from llmnp.generate import main
     _, paths = model_paths
     (tmp_path / "nodone").mkdir()
     perturbed_model(np.float32).save_checkpoint(str(tmp_path / "nodone" / "model_00000001.bin"))
     perturbed_model(np.float32).save_checkpoint(str(tmp_path / "small.bin"))
     argv = [a.format(bin=paths["bin"], tmp=tmp_path) for a in argv]
-    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")):
+    with pytest.raises(UserError, match=re.escape(message)):
         main(argv)
 
 
 def test_cli_error_is_one_line_on_stderr(tmp_path):
-    import subprocess
-    import sys
     r = subprocess.run([sys.executable, "-m", "llmnp.generate", "--model", str(tmp_path / "missing.bin")],
                        capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+
+
+# ------------------------------------------------------------------------------------ the GPU
+def gpu_available():
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+gpu = pytest.mark.skipif(not gpu_available(), reason="no CUDA GPU")
+GPU_CONFIG = GPT2Config(max_seq_len=32, vocab_size=100, padded_vocab_size=128, num_layers=2, num_heads=4, channels=64)
+
+
+@gpu
+@pytest.mark.parametrize("dtype, tol", [("float32", 1e-4), ("bfloat16", 5e-2)])
+def test_gpu_kv_cache_equals_gpu_full_forward_and_the_cpu(dtype, tol):
+    cpu = perturbed_model(np.float32, GPU_CONFIG)
+    model = GPT2(GPU_CONFIG, device="cuda", dtype=dtype, init=False)
+    model.load_parameters(cpu.parameters_to_host())
+    T = GPU_CONFIG.max_seq_len
+    tokens = np.random.default_rng(3).integers(0, GPU_CONFIG.vocab_size, T).astype(np.int32)
+    model.forward(tokens[None, :])
+    full = to_host(model.logits[0])
+    cpu.forward(tokens[None, :])
+    cache = KVCache(model)
+    for t in range(T):
+        cached = to_host(forward_step(model, cache, int(tokens[t])))
+        for name, ref in (("gpu full forward", full[t]), ("cpu", cpu.logits[0, t])):
+            rel = np.linalg.norm(cached - ref) / np.linalg.norm(ref)
+            assert rel < tol, f"position {t}: {name} rel diff {rel:.2e}"
+    if dtype == "float32":
+        prompt = [5, 17, 3]
+        assert list(generate(model, prompt, 20, temperature=0, eot=-1)) == \
+            list(generate(cpu, prompt, 20, temperature=0, eot=-1))

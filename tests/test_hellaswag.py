@@ -19,9 +19,10 @@ from llmnp import GPT2, GPT2Config
 from llmnp.errors import UserError
 from llmnp.hellaswag import completion_losses, evaluate, make_batch, rank_block, read_examples
 from llmnp.params import PARAMETER_NAMES
+from test_generate import gpu
 
 V = 16
-CONFIG = GPT2Config(max_seq_len=16, vocab_size=V, padded_vocab_size=32, num_layers=1, num_heads=2, channels=V)
+CONFIG = GPT2Config(max_seq_len=16, vocab_size=V, padded_vocab_size=32, num_layers=1, num_heads=1, channels=V)
 
 # (label, context, 4 endings); "picks" = the ending of lowest mean non-repeat fraction, first on ties
 EXAMPLES = [
@@ -208,3 +209,24 @@ def test_cli_prints_llmc_line_and_bad_input_is_one_line(tmp_path):
     r = run_cli("--model", str(tmp_path / "copy.bin"), "--data", str(bad))
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: ")
     assert "bad magic 1" in r.stderr
+
+
+# ------------------------------------------------------------------------------------ the GPU
+@gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_gpu_scores_as_the_cpu(tmp_path, dtype):
+    """The copy model's known answers, and a random model's per-row losses and counts, on the GPU."""
+    path = write_eval(tmp_path / "hs.bin", EXAMPLES)
+    gpu_copy = GPT2(CONFIG, device="cuda", dtype=dtype, init=False)
+    gpu_copy.load_parameters(copy_model(np.float32).parameters_to_host())
+    assert evaluate(gpu_copy, path, B=8) == (EXPECTED_CORRECT, len(EXAMPLES))
+    path = write_eval(tmp_path / "random.bin", random_examples(12, seed=4))
+    cpu = random_model()
+    gpu_model = GPT2(CONFIG, device="cuda", dtype=dtype, init=False)
+    gpu_model.load_parameters(cpu.parameters_to_host().astype(np.float32))
+    batch = make_batch(read_examples(path))
+    want = completion_losses(cpu, *batch)
+    got = completion_losses(gpu_model, *batch)
+    np.testing.assert_allclose(got, want, rtol=1e-4 if dtype == "float32" else 5e-2)
+    if dtype == "float32":
+        assert evaluate(gpu_model, path, B=8) == evaluate(random_model(), path, B=8)
