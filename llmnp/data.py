@@ -10,10 +10,10 @@ DataLoader, as llm.c's llmc/dataloader.h (dimension letters: B batch rows, T tim
 - shuffle: one torch-identical mt19937 seeded seed+rank (llm.c: 42+rank). Every epoch start
   Fisher-Yates-permutes the shard order in place (not reset to identity between epochs); every shard
   load permutes a fresh identity order of its samples. Same draws as llm.c, so same batches.
-Also here: llm.c's HellaSwag eval file writer/reader, the shard packer and downloader the data/
-scripts share, and default_corpus(), the offline corpus the README's first command trains on.
+Also here, for the data/ scripts: llm.c's HellaSwag eval-file writer, the shard packer, the downloader;
+and default_corpus(), the offline corpus the README's first command trains on.
 
-Not here: tokenization (tokenizer.py), HellaSwag scoring (hellaswag.py).
+Not here: tokenization (tokenizer.py), reading and scoring HellaSwag files (hellaswag.py).
 """
 import glob
 import os
@@ -440,32 +440,3 @@ def write_eval_file(path, examples):
     with open(path, "wb") as f:
         f.write(new_header(EVAL_MAGIC, EVAL_VERSION, len(examples), longest).tobytes())
         f.write(np.array(stream, dtype="<u2").tobytes())
-
-
-def read_eval_file(path):
-    """The examples of an eval file: list of dicts label, ctx_tokens, ending_tokens."""
-    with open_file(path, "eval file") as f:
-        header = read_header(f, path, EVAL_MAGIC, (EVAL_VERSION,), "eval file")
-        raw = f.read()
-    if len(raw) % 2:
-        raise UserError(f"{path}: truncated eval file")
-    s = np.frombuffer(raw, dtype="<u2").tolist()
-    examples, pos = [], 0
-    try:
-        for idx in range(int(header[2])):
-            start, nbytes, index, label, ncomp = s[pos:pos + 5]
-            if start != EVAL_START or index != idx or pos + nbytes // 2 > len(s):
-                raise ValueError
-            body = s[pos + 5:pos + nbytes // 2]
-            n = body[0]
-            ctx, body = body[1:1 + n], body[1 + n:]
-            endings = []
-            for _ in range(ncomp):
-                n = body[0]
-                endings.append(body[1:1 + n])
-                body = body[1 + n:]
-            examples.append({"label": label, "ctx_tokens": ctx, "ending_tokens": endings})
-            pos += nbytes // 2
-    except (ValueError, IndexError):
-        raise UserError(f"{path}: corrupt or truncated eval file at example {len(examples)}") from None
-    return examples
