@@ -45,7 +45,7 @@ for stage in $stages; do
         run bench $PY bench/gpu.py --json "$OUT/bench.json"
         ;;
     quickbench)
-        run bench $PY bench/gpu.py --impl llmnp torch --batch 4 64 --warmup 2 --steps 4 --json "$OUT/bench.json"
+        run bench $PY bench/gpu.py --impl llmnp --batch 4 64 --warmup 2 --steps 4 --json "$OUT/bench.json"
         ;;
     esac
 done
