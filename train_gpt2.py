@@ -245,7 +245,8 @@ def resume(args, dist, model, train_loader, log):
     if not os.path.exists(state_path):
         raise UserError(f"{state_path} is missing: the checkpoint at step {step} was written by a different "
                         f"number of processes than {dist.world_size}; resume with the same count")
-    state = load_state(state_path)
+    start, end = dist.shard or (0, model.num_parameters)
+    state = load_state(state_path, num_parameters=end - start)
     if state["world_size"] != dist.world_size or state["rank"] != dist.rank:
         raise UserError(f"checkpoint at step {step} was written by {state['world_size']} processes, "
                         f"this run has {dist.world_size}: resume with the same count")
@@ -338,7 +339,12 @@ def main(argv=None):
     loss_outliers, norm_outliers = OutlierDetector(), OutlierDetector()
     ema_tok_s, step_times = 0.0, []
     for step in range(start_step, num_steps + 1):
-        last = step == num_steps or bool(interrupted)
+        if interrupted:
+            if args.output_dir and step > start_step:
+                save_checkpoint(args, dist, model, train_loader, step, log)
+                log(f"stopped after step {step}: continue with the same flags and -y 1")
+            break
+        last = step == num_steps
         if step % args.val_every == 0 or last:
             val_loader.reset()
             val_loss = 0.0

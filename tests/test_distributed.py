@@ -1,0 +1,70 @@
+"""Data parallel on the CPU: `mpiexec -n 2` gives the same losses as one process with the same total batch
+(gradient accumulation), with and without ZeRO-1, and the same val loss over the same val tokens."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from llmnp.data import write_shard
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip install -e '.[mpi]')")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mpi")
+    tokens = np.random.default_rng(0).integers(0, 50257, size=5000)
+    write_shard(str(d / "train.bin"), tokens)
+    write_shard(str(d / "val.bin"), tokens[:2000])
+    return str(d / "train.bin"), str(d / "val.bin")
+
+
+def train(shards, nproc, *flags, tmp=None):
+    train, val = shards
+    cmd = [sys.executable, os.path.join(ROOT, "train_gpt2.py"), "-e", "d1", "-i", train, "-j", val, "-t", "16",
+           "-b", "2", "-x", "4", "-v", "2", "-s", "1000", "-sh", "0", "-l", "3e-3", "-c", "0.1", *flags]
+    if nproc > 1:
+        cmd = [MPIEXEC, "-n", str(nproc)] + cmd
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return p
+
+
+def numbers(out, pattern):
+    return [float(x) for x in re.findall(pattern, out)]
+
+
+@pytest.mark.parametrize("zero", ["0", "1"])
+def test_two_processes_match_one_with_accumulation(shards, zero):
+    one = train(shards, 1, "-d", "64", "-m", "4")
+    two = train(shards, 2, "-d", "64", "-m", "2", "-z", zero)     # -m is per process: the same val tokens
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    assert "processes=2 grad_accum=1" in two.stdout and "processes=1 grad_accum=2" in one.stdout
+    l1, l2 = numbers(one.stdout, r"\| loss (\S+) "), numbers(two.stdout, r"\| loss (\S+) ")
+    n1, n2 = numbers(one.stdout, r"\| norm (\S+) "), numbers(two.stdout, r"\| norm (\S+) ")
+    v1, v2 = numbers(one.stdout, r"val loss (\S+)"), numbers(two.stdout, r"val loss (\S+)")
+    assert len(l1) == len(l2) == 4 and len(v1) == len(v2) == 3
+    np.testing.assert_allclose(l2, l1, atol=2e-5)
+    np.testing.assert_allclose(n2, n1, rtol=1e-4)
+    np.testing.assert_allclose(v2, v1, atol=2e-5)
+    assert two.stdout.count("val loss") == 3                             # rank 0 alone prints
+
+
+def test_batch_that_does_not_split_over_processes_is_one_clear_error(shards):
+    p = train(shards, 2, "-d", "48")
+    assert p.returncode != 0
+    lines = p.stderr.strip().splitlines()
+    assert lines and all(re.fullmatch(r"\[rank \d\] error: -d 48 is not a multiple of B\*T\*processes.*", l)
+                         for l in lines), p.stderr
+
+
+def test_resume_with_another_process_count_says_so(shards, tmp_path):
+    out = str(tmp_path / "run")
+    assert train(shards, 1, "-o", out, "-x", "2").returncode == 0
+    p = train(shards, 2, "-o", out, "-x", "2", "-y", "1")
+    assert p.returncode != 0 and "resume with the same count" in p.stderr, p.stderr
