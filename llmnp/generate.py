@@ -99,7 +99,7 @@ def to_host(a):
 
 
 class KVCache:
-    """Keys and values of every position so far, k and v (L, NH, maxT, hs), pos of them filled; and the
+    """Keys and values of every position so far, kv (L, 2, NH, maxT, hs), pos of them filled; and the
     one-position buffers a step writes, in the model's dtypes on its device. The cache itself is float32
     (float64 for a float64 model): the attention of one query is computed at that precision."""
 
@@ -107,8 +107,7 @@ class KVCache:
         cfg, xp, dt = model.config, model.xp, model.dtype
         L, NH, C, maxT, Vp = cfg.num_layers, cfg.num_heads, cfg.channels, cfg.max_seq_len, cfg.padded_vocab_size
         cache_dt = np.float64 if dt == np.float64 else np.float32
-        self.k = xp.zeros((L, NH, maxT, C // NH), cache_dt)    # (L,NH,maxT,hs)
-        self.v = xp.zeros((L, NH, maxT, C // NH), cache_dt)    # (L,NH,maxT,hs)
+        self.kv = xp.zeros((L, 2, NH, maxT, C // NH), cache_dt)   # (L,2,NH,maxT,hs): keys, values
         self.pos = 0
         self.x = xp.zeros((1, 1, C), dt)           # the residual stream of the new position
         self.ln = xp.zeros((1, 1, C), dt)          # ln1, ln2 or lnf output
@@ -128,11 +127,12 @@ def attention_step(out, q, k, v, xp):
     positions 0..t-1 with the query's own position last. No mask is needed: every cached position is
     this one or an earlier one. This is the last row of attention_forward's softmax(q k^T / sqrt(hs)) v."""
     hs = q.shape[-1]
-    q = q.astype(k.dtype)
-    scores = (k @ q[:, :, None])[:, :, 0] * (1.0 / math.sqrt(hs))   # (NH,t,hs) @ (NH,hs,1) -> (NH,t)
+    q = q.astype(k.dtype, copy=False)
+    scores = (k @ q[:, :, None])[:, :, 0]                  # (NH,t,hs) @ (NH,hs,1) -> (NH,t)
+    scores *= 1.0 / math.sqrt(hs)
     att = xp.exp(scores - scores.max(axis=-1, keepdims=True))
     att /= att.sum(axis=-1, keepdims=True)
-    out[...] = ((att[:, None, :] @ v)[:, 0, :]).astype(out.dtype)   # (NH,1,t) @ (NH,t,hs) -> (NH,hs)
+    out[...] = (att[:, None, :] @ v)[:, 0, :]              # (NH,1,t) @ (NH,t,hs) -> (NH,hs)
 
 
 def forward_step(model, cache, token):
@@ -149,10 +149,9 @@ def forward_step(model, cache, token):
     for l in range(cfg.num_layers):
         ops.layernorm_forward(c.ln, c.mean, c.rstd, x, p["ln1w"][l], p["ln1b"][l])
         ops.matmul_forward(c.qkv, c.ln, p["qkvw"][l], p["qkvb"][l])         # (1,1,3C)
-        q, k, v = c.qkv.reshape(3, NH, hs)                                  # Q | K | V blocks of C
-        c.k[l, :, t] = k
-        c.v[l, :, t] = v
-        attention_step(c.atty.reshape(NH, hs), q, c.k[l, :, :t + 1], c.v[l, :, :t + 1], xp)
+        qkv = c.qkv.reshape(3, NH, hs)                                      # Q | K | V blocks of C
+        c.kv[l, :, :, t] = qkv[1:]
+        attention_step(c.atty.reshape(NH, hs), qkv[0], c.kv[l, 0, :, :t + 1], c.kv[l, 1, :, :t + 1], xp)
         ops.matmul_forward(c.proj, c.atty, p["attprojw"][l], p["attprojb"][l])
         ops.residual_forward(x, x, c.proj)                                  # x += attproj
         ops.layernorm_forward(c.ln, c.mean, c.rstd, x, p["ln2w"][l], p["ln2b"][l])
@@ -176,18 +175,19 @@ def sample(logits, temperature, top_k, top_p, rng):
     if temperature == 0:
         return int(np.argmax(logits))
     z = np.asarray(logits, dtype=np.float64) / temperature
+    ids = np.arange(z.size)                              # the candidates' token ids
     if 0 < top_k < z.size:
-        kth = np.partition(z, -top_k)[-top_k]
-        z = np.where(z < kth, -np.inf, z)
+        ids = np.argpartition(z, -top_k)[-top_k:]        # the k most likely, in no particular order
+        z = z[ids]
     probs = np.exp(z - z.max())
     probs /= probs.sum()
     if top_p < 1.0:
         order = np.argsort(-probs, kind="stable")
-        before = np.cumsum(probs[order]) - probs[order]     # mass of the more likely tokens
-        probs[order[before >= top_p]] = 0.0                 # keeps the token that crosses top_p
+        before = np.cumsum(probs[order]) - probs[order]  # mass of the more likely candidates
+        probs[order[before >= top_p]] = 0.0              # keeps the one that crosses top_p
     cdf = np.cumsum(probs)
-    coin = rng.random() * cdf[-1]
-    return int(min(np.searchsorted(cdf, coin, side="right"), z.size - 1))
+    i = np.searchsorted(cdf, rng.random() * cdf[-1], side="right")
+    return int(ids[min(i, z.size - 1)])
 
 
 def generate(model, tokens, max_new_tokens, temperature=0.8, top_k=40, top_p=0.95, seed=0, eot=50256):
