@@ -72,8 +72,11 @@ def save_model(path, config, flat, dtype="float32"):
     c = config
     header = new_header(MODEL_MAGIC, MODEL_VERSIONS[dtype], c.max_seq_len, c.vocab_size, c.num_layers,
                         c.num_heads, c.channels, c.padded_vocab_size)
-    payload = float32_to_bf16_bits(flat.astype(np.float32)) if dtype == "bfloat16" else flat.astype("<f4")
-    _write(path, header.tobytes(), payload.astype(payload.dtype.newbyteorder("<"), copy=False))
+    if dtype == "bfloat16":
+        payload = float32_to_bf16_bits(flat.astype(np.float32)).astype("<u2", copy=False)
+    else:
+        payload = flat.astype("<f4", copy=False)
+    _write(path, header.tobytes(), payload)
 
 
 def load_model(path):
@@ -381,20 +384,18 @@ def load_hf(path):
     parts = []
     for name, shape in parameter_specs(config):
         key, conv1d = HF_KEYS[name]
-        layers = [key.format(l=l) for l in range(L)] if "{l}" in key else [key]
-        for k in layers:
+        per_layer = "{l}" in key
+        want = (V, C) if name == "wte" else tuple(shape[1:] if per_layer else shape)   # (out, in)
+        stored = want[::-1] if conv1d else want
+        for k in [key.format(l=l) for l in range(L)] if per_layer else [key]:
             if k not in tensors:
                 raise UserError(f"{weights}: tensor {k} is missing")
             a = tensors.pop(k)
-            a = a.T if conv1d else a
-            want = shape[1:] if "{l}" in key else shape
-            if name == "wte":
-                want = (V, C)
-            if a.shape != tuple(want):
-                raise UserError(f"{weights}: {k} has shape {a.shape}, expected {tuple(want)[::-1] if conv1d else tuple(want)}")
-            parts.append(a.ravel())
-            if name == "wte":
-                parts.append(np.zeros((config.padded_vocab_size - V) * C, np.float32))
+            if a.shape != stored:
+                raise UserError(f"{weights}: {k} has shape {a.shape}, expected {stored}")
+            parts.append((a.T if conv1d else a).ravel())
+        if name == "wte":
+            parts.append(np.zeros((config.padded_vocab_size - V) * C, np.float32))   # padded rows
     if tensors:
         raise UserError(f"{weights}: unexpected tensors {sorted(tensors)[:3]}: not a GPT-2 checkpoint?")
     return config, np.concatenate(parts).astype(np.float32)
