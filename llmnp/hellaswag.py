@@ -149,9 +149,9 @@ def evaluate_examples(model, examples, B=16, rank=0, world_size=1, allreduce=Non
     """evaluate() on examples already read."""
     if B < NUM_COMPLETIONS:
         raise UserError(f"HellaSwag needs B >= {NUM_COMPLETIONS} rows per batch (one example), got {B}")
+    check_fits(model, examples, path)        # all of them: every process fails alike, none waits in allreduce
     start, end = rank_block(len(examples), rank, world_size)
     examples = examples[start:end]
-    check_fits(model, examples, path)
     # The model allocates its activations at its first forward, for that (B, T), and later batches must
     # fit in them. A model that has not run yet gets the largest batch first: the first batch padded
     # to B rows and the longest example's T. One that has (a training model) keeps to its B; its T

@@ -153,6 +153,9 @@ def test_a_model_that_has_run_keeps_to_its_activations(tmp_path):
     model.forward(np.zeros((4, 4), np.int32))
     with pytest.raises(UserError, match="T=4"):
         evaluate(model, path)
+    # rank 0's own block (example 0) fits in T=4, others' do not: it fails too, rather than wait for them
+    with pytest.raises(UserError, match="T=4"):
+        evaluate(model, path, rank=0, world_size=6)
 
 
 def corrupt(i, fields, at, value):
