@@ -288,7 +288,7 @@ def main(argv=None):
     V = model.config.vocab_size
     train_loader = DataLoader(train_pattern, B, T, rank=dist.rank, world_size=dist.world_size,
                               shuffle=bool(args.shuffle) and not args.overfit_single_batch,
-                              seed=42 + dist.rank, vocab_size=V)
+                              seed=42, vocab_size=V)   # the loader adds the rank, as llm.c
     val_loader = DataLoader(val_pattern, B, T, rank=dist.rank, world_size=dist.world_size, vocab_size=V)
     num_steps = args.max_steps if args.max_steps > 0 else train_loader.num_tokens // total_batch
     if num_steps <= 0:
