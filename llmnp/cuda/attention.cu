@@ -200,9 +200,10 @@ extern "C" __global__ void attention_backward_kernel3(floatX* dqkv, const floatX
 
 // ------------------------------------------------------------------------------------------------------
 // Tensor-core kernels (bf16): 4 warps per block, each warp owns 16 rows of a 64-row tile; the other
-// operand streams through shared memory in 64-row tiles. Fragments follow the PTX ISA layout of
-// mma.m16n8k16: lane = 4 g + tig; an fp32 accumulator tile (16 x 8) holds rows g and g+8, columns
-// 2 tig and 2 tig + 1. Two accumulator tiles side by side are exactly the A operand of the next mma.
+// operand streams through shared memory in 64-row tiles, double-buffered with cp.async (the next tile
+// loads while this one is computed). Fragments follow the PTX ISA layout of mma.m16n8k16: lane =
+// 4 g + tig; an fp32 accumulator tile (16 x 8) holds rows g and g+8, columns 2 tig and 2 tig + 1. Two
+// accumulator tiles side by side are exactly the A operand of the next mma.
 
 #if LLMNP_BF16 && HS % 16 == 0 && HS <= 64
 #define TILE 64            // rows per block and per shared tile
@@ -253,57 +254,85 @@ __device__ __forceinline__ void acc_to_a(unsigned (&a)[4], const float (&lo)[4],
     a[3] = pack_bf16(hi[2], hi[3]);
 }
 
-// TILE rows of one head (HS bf16 each, `stride` elements apart) from row row0 into a shared tile;
-// rows at or past T are zero
+// cp.async of `bytes` (4 or 16) from global to shared; src_ok false writes zeros (and reads nothing)
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool src_ok) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(smem_u32(dst)), "l"(src), "r"(src_ok ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool src_ok) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" :: "r"(smem_u32(dst)), "l"(src), "r"(src_ok ? 4 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory"); }
+
+// start copying TILE rows of one head (HS bf16 each, `stride` elements apart) from row row0 into a
+// shared tile; rows at or past T become zeros
 __device__ __forceinline__ void load_tile(floatX* tile, const floatX* src, int row0, int T, int stride) {
     for (int i = threadIdx.x; i < TILE * HS / 8; i += blockDim.x) {
         const int r = i / (HS / 8), c = (i % (HS / 8)) * 8;
-        uint4 val = make_uint4(0, 0, 0, 0);
-        if (row0 + r < T) val = *reinterpret_cast<const uint4*>(src + (long long)(row0 + r) * stride + c);
-        *reinterpret_cast<uint4*>(tile + r * LDS + c) = val;
+        const bool ok = row0 + r < T;
+        cp_async16(tile + r * LDS + c, src + (long long)(ok ? row0 + r : 0) * stride + c, ok);
     }
 }
 
-// grid (ceil(T/64), B*NH), 128 threads; the longest query tiles (last in time) start first
+// start copying TILE floats of a (B,NH,T) statistic from row row0 (zeros at or past T)
+__device__ __forceinline__ void load_stat(float* dst, const float* src, int row0, int T) {
+    for (int i = threadIdx.x; i < TILE; i += blockDim.x) {
+        const bool ok = row0 + i < T;
+        cp_async4(dst + i, src + (ok ? row0 + i : 0), ok);
+    }
+}
+
+// grid (ceil(T/64), B*NH), 128 threads; the longest query tiles (last in time) start first.
+// Shared: Q, then K/V double-buffered.
 extern "C" __global__ void __launch_bounds__(128) attention_forward_kernel2(floatX* out, float* lse, const floatX* qkv,
                                                                           int B, int T, int NH) {
     __shared__ __align__(16) floatX qs[TILE * LDS];
-    __shared__ __align__(16) floatX ks[TILE * LDS];
-    __shared__ __align__(16) floatX vs[TILE * LDS];
+    __shared__ __align__(16) floatX ks[2][TILE * LDS];
+    __shared__ __align__(16) floatX vs[2][TILE * LDS];
     const int C = NH * HS, C3 = 3 * C;
     const int qt = gridDim.x - 1 - blockIdx.x;
     const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
     const floatX* q = qkv + (long long)b * T * C3 + h * HS;
     load_tile(qs, q, qt * TILE, T, C3);
-    __syncthreads();
+    load_tile(ks[0], q + C, 0, T, C3);
+    load_tile(vs[0], q + 2 * C, 0, T, C3);
+    cp_async_commit();
     unsigned qf[HS / 16][4];
-    for (int kk = 0; kk < HS / 16; kk++) ldsm_a(qf[kk], qs, warp * 16, kk * 16);
     const int r0 = qt * TILE + warp * 16 + g, r1 = r0 + 8;       // this thread's two query rows
     const float sl2 = LOG2E / sqrtf((float)HS);                   // scores in base-2 units
     float o[HS / 8][4];
     for (int n = 0; n < HS / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
     for (int kt = 0; kt <= qt; kt++) {
-        __syncthreads();
-        load_tile(ks, q + C, kt * TILE, T, C3);
-        load_tile(vs, q + 2 * C, kt * TILE, T, C3);
-        __syncthreads();
+        const int cur = kt & 1;
+        if (kt < qt) {
+            load_tile(ks[cur ^ 1], q + C, (kt + 1) * TILE, T, C3);
+            load_tile(vs[cur ^ 1], q + 2 * C, (kt + 1) * TILE, T, C3);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();                                          // tile kt (and Q) are in for everyone
+        if (kt == 0)
+            for (int kk = 0; kk < HS / 16; kk++) ldsm_a(qf[kk], qs, warp * 16, kk * 16);
         float s[TILE / 8][4];
         for (int n = 0; n < TILE / 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
         for (int kk = 0; kk < HS / 16; kk++)
             for (int n2 = 0; n2 < TILE / 16; n2++) {
                 unsigned kb[4];
-                ldsm_b(kb, ks, n2 * 16, kk * 16);
+                ldsm_b(kb, ks[cur], n2 * 16, kk * 16);
                 mma16816(s[2 * n2], qf[kk], kb[0], kb[1]);
                 mma16816(s[2 * n2 + 1], qf[kk], kb[2], kb[3]);
             }
         float mx0 = m0, mx1 = m1;
+        const bool edge = kt == qt || (kt + 1) * TILE > T;         // only the diagonal and last tiles mask
         for (int n = 0; n < TILE / 8; n++)
             for (int e = 0; e < 4; e++) {
                 const int key = kt * TILE + n * 8 + 2 * tig + (e & 1);
                 const int row = e < 2 ? r0 : r1;
-                const float x = (key <= row && key < T) ? s[n][e] * sl2 : -INFINITY;
+                const float x = (!edge || (key <= row && key < T)) ? s[n][e] * sl2 : -INFINITY;
                 s[n][e] = x;
                 if (e < 2) mx0 = fmaxf(mx0, x); else mx1 = fmaxf(mx1, x);
             }
@@ -336,11 +365,12 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_kernel2(floa
             acc_to_a(pa, s[2 * kk], s[2 * kk + 1]);
             for (int n2 = 0; n2 < HS / 16; n2++) {
                 unsigned vb[4];
-                ldsm_bt(vb, vs, kk * 16, n2 * 16);
+                ldsm_bt(vb, vs[cur], kk * 16, n2 * 16);
                 mma16816(o[2 * n2], pa, vb[0], vb[1]);
                 mma16816(o[2 * n2 + 1], pa, vb[2], vb[3]);
             }
         }
+        __syncthreads();                                          // done with buffer cur before it refills
     }
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
     l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
@@ -358,30 +388,37 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_kernel2(floa
     }
 }
 
-// dk, dv: grid (ceil(T/64), B*NH), 128 threads; block kt owns keys kt*64.., its warps 16 keys each,
-// and walks the query tiles from the diagonal to the end (block 0, the longest, starts first)
+// dk, dv: grid (ceil(T/64), B*NH), 128 threads; block kt owns keys kt*64.., its warps 16 keys each
+// (k and v as register fragments), and walks the query tiles from the diagonal to the end (block 0,
+// the longest, starts first). Shared: four tiles, K | V at first, then Q | dO double-buffered.
 extern "C" __global__ void __launch_bounds__(128) attention_backward_kernel4(floatX* dqkv, const floatX* dout,
                                                                            const floatX* qkv, const float* lse,
                                                                            const float* D, int B, int T, int NH) {
-    __shared__ __align__(16) floatX qs[TILE * LDS];
-    __shared__ __align__(16) floatX dos[TILE * LDS];
-    __shared__ __align__(16) floatX ks[TILE * LDS];
-    __shared__ __align__(16) floatX vs[TILE * LDS];
-    __shared__ float ls[TILE], Ds[TILE];
+    __shared__ __align__(16) floatX tiles[4][TILE * LDS];        // [2 cur]: Q, [2 cur + 1]: dO
+    __shared__ float ls[2][TILE], Ds[2][TILE];
     const int C = NH * HS, C3 = 3 * C;
     const int kt = blockIdx.x;
     const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
     const floatX* q = qkv + (long long)b * T * C3 + h * HS;
     const floatX* dO = dout + (long long)b * T * C + h * HS;
-    load_tile(ks, q + C, kt * TILE, T, C3);
-    load_tile(vs, q + 2 * C, kt * TILE, T, C3);
+    const float* lse_bh = lse + (long long)bh * T;
+    const float* D_bh = D + (long long)bh * T;
+    load_tile(tiles[2], q + C, kt * TILE, T, C3);                 // K, V into the second pair for now
+    load_tile(tiles[3], q + 2 * C, kt * TILE, T, C3);
+    load_tile(tiles[0], q, kt * TILE, T, C3);                     // the first query tile (the diagonal)
+    load_tile(tiles[1], dO, kt * TILE, T, C);
+    load_stat(ls[0], lse_bh, kt * TILE, T);
+    load_stat(Ds[0], D_bh, kt * TILE, T);
+    cp_async_commit();
+    cp_async_wait<0>();
     __syncthreads();
     unsigned kf[HS / 16][4], vf[HS / 16][4];
     for (int kk = 0; kk < HS / 16; kk++) {
-        ldsm_a(kf[kk], ks, warp * 16, kk * 16);
-        ldsm_a(vf[kk], vs, warp * 16, kk * 16);
+        ldsm_a(kf[kk], tiles[2], warp * 16, kk * 16);
+        ldsm_a(vf[kk], tiles[3], warp * 16, kk * 16);
     }
+    __syncthreads();                                              // tiles 2, 3 are free for queries now
     const int j0 = kt * TILE + warp * 16 + g, j1 = j0 + 8;       // this thread's two keys
     const float sl2 = LOG2E / sqrtf((float)HS);
     float dk[HS / 8][4], dv[HS / 8][4];
@@ -389,15 +426,20 @@ extern "C" __global__ void __launch_bounds__(128) attention_backward_kernel4(flo
         for (int e = 0; e < 4; e++) dk[n][e] = dv[n][e] = 0.0f;
     const int ntiles = (T + TILE - 1) / TILE;
     for (int qt = kt; qt < ntiles; qt++) {
-        __syncthreads();
-        load_tile(qs, q, qt * TILE, T, C3);
-        load_tile(dos, dO, qt * TILE, T, C);
-        for (int i = threadIdx.x; i < TILE; i += blockDim.x) {
-            const int row = qt * TILE + i;
-            ls[i] = row < T ? lse[(long long)bh * T + row] * LOG2E : 0.0f;
-            Ds[i] = row < T ? D[(long long)bh * T + row] : 0.0f;
+        const int cur = (qt - kt) & 1;
+        if (qt + 1 < ntiles) {
+            load_tile(tiles[2 * (cur ^ 1)], q, (qt + 1) * TILE, T, C3);
+            load_tile(tiles[2 * (cur ^ 1) + 1], dO, (qt + 1) * TILE, T, C);
+            load_stat(ls[cur ^ 1], lse_bh, (qt + 1) * TILE, T);
+            load_stat(Ds[cur ^ 1], D_bh, (qt + 1) * TILE, T);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
         }
         __syncthreads();
+        const floatX* qs = tiles[2 * cur];
+        const floatX* dos = tiles[2 * cur + 1];
         float st[TILE / 8][4], dpt[TILE / 8][4];        // S^T and dP^T: rows keys, columns queries
         for (int n = 0; n < TILE / 8; n++)
             for (int e = 0; e < 4; e++) st[n][e] = dpt[n][e] = 0.0f;
@@ -411,13 +453,15 @@ extern "C" __global__ void __launch_bounds__(128) attention_backward_kernel4(flo
                 mma16816(dpt[2 * n2], vf[kk], db[0], db[1]);
                 mma16816(dpt[2 * n2 + 1], vf[kk], db[2], db[3]);
             }
+        const bool edge = qt == kt || (qt + 1) * TILE > T;
         for (int n = 0; n < TILE / 8; n++)
             for (int e = 0; e < 4; e++) {
                 const int il = n * 8 + 2 * tig + (e & 1), i = qt * TILE + il;
                 const int j = e < 2 ? j0 : j1;
-                const float p = (i >= j && i < T && j < T) ? exp2f(st[n][e] * sl2 - ls[il]) : 0.0f;
+                const bool visible = !edge || (i >= j && i < T && j < T);
+                const float p = visible ? exp2f(st[n][e] * sl2 - ls[cur][il] * LOG2E) : 0.0f;
                 st[n][e] = p;
-                dpt[n][e] = p * (dpt[n][e] - Ds[il]);
+                dpt[n][e] = p * (dpt[n][e] - Ds[cur][il]);
             }
         for (int kk = 0; kk < TILE / 16; kk++) {
             unsigned pa[4], da[4];
@@ -433,6 +477,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_backward_kernel4(flo
                 mma16816(dk[2 * n2 + 1], da, qb[2], qb[3]);
             }
         }
+        __syncthreads();
     }
     const float scale = 1.0f / sqrtf((float)HS);
     for (int n = 0; n < HS / 8; n++) {
@@ -450,42 +495,53 @@ extern "C" __global__ void __launch_bounds__(128) attention_backward_kernel4(flo
     }
 }
 
-// dq: grid (ceil(T/64), B*NH), 128 threads; block owns 64 queries (16 per warp) and walks the key
-// tiles up to the diagonal (longest first)
+// dq: grid (ceil(T/64), B*NH), 128 threads; block owns 64 queries (16 per warp; q and dout as register
+// fragments) and walks the key tiles up to the diagonal (longest first). Shared: four tiles, Q | dO at
+// first, then K | V double-buffered.
 extern "C" __global__ void __launch_bounds__(128) attention_backward_kernel5(floatX* dqkv, const floatX* dout,
                                                                            const floatX* qkv, const float* lse,
                                                                            const float* D, int B, int T, int NH) {
-    __shared__ __align__(16) floatX qs[TILE * LDS];
-    __shared__ __align__(16) floatX dos[TILE * LDS];
-    __shared__ __align__(16) floatX ks[TILE * LDS];
-    __shared__ __align__(16) floatX vs[TILE * LDS];
+    __shared__ __align__(16) floatX tiles[4][TILE * LDS];        // [2 cur]: K, [2 cur + 1]: V
     const int C = NH * HS, C3 = 3 * C;
     const int qt = gridDim.x - 1 - blockIdx.x;
     const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
     const floatX* q = qkv + (long long)b * T * C3 + h * HS;
     const floatX* dO = dout + (long long)b * T * C + h * HS;
-    load_tile(qs, q, qt * TILE, T, C3);
-    load_tile(dos, dO, qt * TILE, T, C);
-    __syncthreads();
-    unsigned qf[HS / 16][4], df[HS / 16][4];
-    for (int kk = 0; kk < HS / 16; kk++) {
-        ldsm_a(qf[kk], qs, warp * 16, kk * 16);
-        ldsm_a(df[kk], dos, warp * 16, kk * 16);
-    }
+    load_tile(tiles[2], q, qt * TILE, T, C3);                     // Q, dO into the second pair for now
+    load_tile(tiles[3], dO, qt * TILE, T, C);
+    load_tile(tiles[0], q + C, 0, T, C3);                         // the first key tile
+    load_tile(tiles[1], q + 2 * C, 0, T, C3);
+    cp_async_commit();
     const int r0 = qt * TILE + warp * 16 + g, r1 = r0 + 8;
     const float lse0 = r0 < T ? lse[(long long)bh * T + r0] * LOG2E : 0.0f;
     const float lse1 = r1 < T ? lse[(long long)bh * T + r1] * LOG2E : 0.0f;
     const float D0 = r0 < T ? D[(long long)bh * T + r0] : 0.0f;
     const float D1 = r1 < T ? D[(long long)bh * T + r1] : 0.0f;
+    cp_async_wait<0>();
+    __syncthreads();
+    unsigned qf[HS / 16][4], df[HS / 16][4];
+    for (int kk = 0; kk < HS / 16; kk++) {
+        ldsm_a(qf[kk], tiles[2], warp * 16, kk * 16);
+        ldsm_a(df[kk], tiles[3], warp * 16, kk * 16);
+    }
+    __syncthreads();                                              // tiles 2, 3 are free for keys now
     const float sl2 = LOG2E / sqrtf((float)HS);
     float dq[HS / 8][4];
     for (int n = 0; n < HS / 8; n++) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
     for (int kt = 0; kt <= qt; kt++) {
+        const int cur = kt & 1;
+        if (kt < qt) {
+            load_tile(tiles[2 * (cur ^ 1)], q + C, (kt + 1) * TILE, T, C3);
+            load_tile(tiles[2 * (cur ^ 1) + 1], q + 2 * C, (kt + 1) * TILE, T, C3);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
         __syncthreads();
-        load_tile(ks, q + C, kt * TILE, T, C3);
-        load_tile(vs, q + 2 * C, kt * TILE, T, C3);
-        __syncthreads();
+        const floatX* ks = tiles[2 * cur];
+        const floatX* vs = tiles[2 * cur + 1];
         float s[TILE / 8][4], dp[TILE / 8][4];
         for (int n = 0; n < TILE / 8; n++)
             for (int e = 0; e < 4; e++) s[n][e] = dp[n][e] = 0.0f;
@@ -499,11 +555,13 @@ extern "C" __global__ void __launch_bounds__(128) attention_backward_kernel5(flo
                 mma16816(dp[2 * n2], df[kk], vb[0], vb[1]);
                 mma16816(dp[2 * n2 + 1], df[kk], vb[2], vb[3]);
             }
+        const bool edge = kt == qt || (kt + 1) * TILE > T;
         for (int n = 0; n < TILE / 8; n++)
             for (int e = 0; e < 4; e++) {
                 const int key = kt * TILE + n * 8 + 2 * tig + (e & 1);
                 const int row = e < 2 ? r0 : r1;
-                const float p = (key <= row && key < T && row < T) ? exp2f(s[n][e] * sl2 - (e < 2 ? lse0 : lse1)) : 0.0f;
+                const bool visible = !edge || (key <= row && key < T && row < T);
+                const float p = visible ? exp2f(s[n][e] * sl2 - (e < 2 ? lse0 : lse1)) : 0.0f;
                 s[n][e] = p * (dp[n][e] - (e < 2 ? D0 : D1));          // dS (unscaled)
             }
         for (int kk = 0; kk < TILE / 16; kk++) {
@@ -516,6 +574,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_backward_kernel5(flo
                 mma16816(dq[2 * n2 + 1], da, kb[2], kb[3]);
             }
         }
+        __syncthreads();
     }
     const float scale = 1.0f / sqrtf((float)HS);
     for (int n = 0; n < HS / 8; n++) {

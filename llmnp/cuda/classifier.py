@@ -13,8 +13,8 @@ def softmax_forward(probs, logits, V):
     Vp = logits.shape[-1]
     N = logits.size // Vp
     check(probs.dtype, probs=probs, logits=logits)
-    block_size = 512
-    k = kernel("classifier", "softmax_forward_kernel1", probs.dtype)
+    block_size = 1024
+    k = kernel("classifier", "softmax_forward_kernel2", probs.dtype)
     k((N,), (block_size,), (probs, logits, np.int32(N), np.int32(V), np.int32(Vp)))
 
 

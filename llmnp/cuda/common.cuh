@@ -33,6 +33,28 @@ __device__ __forceinline__ x128 load128(const floatX* p) { return *reinterpret_c
 __device__ __forceinline__ void store128(floatX* p, x128 x) { *reinterpret_cast<x128*>(p) = x; }
 __device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<size_t>(p) & 15) == 0; }
 
+// PACK consecutive elements at p as floats: one 16-byte load when vec (16-byte aligned) and a whole
+// pack is there, else element by element, `avail` of them (the rest read as 0)
+__device__ __forceinline__ void load_floats(float (&f)[PACK], const floatX* p, int avail, bool vec) {
+    if (vec && avail >= PACK) {
+        const x128 v = load128(p);
+        for (int k = 0; k < PACK; k++) f[k] = toF(v.v[k]);
+    } else {
+        for (int k = 0; k < PACK; k++) f[k] = k < avail ? toF(p[k]) : 0.0f;
+    }
+}
+
+// the store to match: `avail` elements (at most PACK)
+__device__ __forceinline__ void store_floats(floatX* p, const float (&f)[PACK], int avail, bool vec) {
+    if (vec && avail >= PACK) {
+        x128 v;
+        for (int k = 0; k < PACK; k++) v.v[k] = fromF(f[k]);
+        store128(p, v);
+    } else {
+        for (int k = 0; k < PACK && k < avail; k++) p[k] = fromF(f[k]);
+    }
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -53,16 +75,4 @@ __device__ __forceinline__ float block_sum(float v) {
     __syncthreads();
     v = lane < warps ? partial[lane] : 0.0f;
     return warp_sum(v);
-}
-
-// max over the whole block, likewise
-__device__ __forceinline__ float block_max(float v) {
-    __shared__ float partial[32];
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) partial[warp] = v;
-    __syncthreads();
-    v = lane < warps ? partial[lane] : -INFINITY;
-    return warp_max(v);
 }

@@ -4,8 +4,7 @@
 // backward: dinp += rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm)),  dnorm = dout * w;
 //           dweight += sum_rows dout * norm,  dbias += sum_rows dout. All three accumulate.
 //           kernel1 adds into dinp and leaves one partial (dweight | dbias) row per block in `partial`
-//           (gridDim.x, 2C); kernel2 sums those rows into dweight and dbias: deterministic, no atomics
-//           in global memory.
+//           (gridDim.x, 2C); kernel2 sums those rows into dweight and dbias: deterministic, no atomics.
 // Shapes: N rows (B*T), C channels; mean, rstd (N,) float; weight, bias (C,).
 #include "common.cuh"
 
@@ -16,57 +15,89 @@ extern "C" __global__ void layernorm_forward_kernel1(floatX* out, float* mean, f
     const int lane = threadIdx.x % 32;
     const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (row >= N) return;
+    const bool vec = C % PACK == 0 && aligned16(out) && aligned16(inp) && aligned16(weight) && aligned16(bias);
     const floatX* x = inp + (long long)row * C;
     float sum = 0.0f;
-    for (int c = lane; c < C; c += 32) sum += toF(x[c]);
+    for (int c = lane * PACK; c < C; c += 32 * PACK) {
+        float xv[PACK];
+        load_floats(xv, x + c, C - c, vec);
+        for (int k = 0; k < PACK; k++) sum += xv[k];
+    }
     const float m = warp_sum(sum) / C;
     float var = 0.0f;
-    for (int c = lane; c < C; c += 32) {
-        const float d = toF(x[c]) - m;
-        var += d * d;
+    for (int c = lane * PACK; c < C; c += 32 * PACK) {
+        float xv[PACK];
+        load_floats(xv, x + c, C - c, vec);
+        for (int k = 0; k < PACK && c + k < C; k++) var += (xv[k] - m) * (xv[k] - m);
     }
     const float r = 1.0f / sqrtf(warp_sum(var) / C + LN_EPS);
     floatX* o = out + (long long)row * C;
-    for (int c = lane; c < C; c += 32) o[c] = fromF((toF(x[c]) - m) * r * toF(weight[c]) + toF(bias[c]));
+    for (int c = lane * PACK; c < C; c += 32 * PACK) {
+        float xv[PACK], wv[PACK], bv[PACK];
+        load_floats(xv, x + c, C - c, vec);
+        load_floats(wv, weight + c, C - c, vec);
+        load_floats(bv, bias + c, C - c, vec);
+        for (int k = 0; k < PACK; k++) xv[k] = (xv[k] - m) * r * wv[k] + bv[k];
+        store_floats(o + c, xv, C - c, vec);
+    }
     if (lane == 0) {
         mean[row] = m;
         rstd[row] = r;
     }
 }
 
-// one warp per row, rows strided over the grid; dynamic shared memory: 2C floats
+// one warp per row, rows strided over the grid; each lane owns the same PACK-wide column chunks of
+// every row and adds its dweight | dbias terms into its warp's own shared row (no atomics); at the end
+// the block sums its warps' rows into one partial row. Dynamic shared memory: warps * 2C floats.
 extern "C" __global__ void layernorm_backward_kernel1(floatX* dinp, float* partial, const floatX* dout,
                                                       const floatX* inp, const floatX* weight, const float* mean,
                                                       const float* rstd, int N, int C) {
-    extern __shared__ float acc[];           // acc[0:C] dweight, acc[C:2C] dbias, this block's rows
-    for (int i = threadIdx.x; i < 2 * C; i += blockDim.x) acc[i] = 0.0f;
-    __syncthreads();
-    const int lane = threadIdx.x % 32, warps = blockDim.x / 32;
-    for (int row = blockIdx.x * warps + threadIdx.x / 32; row < N; row += gridDim.x * warps) {
+    extern __shared__ float acc[];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    float* dw_acc = acc + warp * 2 * C;          // this warp's dweight terms, then its dbias terms
+    float* db_acc = dw_acc + C;
+    for (int i = lane; i < 2 * C; i += 32) dw_acc[i] = 0.0f;
+    const bool vec = C % PACK == 0 && aligned16(dinp) && aligned16(dout) && aligned16(inp) && aligned16(weight);
+    for (int row = blockIdx.x * warps + warp; row < N; row += gridDim.x * warps) {
         const floatX* x = inp + (long long)row * C;
         const floatX* d = dout + (long long)row * C;
+        floatX* dx = dinp + (long long)row * C;
         const float m = mean[row], r = rstd[row];
         float dnorm_mean = 0.0f, dnorm_norm_mean = 0.0f;
-        for (int c = lane; c < C; c += 32) {
-            const float norm = (toF(x[c]) - m) * r;
-            const float dnorm = toF(d[c]) * toF(weight[c]);
-            dnorm_mean += dnorm;
-            dnorm_norm_mean += dnorm * norm;
+        for (int c = lane * PACK; c < C; c += 32 * PACK) {
+            float xv[PACK], dv[PACK], wv[PACK];
+            load_floats(xv, x + c, C - c, vec);
+            load_floats(dv, d + c, C - c, vec);
+            load_floats(wv, weight + c, C - c, vec);
+            for (int k = 0; k < PACK; k++) {
+                const float dnorm = dv[k] * wv[k];
+                dnorm_mean += dnorm;
+                dnorm_norm_mean += dnorm * (xv[k] - m) * r;
+            }
         }
         dnorm_mean = warp_sum(dnorm_mean) / C;
         dnorm_norm_mean = warp_sum(dnorm_norm_mean) / C;
-        floatX* dx = dinp + (long long)row * C;
-        for (int c = lane; c < C; c += 32) {
-            const float norm = (toF(x[c]) - m) * r;
-            const float dc = toF(d[c]);
-            const float dnorm = dc * toF(weight[c]);
-            dx[c] = fromF(toF(dx[c]) + (dnorm - dnorm_mean - norm * dnorm_norm_mean) * r);
-            atomicAdd(&acc[c], dc * norm);
-            atomicAdd(&acc[C + c], dc);
+        for (int c = lane * PACK; c < C; c += 32 * PACK) {
+            float xv[PACK], dv[PACK], wv[PACK], gv[PACK];
+            load_floats(xv, x + c, C - c, vec);
+            load_floats(dv, d + c, C - c, vec);
+            load_floats(wv, weight + c, C - c, vec);
+            load_floats(gv, dx + c, C - c, vec);
+            for (int k = 0; k < PACK && c + k < C; k++) {
+                const float norm = (xv[k] - m) * r;
+                gv[k] += (dv[k] * wv[k] - dnorm_mean - norm * dnorm_norm_mean) * r;
+                dw_acc[c + k] += dv[k] * norm;
+                db_acc[c + k] += dv[k];
+            }
+            store_floats(dx + c, gv, C - c, vec);
         }
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < 2 * C; i += blockDim.x) partial[(long long)blockIdx.x * 2 * C + i] = acc[i];
+    for (int i = threadIdx.x; i < 2 * C; i += blockDim.x) {
+        float sum = 0.0f;
+        for (int w = 0; w < warps; w++) sum += acc[w * 2 * C + i];
+        partial[(long long)blockIdx.x * 2 * C + i] = sum;
+    }
 }
 
 // one thread per column of partial (nblocks, 2C): dweight (first C) and dbias (last C) accumulate

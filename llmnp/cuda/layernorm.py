@@ -24,11 +24,13 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
     N = inp.size // C
     check(dinp.dtype, dinp=dinp, dweight=dweight, dbias=dbias, dout=dout, inp=inp, weight=weight)
     check(np.float32, mean=mean, rstd=rstd)
-    block_size = 512                                      # 16 warps, rows strided over the grid
-    grid = min(blocks(N, block_size // 32), 2 * num_sms())
+    block_size = 128                                      # 4 warps, rows strided over the grid
+    grid = min(blocks(N, block_size // 32), 8 * num_sms())
     partial = scratch("layernorm_partial", grid * 2 * C)
+    smem = (block_size // 32) * 2 * C * 4                 # each warp's dweight | dbias row
     k = kernel("layernorm", "layernorm_backward_kernel1", dinp.dtype)
+    k.max_dynamic_shared_size_bytes = smem
     k((grid,), (block_size,), (dinp, partial, dout, inp, weight, mean, rstd, np.int32(N), np.int32(C)),
-      shared_mem=2 * C * 4)
+      shared_mem=smem)
     k = kernel("layernorm", "layernorm_backward_kernel2", dinp.dtype)
     k((blocks(2 * C, 256),), (256,), (dweight, dbias, partial, np.int32(grid), np.int32(C)))
