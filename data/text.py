@@ -87,18 +87,19 @@ def tokenize_document(text, bar=None, size=CHUNK_CHARS):
 
 
 def write_split(tokens, out_dir, prefix, split, shard_size):
-    """tokens into shards of at most shard_size: the paths."""
-    paths = []
+    """tokens into shards of at most shard_size: [(path, tokens in it)]."""
+    shards = []
     for i, start in enumerate(range(0, len(tokens), shard_size)):
         path = os.path.join(out_dir, f"{prefix}_{split}_{i:06d}.bin")
-        write_shard(path, tokens[start:start + shard_size])
-        paths.append(path)
-    return paths
+        chunk = tokens[start:start + shard_size]
+        write_shard(path, chunk)
+        shards.append((path, len(chunk)))
+    return shards
 
 
-def batches_per_epoch(shard_sizes, B, T):
+def batches_per_epoch(shards, B, T):
     """As llm.c's DataLoader counts them: floor((N - 1) / (B*T)) per shard of N tokens."""
-    return sum(max(0, (n - 1) // (B * T)) for n in shard_sizes)
+    return sum((n - 1) // (B * T) for _, n in shards)
 
 
 def main(argv=None):
@@ -131,29 +132,26 @@ def main(argv=None):
     if args.val_fraction > 0 and not 2 <= n_val <= len(tokens) - 2:
         raise UserError(f"{len(tokens)} tokens are too few to split {args.val_fraction:g} of them off for "
                         f"val: give more text, or --val-fraction 0")
-    val_paths = write_split(tokens[:n_val], args.out_dir, args.prefix, "val", args.shard_size)
-    train_paths = write_split(tokens[n_val:], args.out_dir, args.prefix, "train", args.shard_size)
+    splits = {"train": write_split(tokens[n_val:], args.out_dir, args.prefix, "train", args.shard_size),
+              "val": write_split(tokens[:n_val], args.out_dir, args.prefix, "val", args.shard_size)}
 
     # the summary: what was written, and what it is worth in training batches
     print(f"{len(tokens):,} tokens from {len(docs)} file{'s' * (len(docs) != 1)}"
           + (f" ({len(empty)} empty, skipped)" if empty else ""))
-    splits = [("train", tokens[n_val:], train_paths), ("val", tokens[:n_val], val_paths)]
-    for split, toks, paths in splits:
-        if paths:
-            where = paths[0] if len(paths) == 1 else f"{len(paths)} shards, {paths[0]} ..."
-            print(f"  {split:5s} {len(toks):>12,} tokens  {where}")
-    sizes = {split: [min(args.shard_size, len(toks) - s) for s in range(0, len(toks), args.shard_size)]
-             for split, toks, _ in splits}
+    for split, shards in splits.items():
+        if shards:
+            where = shards[0][0] if len(shards) == 1 else f"{len(shards)} shards, {shards[0][0]} ..."
+            print(f"  {split:5s} {sum(n for _, n in shards):>12,} tokens  {where}")
     print("batches per epoch (train / val), llm.c's DataLoader count:")
     for B, T in TYPICAL_BT:
-        print(f"  B={B:<3d} T={T:<5d} {batches_per_epoch(sizes['train'], B, T):>10,} / "
-              f"{batches_per_epoch(sizes['val'], B, T):,}")
+        print(f"  B={B:<3d} T={T:<5d} {batches_per_epoch(splits['train'], B, T):>10,} / "
+              f"{batches_per_epoch(splits['val'], B, T):,}")
     B, T = TYPICAL_BT[0]
-    if min(sizes["train"] + sizes["val"]) < B * T + 1:
-        print(f"  note: a shard needs B*T+1 tokens for one batch: for this little text use a smaller -b / -t")
+    if min(n for shards in splits.values() for _, n in shards) < B * T + 1:
+        print("  note: a shard needs B*T+1 tokens for one batch: for this little text use a smaller -b / -t")
     glob_of = lambda split: os.path.join(args.out_dir, f"{args.prefix}_{split}_*.bin")
     print("train on it:\n  python train_gpt2.py -i \"%s\"%s -o out/%s" % (
-        glob_of("train"), f' -j "{glob_of("val")}"' if val_paths else "", args.prefix))
+        glob_of("train"), f' -j "{glob_of("val")}"' if splits["val"] else "", args.prefix))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ train_gpt2.py output folder (its latest complete checkpoint: the highest step wi
 The KV cache: a full forward pass over t tokens does t positions of work in every layer, yet the next
 token needs only the new position's query, key and value plus the keys and values of the earlier
 positions, and those never change once computed (attention is causal). So each layer keeps its keys and
-values, k and v (L, NH, maxT, hs), and a new token runs the model on one position: the same layernorm /
+values, kv (L, 2, NH, maxT, hs), and a new token runs the model on one position: the same layernorm /
 matmul / GELU / residual functions as model.forward (model.ops, on (1,1,C) buffers) and, in place of
 attention_forward, attention_step below: one query over the cache. Its logits equal the full forward's
 last row (tests/test_generate.py checks both, token for token).
@@ -195,8 +195,10 @@ def generate(model, tokens, max_new_tokens, temperature=0.8, top_k=40, top_p=0.9
     stops after yielding `eot`, and when the model's max_seq_len positions are full (a caller that got
     fewer tokens than it asked for and no eot knows that is why)."""
     cfg = model.config
-    if not 0 < len(tokens) <= cfg.max_seq_len:
-        raise UserError(f"the prompt is {len(tokens)} tokens; the model reads 1 to {cfg.max_seq_len}")
+    if not tokens:
+        raise UserError("the prompt is empty: give at least one token (EOT starts a new document)")
+    if len(tokens) > cfg.max_seq_len:
+        raise UserError(f"the prompt is {len(tokens)} tokens, the model reads at most {cfg.max_seq_len} positions")
     rng = np.random.default_rng(seed)
     cache = KVCache(model)
     for token in tokens[:-1]:                 # the prompt fills the cache, one position at a time
@@ -240,9 +242,6 @@ def main(argv=None):
     if max(tokens) >= V:
         raise UserError(f"the model's vocabulary has {V} tokens but the GPT-2 tokenizer needs "
                         f"{tokenizer.EOT + 1} (EOT is {tokenizer.EOT}): this model was not trained on GPT-2 tokens")
-    if len(tokens) > model.config.max_seq_len:
-        raise UserError(f"the prompt is {len(tokens) - 1} tokens (plus the leading EOT); the model reads at "
-                        f"most {model.config.max_seq_len} positions")
 
     out = sys.stdout
     out.write(args.prompt)
