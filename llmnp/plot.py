@@ -32,6 +32,7 @@ def read_log(path):
 
 def plot(run_dirs, out_path):
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     runs = []
@@ -50,10 +51,12 @@ def plot(run_dirs, out_path):
             ax.plot(*zip(*sorted(s["tel"].items())), marker="o", ms=3, label=f"{name} val")
     for size, value in GPT2_VAL_LOSS.items():
         ax.axhline(value, ls="--", lw=1, color="gray")
-        ax.annotate(f"OpenAI GPT-2 {size} val", (0, value), fontsize=8, color="gray", va="bottom")
+        ax.annotate(f"OpenAI GPT-2 {size} (FineWeb val)", (0, value), fontsize=8, color="gray", va="bottom")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_title("loss")
     ax.legend(fontsize=8)
     if has_eval:
