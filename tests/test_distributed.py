@@ -30,7 +30,9 @@ def train(shards, nproc, *flags, tmp=None):
     cmd = [sys.executable, os.path.join(ROOT, "train_gpt2.py"), "-e", "d1", "-i", train, "-j", val, "-t", "16",
            "-b", "2", "-x", "4", "-v", "2", "-s", "1000", "-sh", "0", "-l", "3e-3", "-c", "0.1", *flags]
     if nproc > 1:
-        cmd = [MPIEXEC, "-n", str(nproc)] + cmd
+        version = subprocess.run([MPIEXEC, "--version"], capture_output=True, text=True).stdout
+        extra = ["--allow-run-as-root", "--oversubscribe"] if "Open MPI" in version or "OpenRTE" in version else []
+        cmd = [MPIEXEC, "-n", str(nproc), *extra] + cmd
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     return p
 
@@ -68,3 +70,24 @@ def test_resume_with_another_process_count_says_so(shards, tmp_path):
     assert train(shards, 1, "-o", out, "-x", "2").returncode == 0
     p = train(shards, 2, "-o", out, "-x", "2", "-y", "1")
     assert p.returncode != 0 and "resume with the same count" in p.stderr, p.stderr
+
+
+def gpu_available():
+    try:
+        import cupy
+        return cupy.cuda.is_available()
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not gpu_available(), reason="no GPU")
+@pytest.mark.parametrize("zero", ["0", "1"])
+def test_two_processes_sharing_one_gpu_match_one(shards, zero):
+    """On one GPU, two processes reduce through the host (NCCL refuses two ranks on one GPU)."""
+    gpu = ["--device", "cuda", "--dtype", "fp32"]
+    one = train(shards, 1, "-d", "64", "-m", "4", *gpu)
+    two = train(shards, 2, "-d", "64", "-m", "2", "-z", zero, *gpu)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    assert "reducing gradients through the host" in two.stdout
+    np.testing.assert_allclose(numbers(two.stdout, r"\| loss (\S+) "), numbers(one.stdout, r"\| loss (\S+) "), atol=2e-5)
+    np.testing.assert_allclose(numbers(two.stdout, r"val loss (\S+)"), numbers(one.stdout, r"val loss (\S+)"), atol=2e-5)
