@@ -204,12 +204,6 @@ def sample_tokens(model, gen_tokens, on_token):
 
 
 # ------------------------------------------------------------------------------- checkpoints
-def latest_checkpoint_step(output_dir):
-    steps = [int(os.path.basename(f)[5:]) for f in glob.glob(os.path.join(output_dir, "DONE_*"))
-             if os.path.basename(f)[5:].isdigit()]
-    return max(steps) if steps else None
-
-
 def save_checkpoint(args, dist, model, train_loader, step, log):
     from llmnp.checkpoint import save_state
     out = args.output_dir
@@ -235,12 +229,13 @@ def training_state(model, dist, train_loader, step, args):
 
 
 def resume(args, dist, model, train_loader, log):
-    from llmnp.checkpoint import load_model, load_state
-    step = latest_checkpoint_step(args.output_dir)
-    if step is None:
+    from llmnp.checkpoint import latest_checkpoint, load_model, load_state
+    latest = latest_checkpoint(args.output_dir)
+    if latest is None:
         log(f"-y 1: no complete checkpoint (DONE_* file) in {args.output_dir}, starting from step 0")
         return 0
-    _, flat = load_model(os.path.join(args.output_dir, f"model_{step:08d}.bin"))
+    step, model_path = latest
+    _, flat = load_model(model_path)
     state_path = os.path.join(args.output_dir, f"state_{step:08d}_{dist.rank:05d}.bin")
     if not os.path.exists(state_path):
         raise UserError(f"{state_path} is missing: the checkpoint at step {step} was written by a different "
@@ -324,6 +319,12 @@ def main(argv=None):
     if args.hellaswag and not os.path.exists(hellaswag_file):
         log(f"-h 1: {hellaswag_file} not found, skipping HellaSwag (python data/hellaswag.py writes it)")
         args.hellaswag = 0
+    if args.hellaswag:   # HellaSwag runs in the training activations (as llm.c): T must hold every example
+        from llmnp.hellaswag import positions, read_examples
+        longest = max(map(positions, read_examples(hellaswag_file)), default=0)
+        if longest > T:
+            raise UserError(f"-h 1: HellaSwag examples need up to {longest} positions, -t is {T}: "
+                            f"train with -t {longest} or more, or without -h 1")
 
     # Ctrl-C: finish the step in flight, write a checkpoint, then exit; a second Ctrl-C exits at once
     interrupted = []

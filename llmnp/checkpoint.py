@@ -32,6 +32,7 @@ Not here: the parameter layout itself (params.py), token shards (data.py), the t
 """
 import json
 import os
+import re
 import struct
 
 import numpy as np
@@ -180,6 +181,18 @@ def read_debug_state(path, config=None):
 
 
 # ------------------------------------------------------------------------------- training state
+def latest_checkpoint(out_dir):
+    """(step, model path) of the newest complete checkpoint in a training output dir: the highest step
+    with a DONE_%08d marker (written last, after every process's files) and its model_%08d.bin; None
+    when no checkpoint there finished writing."""
+    steps = [int(m.group(1)) for f in os.listdir(out_dir) if (m := re.fullmatch(r"DONE_(\d{8})", f))]
+    for step in sorted(steps, reverse=True):
+        path = os.path.join(out_dir, f"model_{step:08d}.bin")
+        if os.path.exists(path):
+            return step, path
+    return None
+
+
 def save_state(path, step, m, v, master=None, loader_state=None, rank=0, world_size=1,
                should_shuffle=None, rng_state=0, rng_state_last_update=0):
     """llm.c's training-state file for one process. m, v (and master, the fp32 master weights when

@@ -25,7 +25,6 @@ import argparse
 import glob
 import math
 import os
-import re
 import sys
 
 import numpy as np
@@ -35,17 +34,6 @@ from llmnp.errors import UserError, run_cli
 # ------------------------------------------------------------------------------------ loading
 
 
-def latest_checkpoint(out_dir):
-    """The model file of the highest step with a DONE_%08d marker in a train_gpt2.py output folder,
-    or None when no checkpoint there finished writing."""
-    steps = [int(m.group(1)) for f in os.listdir(out_dir) if (m := re.fullmatch(r"DONE_(\d{8})", f))]
-    for step in sorted(steps, reverse=True):
-        path = os.path.join(out_dir, f"model_{step:08d}.bin")
-        if os.path.exists(path):
-            return path
-    return None
-
-
 def read_weights(path):
     """(GPT2Config, flat float32 parameters) from any model path this module accepts (see the top)."""
     from llmnp import checkpoint
@@ -53,9 +41,9 @@ def read_weights(path):
         raise UserError(f"{path}: no such file or folder (give an llm.c .bin, a Hugging Face GPT-2 "
                         f"folder or model.safetensors, or a train_gpt2.py output folder)")
     if os.path.isdir(path):
-        latest = latest_checkpoint(path)
+        latest = checkpoint.latest_checkpoint(path)
         if latest is not None:
-            return checkpoint.load_model(latest)
+            return checkpoint.load_model(latest[1])
         if os.path.exists(os.path.join(path, "model.safetensors")):
             return checkpoint.load_hf(path)
         if glob.glob(os.path.join(path, "model_*.bin")):

@@ -15,7 +15,6 @@ import math
 import numpy as np
 
 from llmnp import layers
-from llmnp.config import GPT2Config
 from llmnp.params import (DECAYED_PARAMETERS, STATISTICS, activation_specs, allocate, gradient_scratch_specs,
                           make_views, num_elements, parameter_specs)
 

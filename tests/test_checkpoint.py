@@ -15,7 +15,7 @@ from llmnp.checkpoint import (bf16_bits_to_float32, float32_to_bf16_bits, load_h
 from llmnp.config import pad_vocab
 from llmnp.data import DataLoader, write_shard
 from llmnp.errors import UserError
-from llmnp.params import num_parameters, parameter_specs
+from llmnp.params import num_parameters
 
 HEADER = 1024
 TINY = GPT2Config.tiny(vocab_size=50, max_seq_len=16, num_layers=2, num_heads=2, channels=8, pad_to=16)

@@ -1,6 +1,5 @@
 """Token shards byte for byte, llm.c's mt19937 and DataLoader (order, rank split, shuffle, resume),
 the eval-file format, the shard packer, the offline default corpus."""
-import glob
 import json
 import os
 import struct

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import requires_gpu
 
 from llmnp.data import write_shard
 
@@ -72,15 +73,7 @@ def test_resume_with_another_process_count_says_so(shards, tmp_path):
     assert p.returncode != 0 and "resume with the same count" in p.stderr, p.stderr
 
 
-def gpu_available():
-    try:
-        import cupy
-        return cupy.cuda.is_available()
-    except Exception:
-        return False
-
-
-@pytest.mark.skipif(not gpu_available(), reason="no GPU")
+@requires_gpu
 @pytest.mark.parametrize("zero", ["0", "1"])
 def test_two_processes_sharing_one_gpu_match_one(shards, zero):
     """On one GPU, two processes reduce through the host (NCCL refuses two ranks on one GPU)."""

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import requires_gpu
 
 from llmnp import GPT2, GPT2Config, tokenizer
 from llmnp.errors import UserError
@@ -169,19 +170,11 @@ def test_cli_error_is_one_line_on_stderr(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ the GPU
-def gpu_available():
-    try:
-        import cupy
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
 
-
-gpu = pytest.mark.skipif(not gpu_available(), reason="no CUDA GPU")
 GPU_CONFIG = GPT2Config(max_seq_len=32, vocab_size=100, padded_vocab_size=128, num_layers=2, num_heads=4, channels=64)
 
 
-@gpu
+@requires_gpu
 @pytest.mark.parametrize("dtype, tol", [("float32", 1e-4), ("bfloat16", 5e-2)])
 def test_gpu_kv_cache_equals_gpu_full_forward_and_the_cpu(dtype, tol):
     cpu = perturbed_model(np.float32, GPU_CONFIG)

@@ -19,7 +19,7 @@ from llmnp import GPT2, GPT2Config
 from llmnp.errors import UserError
 from llmnp.hellaswag import completion_losses, evaluate, make_batch, rank_block, read_examples
 from llmnp.params import PARAMETER_NAMES
-from test_generate import gpu
+from conftest import requires_gpu as gpu
 
 V = 16
 CONFIG = GPT2Config(max_seq_len=16, vocab_size=V, padded_vocab_size=32, num_layers=1, num_heads=1, channels=V)
