@@ -62,18 +62,29 @@ extern "C" __global__ void attention_forward_kernel1(floatX* out, float* lse, co
     }
 }
 
-// D[b,h,t] = sum_d dout[b,t,h,d] * out[b,t,h,d]; one warp per (b, t, h)
+// D[b,h,t] = sum_d dout[b,t,h,d] * out[b,t,h,d]; `lanes` threads per (b, t, h) row: one 16-byte pack
+// each when HS is a whole number of packs that divides a warp, else a warp striding over the row
 extern "C" __global__ void attention_backward_kernel1(float* D, const floatX* dout, const floatX* out, int B, int T, int NH) {
-    const int lane = threadIdx.x % 32;
-    const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;   // (b, t, h) flat
-    if (row >= (long long)B * T * NH) return;
-    const int h = (int)(row % NH);
-    const long long bt = row / NH;
-    const int b = (int)(bt / T), t = (int)(bt % T);
+    constexpr bool packed = HS % PACK == 0 && 32 % (HS / PACK) == 0;
+    constexpr int lanes = packed ? HS / PACK : 32;
+    const long long rows = (long long)B * T * NH;
+    const long long row = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / lanes;   // (b, t, h) flat
+    const int sub = threadIdx.x % lanes;
     float sum = 0.0f;
-    for (int d = lane; d < HS; d += 32) sum += toF(dout[row * HS + d]) * toF(out[row * HS + d]);
-    sum = warp_sum(sum);
-    if (lane == 0) D[((long long)b * NH + h) * T + t] = sum;
+    if (row < rows) {
+        if (packed && aligned16(dout) && aligned16(out)) {
+            const x128 a = load128(dout + row * HS + sub * PACK), o = load128(out + row * HS + sub * PACK);
+            for (int k = 0; k < PACK; k++) sum += toF(a.v[k]) * toF(o.v[k]);
+        } else {
+            for (int d = sub; d < HS; d += lanes) sum += toF(dout[row * HS + d]) * toF(out[row * HS + d]);
+        }
+    }
+    for (int offset = lanes / 2; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    if (sub == 0 && row < rows) {
+        const int h = (int)(row % NH);
+        const long long bt = row / NH;
+        D[((long long)(bt / T) * NH + h) * T + bt % T] = sum;
+    }
 }
 
 // dk, dv: one thread per key; its k and v rows in shared memory (padded rows: no bank conflicts),

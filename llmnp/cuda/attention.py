@@ -7,7 +7,7 @@ Shapes: B batch, T time, C channels, NH heads, hs = C/NH; qkv (B,T,3C), out/dout
 """
 import numpy as np
 
-from llmnp.cuda.runtime import blocks, check, kernel, scratch, storage_is_bf16
+from llmnp.cuda.runtime import blocks, check, kernel, pack, scratch, storage_is_bf16
 
 ROWS = 64                     # query (or key) rows per block in every kernel (attention.cu ROWS1, TILE)
 TILE1 = 32                    # attention.cu TILE1
@@ -52,8 +52,10 @@ def attention_backward(dqkv, dout, qkv, out, lse, tensor_cores=None):
     if tensor_cores is None:
         tensor_cores = use_tensor_cores(out.dtype, hs, dqkv, dout, qkv, out)
     D = scratch("attention_D", B * NH * T)
+    packs = hs // pack(out.dtype)                          # attention.cu kernel1's threads per row
+    lanes = packs if hs % pack(out.dtype) == 0 and 32 % packs == 0 else 32
     k = kernel("attention", "attention_backward_kernel1", out.dtype, HS=hs)
-    k((blocks(B * T * NH, 8),), (256,), (D, dout, out, np.int32(B), np.int32(T), np.int32(NH)))
+    k((blocks(B * T * NH * lanes, 256),), (256,), (D, dout, out, np.int32(B), np.int32(T), np.int32(NH)))
     args = (dqkv, dout, qkv, lse, D, np.int32(B), np.int32(T), np.int32(NH))
     grid = (blocks(T, ROWS), B * NH)
     if tensor_cores:

@@ -2,70 +2,50 @@
 // backward (llmnp/classifier.py is the reference).
 //
 // softmax:  probs = softmax(logits[:, :V]) in fp32 arithmetic, probs[:, V:] = 0;  one block per row,
-//           reading the row twice (online max and sum, then the write).
+//           one read of the row from device memory (max), the sum and the write from a shared copy.
 // loss:     losses (float) = -log probs[target];  one thread per row.
 // backward: dlogits = (probs - onehot(target)) * dloss, overwritten; dlogits may be probs itself
 //           (elementwise, each element read before it is written). One block per row.
 // Shapes: N rows (B*T), V vocab, Vp padded vocab; targets int32 (N,). N * Vp may exceed 2^31: 64-bit offsets.
 #include "common.cuh"
 
-// (max, sum of exp(x - max)) pairs: fold x into one, and merge two
-__device__ __forceinline__ void online_add(float& m, float& s, float x) {
-    if (x > m) {
-        s = s * expf(m - x) + 1.0f;
-        m = x;
-    } else {
-        s += expf(x - m);
-    }
-}
-
-__device__ __forceinline__ void online_merge(float& m, float& s, float m2, float s2) {
-    const float M = fmaxf(m, m2);
-    if (M == -INFINITY) return;                       // both empty
-    s = s * expf(m - M) + s2 * expf(m2 - M);
-    m = M;
-}
-
-// one block per row: one pass for the row's max and sum (online), one to write; 16-byte packs where
-// Vp is a whole number of packs and the buffers are aligned
-extern "C" __global__ void softmax_forward_kernel2(floatX* probs, const floatX* logits, int N, int V, int Vp) {
-    __shared__ float shared_m[32], shared_s[32];
+// one block per row, three passes: the max (keeping the row in dynamic shared memory when `cached`,
+// Vp floatX), the sum of exp(x - max), the write; the last two read the shared copy, so logits are read
+// from device memory once. 16-byte packs where Vp is a whole number of packs and the buffers are aligned.
+extern "C" __global__ void softmax_forward_kernel2(floatX* probs, const floatX* logits, int N, int V, int Vp, int cached) {
+    extern __shared__ __align__(16) unsigned char row_cache[];
+    floatX* cache = reinterpret_cast<floatX*>(row_cache);
     const long long row = blockIdx.x;
     const floatX* x = logits + row * Vp;
     floatX* p = probs + row * Vp;
     const bool vec = Vp % PACK == 0 && aligned16(logits) && aligned16(probs);
-    float m = -INFINITY, s = 0.0f;
-    if (vec) {
-        for (int c = threadIdx.x * PACK; c < V; c += blockDim.x * PACK) {
-            const x128 pk = load128(x + c);
-            for (int k = 0; k < PACK; k++)
-                if (c + k < V) online_add(m, s, toF(pk.v[k]));
+    const int step = vec ? PACK : 1;
+    float m = -INFINITY;
+    for (int c = threadIdx.x * step; c < Vp; c += blockDim.x * step) {
+        float v[PACK];
+        load_floats(v, x + c, vec ? Vp - c : 1, vec);
+        if (cached) {
+            if (vec) store128(cache + c, load128(x + c));   // a second load of the same pack: from L1
+            else cache[c] = x[c];
         }
-    } else {
-        for (int c = threadIdx.x; c < V; c += blockDim.x) online_add(m, s, toF(x[c]));
+        for (int k = 0; k < PACK; k++)
+            if (k < step && c + k < V) m = fmaxf(m, v[k]);
     }
-    for (int o = 16; o > 0; o >>= 1)
-        online_merge(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    if (lane == 0) {
-        shared_m[warp] = m;
-        shared_s[warp] = s;
+    m = block_max(m);                 // its barrier also completes the cached row
+    const floatX* src = cached ? cache : x;
+    float s = 0.0f;
+    for (int c = threadIdx.x * step; c < V; c += blockDim.x * step) {
+        float v[PACK];
+        load_floats(v, src + c, vec ? V - c : 1, vec);
+        for (int k = 0; k < PACK; k++)
+            if (k < step && c + k < V) s += __expf(v[k] - m);
     }
-    __syncthreads();
-    m = lane < blockDim.x / 32 ? shared_m[lane] : -INFINITY;
-    s = lane < blockDim.x / 32 ? shared_s[lane] : 0.0f;
-    for (int o = 16; o > 0; o >>= 1)
-        online_merge(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
-    const float scale = 1.0f / s;
-    if (vec) {
-        for (int c = threadIdx.x * PACK; c < Vp; c += blockDim.x * PACK) {
-            const x128 pk = load128(x + c);
-            x128 out;
-            for (int k = 0; k < PACK; k++) out.v[k] = fromF(c + k < V ? expf(toF(pk.v[k]) - m) * scale : 0.0f);
-            store128(p + c, out);
-        }
-    } else {
-        for (int c = threadIdx.x; c < Vp; c += blockDim.x) p[c] = fromF(c < V ? expf(toF(x[c]) - m) * scale : 0.0f);
+    const float scale = 1.0f / block_sum(s);
+    for (int c = threadIdx.x * step; c < Vp; c += blockDim.x * step) {
+        float v[PACK];
+        load_floats(v, src + c, vec ? Vp - c : 1, vec);
+        for (int k = 0; k < PACK; k++) v[k] = c + k < V ? __expf(v[k] - m) * scale : 0.0f;
+        store_floats(p + c, v, vec ? Vp - c : 1, vec);
     }
 }
 

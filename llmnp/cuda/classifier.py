@@ -7,6 +7,8 @@ import numpy as np
 
 from llmnp.cuda.runtime import blocks, check, kernel
 
+MAX_SHARED = 200 * 1024       # dynamic shared memory a softmax block may take (H100: up to 227 KiB)
+
 
 def softmax_forward(probs, logits, V):
     """probs (B,T,Vp) <- softmax of logits (B,T,Vp) over the first V columns; probs[..., V:] = 0."""
@@ -15,7 +17,11 @@ def softmax_forward(probs, logits, V):
     check(probs.dtype, probs=probs, logits=logits)
     block_size = 1024
     k = kernel("classifier", "softmax_forward_kernel2", probs.dtype)
-    k((N,), (block_size,), (probs, logits, np.int32(N), np.int32(V), np.int32(Vp)))
+    smem = Vp * probs.dtype.itemsize                      # the row, kept in shared memory between passes
+    cached = smem <= MAX_SHARED
+    k.max_dynamic_shared_size_bytes = smem if cached else 0
+    k((N,), (block_size,), (probs, logits, np.int32(N), np.int32(V), np.int32(Vp), np.int32(cached)),
+      shared_mem=smem if cached else 0)
 
 
 def crossentropy_forward(losses, probs, targets):

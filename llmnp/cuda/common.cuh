@@ -76,3 +76,15 @@ __device__ __forceinline__ float block_sum(float v) {
     v = lane < warps ? partial[lane] : 0.0f;
     return warp_sum(v);
 }
+
+// max over the whole block, likewise
+__device__ __forceinline__ float block_max(float v) {
+    __shared__ float partial[32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    v = lane < warps ? partial[lane] : -INFINITY;
+    return warp_max(v);
+}

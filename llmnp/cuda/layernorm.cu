@@ -47,16 +47,19 @@ extern "C" __global__ void layernorm_forward_kernel1(floatX* out, float* mean, f
 }
 
 // one warp per row, rows strided over the grid; each lane owns the same PACK-wide column chunks of
-// every row and adds its dweight | dbias terms into its warp's own shared row (no atomics); at the end
-// the block sums its warps' rows into one partial row. Dynamic shared memory: warps * 2C floats.
+// every row and adds its dweight | dbias terms into its warp's own shared rows (no atomics), stored
+// lane-minor (element k of lane l's chunk i at i*32*PACK + k*32 + l: no bank conflicts); at the end the
+// block sums its warps' rows into one partial row. Dynamic shared memory: warps * 2 * CP floats, CP = C
+// rounded up to a multiple of 32*PACK.
 extern "C" __global__ void layernorm_backward_kernel1(floatX* dinp, float* partial, const floatX* dout,
                                                       const floatX* inp, const floatX* weight, const float* mean,
                                                       const float* rstd, int N, int C) {
     extern __shared__ float acc[];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-    float* dw_acc = acc + warp * 2 * C;          // this warp's dweight terms, then its dbias terms
-    float* db_acc = dw_acc + C;
-    for (int i = lane; i < 2 * C; i += 32) dw_acc[i] = 0.0f;
+    const int CP = (C + 32 * PACK - 1) / (32 * PACK) * (32 * PACK);
+    float* dw_acc = acc + warp * 2 * CP;         // this warp's dweight terms, then its dbias terms
+    float* db_acc = dw_acc + CP;
+    for (int i = lane; i < 2 * CP; i += 32) dw_acc[i] = 0.0f;
     const bool vec = C % PACK == 0 && aligned16(dinp) && aligned16(dout) && aligned16(inp) && aligned16(weight);
     for (int row = blockIdx.x * warps + warp; row < N; row += gridDim.x * warps) {
         const floatX* x = inp + (long long)row * C;
@@ -83,19 +86,23 @@ extern "C" __global__ void layernorm_backward_kernel1(floatX* dinp, float* parti
             load_floats(dv, d + c, C - c, vec);
             load_floats(wv, weight + c, C - c, vec);
             load_floats(gv, dx + c, C - c, vec);
-            for (int k = 0; k < PACK && c + k < C; k++) {
+            const int base = (c - lane * PACK) + lane;              // i*32*PACK + lane
+            for (int k = 0; k < PACK; k++) {
                 const float norm = (xv[k] - m) * r;
                 gv[k] += (dv[k] * wv[k] - dnorm_mean - norm * dnorm_norm_mean) * r;
-                dw_acc[c + k] += dv[k] * norm;
-                db_acc[c + k] += dv[k];
+                dw_acc[base + k * 32] += dv[k] * norm;              // zero past C: dv reads as 0 there
+                db_acc[base + k * 32] += dv[k];
             }
             store_floats(dx + c, gv, C - c, vec);
         }
     }
     __syncthreads();
     for (int i = threadIdx.x; i < 2 * C; i += blockDim.x) {
+        const int part = i / C, c = i % C;                          // dweight or dbias, column c
+        const int rem = c % (32 * PACK);
+        const int at = part * CP + (c - rem) + (rem % PACK) * 32 + rem / PACK;
         float sum = 0.0f;
-        for (int w = 0; w < warps; w++) sum += acc[w * 2 * C + i];
+        for (int w = 0; w < warps; w++) sum += acc[w * 2 * CP + at];
         partial[(long long)blockIdx.x * 2 * C + i] = sum;
     }
 }

@@ -4,7 +4,7 @@ mean and rstd are float32 in both storage modes. Shapes: N = B*T rows (any leadi
 """
 import numpy as np
 
-from llmnp.cuda.runtime import blocks, check, kernel, num_sms, scratch
+from llmnp.cuda.runtime import blocks, check, kernel, num_sms, pack, scratch
 
 
 def layernorm_forward(out, mean, rstd, inp, weight, bias):
@@ -27,7 +27,8 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
     block_size = 128                                      # 4 warps, rows strided over the grid
     grid = min(blocks(N, block_size // 32), 8 * num_sms())
     partial = scratch("layernorm_partial", grid * 2 * C)
-    smem = (block_size // 32) * 2 * C * 4                 # each warp's dweight | dbias row
+    chunk = 32 * pack(dinp.dtype)
+    smem = (block_size // 32) * 2 * blocks(C, chunk) * chunk * 4     # each warp's dweight | dbias rows
     k = kernel("layernorm", "layernorm_backward_kernel1", dinp.dtype)
     k.max_dynamic_shared_size_bytes = smem
     k((grid,), (block_size,), (dinp, partial, dout, inp, weight, mean, rstd, np.int32(N), np.int32(C)),
