@@ -19,6 +19,7 @@ def main():
     p.add_argument("-b", type=int, default=64)
     p.add_argument("-t", type=int, default=1024)
     p.add_argument("-e", default="d12")
+    p.add_argument("--kernels", action="store_true", help="also time every kernel launch")
     args = p.parse_args()
     import cupy as cp
     from llmnp import GPT2, GPT2Config
@@ -46,6 +47,23 @@ def main():
     for name in ops.__all__:
         setattr(timed_ops, name, timed(name, getattr(ops, name)) if name != "xp" else ops.xp)
     matmul.gemm = timed("  cublas gemm", runtime.gemm)
+    if args.kernels:                      # every RawKernel launch by kernel name, indented under its op
+        import importlib
+
+        class TimedKernel:
+            def __init__(self, k, name):
+                object.__setattr__(self, "k", k)
+                object.__setattr__(self, "call", timed("  " + name, k))
+
+            def __call__(self, *a, **kw):
+                return self.call(*a, **kw)
+
+            def __setattr__(self, attr, value):
+                setattr(self.k, attr, value)
+
+        for mod in ("encoder", "layernorm", "matmul", "attention", "gelu", "residual", "classifier", "adamw"):
+            m = importlib.import_module("llmnp.cuda." + mod)
+            m.kernel = lambda *a, _k=runtime.kernel, **kw: TimedKernel(_k(*a, **kw), a[1])
 
     def step(t):
         loss = model.forward(x, y)
@@ -59,6 +77,7 @@ def main():
         step(t)
     model.ops = timed_ops
     cp.cuda.Device().synchronize()
+    records.clear()
     s0, s1 = cp.cuda.Event(), cp.cuda.Event()
     s0.record()
     step(4)
