@@ -101,6 +101,11 @@ def row_torch(dtype, B, T, warmup, steps, compile_model):
             self.wte, self.wpe = nn.Embedding(V, C), nn.Embedding(maxT, C)
             self.h = nn.ModuleList(Block() for _ in range(L))
             self.ln_f = nn.LayerNorm(C)
+            for mod in self.modules():                 # GPT-2's init, as llmnp's (loss starts near ln V)
+                if isinstance(mod, (nn.Linear, nn.Embedding)):
+                    nn.init.normal_(mod.weight, std=0.02)
+                if isinstance(mod, nn.Linear):
+                    nn.init.zeros_(mod.bias)
 
         def forward(self, idx, targets):
             x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))

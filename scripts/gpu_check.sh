@@ -34,7 +34,7 @@ for stage in $stages; do
             a = cupy.arange(4, dtype=numpy.float32).astype(\"bfloat16\"); a.fill(0); print(\"bf16 ok\", a.dtype)'"
         ;;
     tests)
-        run tests $PY -m pytest -q -rs tests/test_cuda.py
+        run tests $PY -m pytest -rsP tests/test_cuda.py   # setup.cfg adds -q
         ;;
     train)   # d12 from scratch on the shipped corpus, bf16, 60 steps: llm.c's step lines
         run train $PY train_gpt2.py --device cuda --dtype bf16 -e d12 -b 16 -t 1024 -x 60 -l 1e-3 -u 10 \

@@ -316,12 +316,15 @@ def test_model_fp32_matches_cpu():
     x, y = _batch(config, B=4, T=64)
     cpu, gpu_model = GPT2(config, seed=3), GPT2(config, device="cuda", seed=3)
     lc, lg = _step(cpu, x, y), _step(gpu_model, x, y)
+    print(f"fp32 GPU vs CPU: loss {lg:.6f} vs {lc:.6f}")
     assert abs(lc - lg) < 1e-5, (lc, lg)
     z = host(gpu_model.logits)
+    print(f"logits maxdiff {np.max(np.abs(z - cpu.logits)):.3g} (max |logit| {np.max(np.abs(cpu.logits)):.3g})")
     assert np.max(np.abs(z - cpu.logits)) < 1e-5 * max(1.0, np.max(np.abs(cpu.logits)))
     for name in PARAMETER_NAMES:
         want, got = cpu.grads[name], host(gpu_model.grads[name])
         maxdiff = np.max(np.abs(got - want))
+        print(f"{name:9s} OK, maxdiff {maxdiff:.3g} = {maxdiff / np.max(np.abs(want)):.2g} of max |grad|")
         assert maxdiff <= 2e-5 * np.max(np.abs(want)), f"{name}: maxdiff {maxdiff:.3g} of max {np.max(np.abs(want)):.3g}"
     losses = {}
     for name, model in (("cpu", cpu), ("gpu", gpu_model)):
@@ -330,6 +333,8 @@ def test_model_fp32_matches_cpu():
             losses[name].append(_step(model, x, y))
             norm = model.grad_norm()
             model.update(1e-4, 0.9, 0.95, 1e-8, 0.0, t, grad_scale=min(1.0, 1.0 / norm))
+    print("10 AdamW steps, losses GPU:", " ".join(f"{v:.6f}" for v in losses["gpu"]))
+    print("                       CPU:", " ".join(f"{v:.6f}" for v in losses["cpu"]))
     np.testing.assert_allclose(losses["gpu"], losses["cpu"], rtol=1e-4)
     assert losses["gpu"][-1] < losses["gpu"][0] - 0.5
 
@@ -344,15 +349,18 @@ def test_model_bf16_close_to_cpu_and_learns():
     assert bf.params_memory.dtype.name == "bfloat16" and bf.master_memory.dtype == np.float32
     np.testing.assert_array_equal(bf.parameters_to_host(), cpu.params_memory)     # master = the fp32 init
     lc, lb = _step(cpu, x, y), _step(bf, x, y)
+    print(f"bf16 GPU vs fp32 CPU: loss {lb:.6f} vs {lc:.6f}")
     assert abs(lc - lb) < 0.02, (lc, lb)
     for name in PARAMETER_NAMES:
         want, got = cpu.grads[name], host(bf.grads[name])
         err = np.linalg.norm(got - want) / np.linalg.norm(want)
+        print(f"{name:9s} |g_bf16 - g_fp32| / |g_fp32| = {err:.3g}")
         assert err < 0.05, f"{name}: relative error {err:.3g}"
     first = lb
     for t in range(1, 31):
         loss = _step(bf, x, y)
         bf.update(1e-3, 0.9, 0.95, 1e-8, 0.0, t, grad_scale=min(1.0, 1.0 / bf.grad_norm()))
+    print(f"bf16 overfitting one batch: loss {first:.3f} -> {loss:.3f} in 30 steps")
     assert loss < first - 2.0, (first, loss)
 
 
