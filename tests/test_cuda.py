@@ -12,20 +12,11 @@ import numpy as np
 import pytest
 
 cp = pytest.importorskip("cupy")
+from conftest import gpu_available, requires_gpu  # noqa: E402
 from llmnp import layers as ref  # noqa: E402
 from llmnp.cuda import runtime  # noqa: E402
 
 FAMILIES = sorted(f[:-3] for f in os.listdir(runtime.KERNEL_DIR) if f.endswith(".cu"))
-
-
-def gpu_available():
-    try:
-        return cp.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
-
-
-gpu = pytest.mark.skipif(not gpu_available(), reason="no CUDA GPU")
 
 
 # ------------------------------------------------------------------------------------ compile (CI)
@@ -96,7 +87,7 @@ def host(a):
 
 
 # ---------------------------------------------------------------------------------------- layers
-@gpu
+@requires_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,T,C,V", [(2, 5, 8, 16), (4, 64, 768, 512), (3, 7, 20, 30)])
 def test_encoder(dtype, B, T, C, V):
@@ -119,7 +110,7 @@ def test_encoder(dtype, B, T, C, V):
     k.close(dwpe, dwpe_h, "dwpe")
 
 
-@gpu
+@requires_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,T,C", [(2, 3, 8), (4, 64, 768), (3, 7, 100)])
 def test_layernorm(dtype, B, T, C):
@@ -146,7 +137,7 @@ def test_layernorm(dtype, B, T, C):
     k.close(db, db_h, "dbias")
 
 
-@gpu
+@requires_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,T,C,OC,bias", [(2, 5, 8, 24, True), (4, 64, 768, 2304, True), (3, 7, 20, 50, True),
                                             (2, 64, 64, 512, False)])
@@ -182,7 +173,7 @@ def attention_cases():
                 yield dtype, B, T, NH, hs, tc
 
 
-@gpu
+@requires_gpu
 @pytest.mark.parametrize("dtype,B,T,NH,hs,tensor_cores", list(attention_cases()))
 def test_attention(dtype, B, T, NH, hs, tensor_cores):
     from llmnp.cuda.attention import attention_backward, attention_forward
@@ -204,7 +195,7 @@ def test_attention(dtype, B, T, NH, hs, tensor_cores):
         k.close(dqkv[..., i * C:(i + 1) * C], dqkv_h[..., i * C:(i + 1) * C], "d" + name)
 
 
-@gpu
+@requires_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(7,), (4, 64, 3072), (3, 5, 13)])
 def test_gelu_and_residual(dtype, shape):
@@ -237,7 +228,7 @@ def test_gelu_and_residual(dtype, shape):
     k.close(d2, d2_h, "dinp2")
 
 
-@gpu
+@requires_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,T,V,Vp", [(2, 5, 11, 16), (4, 3, 50257, 50304), (1, 4, 90, 100)])
 def test_classifier(dtype, B, T, V, Vp):
@@ -262,7 +253,7 @@ def test_classifier(dtype, B, T, V, Vp):
     k.close(probs, want, "dlogits")
 
 
-@gpu
+@requires_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [1, 1000, 1 << 20])
 def test_adamw_and_global_norm(dtype, n):
@@ -307,7 +298,7 @@ def _step(model, x, y):
     return loss
 
 
-@gpu
+@requires_gpu
 def test_model_fp32_matches_cpu():
     """Logits, loss and all 16 gradients at init-like weights, then 10 AdamW steps (llm.c's test_gpt2)."""
     from llmnp import GPT2, GPT2Config
@@ -339,7 +330,7 @@ def test_model_fp32_matches_cpu():
     assert losses["gpu"][-1] < losses["gpu"][0] - 0.5
 
 
-@gpu
+@requires_gpu
 def test_model_bf16_close_to_cpu_and_learns():
     from llmnp import GPT2, GPT2Config
     from llmnp.params import PARAMETER_NAMES
@@ -364,7 +355,7 @@ def test_model_bf16_close_to_cpu_and_learns():
     assert loss < first - 2.0, (first, loss)
 
 
-@gpu
+@requires_gpu
 def test_model_gpu_buffers_stay_on_the_gpu():
     from llmnp import GPT2, GPT2Config
     config = GPT2Config(**SMALL)
