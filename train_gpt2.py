@@ -246,7 +246,7 @@ def resume(args, dist, model, train_loader, log):
         raise UserError(f"checkpoint at step {step} was written by {state['world_size']} processes, "
                         f"this run has {dist.world_size}: resume with the same count")
     model.load_parameters(flat)
-    model.load_optimizer_state(state["m"], state["v"], state.get("master"))
+    model.load_optimizer_state(state["m"], state["v"], state.get("master"), shard=(start, end))
     train_loader.load_state_dict(state["loader_state"])
     log(f"resumed from {args.output_dir} at step {step}")
     return step
