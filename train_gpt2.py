@@ -96,7 +96,8 @@ def parse_args(argv):
     g = p.add_argument_group("system")
     g.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     g.add_argument("--dtype", default=None, choices=("fp32", "bf16"), help="[cpu fp32, cuda bf16]")
-    g.add_argument("-r", "--recompute", type=int, default=1, choices=(0, 1, 2), help="recompute level (GPU memory)")
+    g.add_argument("-r", "--recompute", type=int, default=1, choices=(0, 1),
+                   help="1: recompute GELU in backward instead of storing it (less memory, as llm.c's -r 1)")
     g.add_argument("-z", "--zero-stage", type=int, default=0, choices=(0, 1), help="ZeRO stage: 1 shards AdamW state")
     g.add_argument("--seed", type=int, default=42, help="seed of a random init")
     args = p.parse_args(argv)
@@ -121,10 +122,10 @@ def load_model(args, dist, log):
         name = "d12"
     if os.path.isdir(name) or name.endswith(".safetensors"):
         log(f"loading Hugging Face GPT-2 weights from {name}")
-        return GPT2.from_pretrained(name, device=args.device, dtype=dtype)
+        return GPT2.from_pretrained(name, device=args.device, dtype=dtype, recompute=args.recompute)
     if os.path.exists(name):
         log(f"loading {name}")
-        return GPT2.from_checkpoint(name, device=args.device, dtype=dtype)
+        return GPT2.from_checkpoint(name, device=args.device, dtype=dtype, recompute=args.recompute)
     if name.endswith(".bin") or os.sep in name:
         raise UserError(f"model file {name} not found (give -e a .bin path, an HF folder, or d12/d24/d36/d48)")
     try:
@@ -132,7 +133,7 @@ def load_model(args, dist, log):
     except ValueError as e:
         raise UserError(str(e)) from None
     log(f"initialising a random {name} (seed {args.seed})")
-    return GPT2(config, device=args.device, dtype=dtype, seed=args.seed)
+    return GPT2(config, device=args.device, dtype=dtype, seed=args.seed, recompute=args.recompute)
 
 
 def device_peak_flops(device):

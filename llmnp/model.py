@@ -38,8 +38,9 @@ def backend(device):
 
 
 class GPT2:
-    def __init__(self, config, device="cpu", dtype=np.float32, seed=42, init=True):
+    def __init__(self, config, device="cpu", dtype=np.float32, seed=42, init=True, recompute=0):
         self.config = config
+        self.recompute = recompute                 # 1: recompute GELU in backward instead of storing it
         self.device = device
         self.dtype = storage_dtype(dtype)          # parameters, gradients, activations
         # statistics, AdamW state and master weights: float32 when the storage is narrower (bf16)
@@ -99,20 +100,20 @@ class GPT2:
 
     # ------------------------------------------------------------------------------- files
     @classmethod
-    def from_checkpoint(cls, path, device="cpu", dtype=np.float32):
+    def from_checkpoint(cls, path, device="cpu", dtype=np.float32, recompute=0):
         """A model from an llm.c model file (.bin, fp32 version 3 or bf16 version 5)."""
         from llmnp.checkpoint import load_model
         config, flat = load_model(path)
-        model = cls(config, device=device, dtype=dtype, init=False)
+        model = cls(config, device=device, dtype=dtype, init=False, recompute=recompute)
         model.load_parameters(flat)
         return model
 
     @classmethod
-    def from_pretrained(cls, path, device="cpu", dtype=np.float32):
+    def from_pretrained(cls, path, device="cpu", dtype=np.float32, recompute=0):
         """A model from Hugging Face GPT-2 weights: a model.safetensors file or a folder holding one."""
         from llmnp.checkpoint import load_hf
         config, flat = load_hf(path)
-        model = cls(config, device=device, dtype=dtype, init=False)
+        model = cls(config, device=device, dtype=dtype, init=False, recompute=recompute)
         model.load_parameters(flat)
         return model
 
@@ -127,7 +128,7 @@ class GPT2:
         largest (B, T) seen first; a smaller (B, T) uses the front of the same memory."""
         if self.acts_memory is None:
             self.B, self.T = B, T
-            specs, stats = _split_statistics(activation_specs(self.config, B, T))
+            specs, stats = _split_statistics(activation_specs(self.config, B, T, self.recompute))
             n_grad = num_elements(gradient_scratch_specs(self.config, B, T))
             self.acts_memory = self.xp.zeros(num_elements(specs), dtype=self.dtype)
             self.stats_memory = self.xp.zeros(num_elements(stats), dtype=self.state_dtype)
@@ -137,7 +138,7 @@ class GPT2:
         elif B > self.B or T > self.T:
             raise ValueError(f"batch (B={B}, T={T}) is larger than the (B={self.B}, T={self.T}) this "
                              f"model allocated activations for at its first forward; build a new model")
-        specs, stats = _split_statistics(activation_specs(self.config, B, T))
+        specs, stats = _split_statistics(activation_specs(self.config, B, T, self.recompute))
         gspecs = gradient_scratch_specs(self.config, B, T)
         self.acts = make_views(self.acts_memory[:num_elements(specs)], specs)
         self.acts.update(make_views(self.stats_memory[:num_elements(stats)], stats))
@@ -173,8 +174,9 @@ class GPT2:
             ops.residual_forward(a["residual2"][l], residual, a["residual2"][l])                  # += residual
             ops.layernorm_forward(a["ln2"][l], a["ln2_mean"][l], a["ln2_rstd"][l], a["residual2"][l], p["ln2w"][l], p["ln2b"][l])
             ops.matmul_forward(a["fch"][l], a["ln2"][l], p["fcw"][l], p["fcb"][l])                # (B,T,4C)
-            ops.gelu_forward(a["fch_gelu"][l], a["fch"][l])
-            ops.matmul_forward(a["residual3"][l], a["fch_gelu"][l], p["fcprojw"][l], p["fcprojb"][l])
+            fch_gelu = self._fch_gelu(l)                                                         # (B,T,4C)
+            ops.gelu_forward(fch_gelu, a["fch"][l])
+            ops.matmul_forward(a["residual3"][l], fch_gelu, p["fcprojw"][l], p["fcprojb"][l])
             ops.residual_forward(a["residual3"][l], a["residual2"][l], a["residual3"][l])         # += residual2
         ops.layernorm_forward(a["lnf"], a["lnf_mean"], a["lnf_rstd"], a["residual3"][-1], p["lnfw"], p["lnfb"])
         ops.matmul_forward(a["logits"], a["lnf"], p["wte"], None)                                 # (B,T,Vp), tied wte
@@ -190,6 +192,10 @@ class GPT2:
         ops.crossentropy_forward(a["losses"], a["probs"], y)
         self.mean_loss = a["losses"].mean()
         return self.mean_loss
+
+    def _fch_gelu(self, l):
+        """Layer l's GELU output: its own slice, or with recompute the one shared (B,T,4C) buffer."""
+        return self.acts["fch_gelu"] if self.recompute >= 1 else self.acts["fch_gelu"][l]
 
     def _check_tokens(self, tokens, what, shape=None):
         tokens = np.asarray(tokens)
@@ -223,7 +229,10 @@ class GPT2:
         for l in reversed(range(cfg.num_layers)):
             residual = a["encoded"] if l == 0 else a["residual3"][l - 1]
             # forward: residual3 = residual2 + fcproj; the projection's dout is dres, and dres stays
-            ops.matmul_backward(d["dfch_gelu"], g["fcprojw"][l], g["fcprojb"][l], dres, a["fch_gelu"][l], p["fcprojw"][l])
+            fch_gelu = self._fch_gelu(l)
+            if self.recompute >= 1:                                 # forward kept only fch: redo GELU
+                ops.gelu_forward(fch_gelu, a["fch"][l])
+            ops.matmul_backward(d["dfch_gelu"], g["fcprojw"][l], g["fcprojb"][l], dres, fch_gelu, p["fcprojw"][l])
             ops.gelu_backward(d["dfch"], a["fch"][l], d["dfch_gelu"])
             ops.matmul_backward(d["dln"], g["fcw"][l], g["fcb"][l], d["dfch"], a["ln2"][l], p["fcw"][l])
             ops.layernorm_backward(dres, g["ln2w"][l], g["ln2b"][l], d["dln"], a["residual2"][l], p["ln2w"][l], a["ln2_mean"][l], a["ln2_rstd"][l])

@@ -40,8 +40,11 @@ def parameter_specs(config):
     return list(zip(PARAMETER_NAMES, shapes))
 
 
-def activation_specs(config, B, T):
+def activation_specs(config, B, T, recompute=0):
     """[(name, shape)] of what the forward pass keeps for backward, all L layers stacked.
+
+    recompute >= 1 (llm.c's -r 1): GELU's output is not kept per layer; one layer's buffer is reused
+    and backward recomputes it from fch, saving (L-1) * B*T*4C values for one GELU per layer.
 
     Attention keeps only its output and the softmax log-sum-exp (B, NH, T) per row; the backward
     pass recomputes the (T, T) probabilities from q, k and that statistic (flash-attention style), so
@@ -63,7 +66,7 @@ def activation_specs(config, B, T):
         ("ln2_mean", (L, B, T)),
         ("ln2_rstd", (L, B, T)),
         ("fch", (L, B, T, 4 * C)),       # fc output, before GELU
-        ("fch_gelu", (L, B, T, 4 * C)),
+        ("fch_gelu", (B, T, 4 * C) if recompute >= 1 else (L, B, T, 4 * C)),
         ("residual3", (L, B, T, C)),     # residual2 + fcproj
         ("lnf", (B, T, C)),
         ("lnf_mean", (B, T)),

@@ -146,3 +146,20 @@ def test_overfits_one_batch():
         model.backward()
         model.update(lr=1e-2, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.0, t=t)
     assert loss < 0.1, loss
+
+
+def test_gelu_recompute_gives_the_same_gradients_in_less_memory():
+    x, y = batch(TINY, B=2, T=6)
+    results = []
+    for recompute in (0, 1):
+        model = perturbed_model()
+        model.recompute = recompute
+        loss = float(model.forward(x, y))
+        model.zero_grad()
+        model.backward()
+        results.append((loss, model.grads_memory.copy(), model.acts_memory.size))
+    (l0, g0, n0), (l1, g1, n1) = results
+    assert l0 == l1
+    np.testing.assert_array_equal(g0, g1)
+    L, C = TINY.num_layers, TINY.channels
+    assert n0 - n1 == (L - 1) * 2 * 6 * 4 * C
