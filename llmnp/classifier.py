@@ -1,11 +1,15 @@
-"""The classifier's loss: softmax over the vocabulary and cross-entropy against the next token.
+"""The classifier's loss: cross-entropy of the softmax over the vocabulary against the next token,
+computed from the logits directly, and its fused backward. No probabilities are kept between them.
 
-forward:  probs = softmax(logits[..., :V]), losses = -log probs[target]
-backward: fused softmax + cross-entropy: dlogits = (probs - onehot(target)) * dloss, where dloss is
-          the weight of each position in the mean loss (1 / (B*T*grad_accum_steps)).
-The padded columns V..Vp-1 exist only so that matmuls have nice shapes: their probabilities are 0,
-they never enter the loss, and their dlogits are 0, so the padded rows of wte get no gradient.
-dlogits is overwritten and may be the probs buffer itself (the model does that, saving a (B,T,Vp)).
+softmax:  probs = softmax(logits[..., :V]); a layer of its own (sampling, notebooks), not part of training
+forward:  losses = logsumexp(logits[..., :V]) - logits[target]    (= -log softmax(logits)[target])
+backward: dlogits = (softmax(logits[..., :V]) - onehot(target)) * dloss, the softmax recomputed from the
+          logits, dloss the weight of each position in the mean loss (1 / (B*T*grad_accum_steps)).
+As llm.c's fused classifier, training never writes a (B,T,Vp) probs tensor: the forward reads the logits
+and leaves them as they are; the backward overwrites dlogits, which may be the logits buffer itself (the
+model does that, so after backward its logits hold dlogits).
+The padded columns V..Vp-1 exist only so that matmuls have nice shapes: they never enter the softmax or
+the loss, their probabilities and dlogits are 0, so the padded rows of wte get no gradient.
 
 Shapes: B batch, T time, V vocab, Vp padded vocab. targets int32 (B,T).
 """
@@ -13,7 +17,8 @@ import numpy as np
 
 
 def softmax_forward(probs, logits, V):
-    """probs (B,T,Vp) <- softmax of logits (B,T,Vp) over the first V columns; probs[..., V:] = 0."""
+    """probs (B,T,Vp) <- softmax of logits (B,T,Vp) over the first V columns; probs[..., V:] = 0.
+    probs may be logits itself."""
     x = logits[..., :V]
     p = probs[..., :V]
     np.subtract(x, x.max(axis=-1, keepdims=True), out=p)   # max-subtracted: exp never overflows
@@ -22,15 +27,23 @@ def softmax_forward(probs, logits, V):
     probs[..., V:] = 0.0
 
 
-def crossentropy_forward(losses, probs, targets):
-    """losses (B,T) <- -log probs[b, t, targets[b, t]]."""
-    p = np.take_along_axis(probs, targets[..., None].astype(np.intp), axis=-1)[..., 0]
-    np.negative(np.log(p), out=losses)
+def crossentropy_forward(losses, logits, targets, V):
+    """losses (B,T) <- logsumexp(logits[b, t, :V]) - logits[b, t, targets[b, t]]; logits (B,T,Vp) are
+    only read."""
+    x = logits[..., :V]
+    m = x.max(axis=-1, keepdims=True)                       # (B,T,1), so that exp never overflows
+    e = x - m                                               # (B,T,V) temporary
+    np.exp(e, out=e)
+    lse = np.log(e.sum(axis=-1)) + m[..., 0]                # (B,T)
+    z = np.take_along_axis(logits, targets[..., None].astype(np.intp), axis=-1)[..., 0]
+    np.subtract(lse, z, out=losses)
 
 
-def crossentropy_softmax_backward(dlogits, probs, targets, dloss):
-    """dlogits (B,T,Vp) <- (probs - onehot(targets)) * dloss, overwritten; dlogits may alias probs."""
-    np.multiply(probs, dloss, out=dlogits)
+def crossentropy_softmax_backward(dlogits, logits, targets, dloss, V):
+    """dlogits (B,T,Vp) <- (softmax(logits[..., :V]) - onehot(targets)) * dloss, 0 in the padded columns;
+    overwritten, and dlogits may be logits itself."""
+    softmax_forward(dlogits, logits, V)                     # p, recomputed: the forward kept none
+    dlogits *= dloss
     B, T = targets.shape
     b, t = np.meshgrid(np.arange(B), np.arange(T), indexing="ij")
     dlogits[b, t, targets] -= dloss

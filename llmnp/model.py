@@ -6,7 +6,10 @@ params.py and are allocated once: parameters at construction, gradients at the f
 AdamW state at the first update, activations at the first forward for that (B, T).
 
 Gradient rule (both devices): parameter gradients accumulate (+=) until zero_grad(), so micro-batches
-add up; activation gradients are scratch, one layer's worth, reused as backward walks down.
+add up; activation gradients are scratch, one layer's worth, reused as backward walks down, except
+dlogits (B, T, Vp), which backward writes over the logits: the loss is computed from the logits and the
+softmax recomputed in backward (llm.c's fused classifier), so no probabilities are kept, and after
+backward() model.logits holds dlogits.
 
 Not here: the training loop, schedules and logging (train_gpt2.py), file formats (checkpoint.py).
 """
@@ -152,7 +155,8 @@ class GPT2:
     def forward(self, inputs, targets=None):
         """inputs, targets: int32 (B, T) token ids (NumPy arrays). Fills model.logits (B, T, Vp);
         with targets, returns the mean loss as a 0-d array of the device (float() to read it),
-        without, returns None. Tokens must be < vocab_size, T <= max_seq_len."""
+        without, returns None. Tokens must be < vocab_size, T <= max_seq_len. The loss is computed from
+        the logits without touching them; a backward() after it overwrites them with dlogits."""
         cfg = self.config
         inputs = self._check_tokens(inputs, "inputs")
         B, T = inputs.shape
@@ -188,8 +192,7 @@ class GPT2:
         y = self.targets if full else self.xp.empty((B, T), np.int32)
         y[...] = self.xp.asarray(self._check_tokens(targets, "targets", shape=(B, T)))
         self.y = y
-        ops.softmax_forward(a["probs"], a["logits"], cfg.vocab_size)
-        ops.crossentropy_forward(a["losses"], a["probs"], y)
+        ops.crossentropy_forward(a["losses"], a["logits"], y, cfg.vocab_size)   # no probs kept
         self.mean_loss = a["losses"].mean()
         return self.mean_loss
 
@@ -212,7 +215,8 @@ class GPT2:
 
     def backward(self, grad_accum_steps=1):
         """Adds d(mean loss)/d(parameter) into model.grads, the loss being averaged over B*T positions
-        and grad_accum_steps micro-batches. Needs the forward just before it to have had targets."""
+        and grad_accum_steps micro-batches. Needs the forward just before it to have had targets.
+        Overwrites model.logits with dlogits (the logits buffer is the gradient's, as in llm.c)."""
         if self.mean_loss is None:
             raise RuntimeError("backward() needs a forward(inputs, targets) with targets first")
         self._allocate_grads()
@@ -220,8 +224,8 @@ class GPT2:
         B, T = self.y.shape
         p, g, a, d, ops = self.params, self.grads, self.acts, self.dacts, self.ops
         dloss = 1.0 / (B * T * grad_accum_steps)
-        dlogits = a["probs"]                                        # overwritten in place (B,T,Vp)
-        ops.crossentropy_softmax_backward(dlogits, a["probs"], self.y, dloss)
+        dlogits = a["logits"]                                       # written over the logits (B,T,Vp)
+        ops.crossentropy_softmax_backward(dlogits, a["logits"], self.y, dloss, cfg.vocab_size)
         ops.matmul_backward(d["dln"], g["wte"], None, dlogits, a["lnf"], p["wte"])
         d["dresidual"].fill(0)
         ops.layernorm_backward(d["dresidual"], g["lnfw"], g["lnfb"], d["dln"], a["residual3"][-1], p["lnfw"], a["lnf_mean"], a["lnf_rstd"])
@@ -242,7 +246,7 @@ class GPT2:
             ops.matmul_backward(d["dln"], g["qkvw"][l], g["qkvb"][l], d["dqkv"], a["ln1"][l], p["qkvw"][l])
             ops.layernorm_backward(dres, g["ln1w"][l], g["ln1b"][l], d["dln"], residual, p["ln1w"][l], a["ln1_mean"][l], a["ln1_rstd"][l])
         ops.encoder_backward(g["wte"], g["wpe"], dres, self.x)
-        self.mean_loss = None                                       # probs now hold dlogits
+        self.mean_loss = None                                       # model.logits now hold dlogits
 
     # ------------------------------------------------------------------------------ update
     def grad_norm(self, shard=None):

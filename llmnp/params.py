@@ -51,6 +51,8 @@ def activation_specs(config, B, T, recompute=0):
     neither device ever holds an (L, B, NH, T, T) tensor.
     The attention and MLP projections are written straight into the residual buffers and the
     residual added in place: their own outputs are never needed by backward.
+    The loss is computed from the logits directly and backward recomputes the softmax (llm.c's fused
+    classifier), so no (B, T, Vp) probabilities are kept; backward writes dlogits over the logits.
     """
     L, C, NH, Vp = config.num_layers, config.channels, config.num_heads, config.padded_vocab_size
     return [
@@ -71,8 +73,7 @@ def activation_specs(config, B, T, recompute=0):
         ("lnf", (B, T, C)),
         ("lnf_mean", (B, T)),
         ("lnf_rstd", (B, T)),
-        ("logits", (B, T, Vp)),
-        ("probs", (B, T, Vp)),           # softmax over the first V columns; backward overwrites it with dlogits
+        ("logits", (B, T, Vp)),          # backward overwrites them with dlogits
         ("losses", (B, T)),
     ]
 

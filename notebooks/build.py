@@ -253,10 +253,10 @@ code(r'''
 show_table(activation_specs(tiny, B=2, T=8))
 '''),
 md(r'''
-For GPT-2 small at B = 4, T = 1024, the picture shows where that memory goes. The largest are the
-two (B, T, Vp) tensors, logits and probabilities over the whole vocabulary, then the MLP's 4C-wide
-activations of all 12 layers. Attention keeps only `att_lse`, T numbers per head (too small to see):
-notebook 04 shows how it avoids saving the (T, T) attention matrix.
+For GPT-2 small at B = 4, T = 1024, the picture shows where that memory goes. The largest is the
+(B, T, Vp) logits over the whole vocabulary (no probabilities are kept beside them: notebook 07), then
+the MLP's 4C-wide activations of all 12 layers. Attention keeps only `att_lse`, T numbers per head
+(too small to see): notebook 04 shows how it avoids saving the (T, T) attention matrix.
 '''),
 code(r'''
 specs = activation_specs(d12, B=4, T=1024)
@@ -1498,19 +1498,24 @@ assert worst < 1e-8
 md(r'''
 ## llmnp's classifier
 
-`softmax_forward(probs, logits, V)`, `crossentropy_forward(losses, probs, targets)` and the fused
-`crossentropy_softmax_backward(dlogits, probs, targets, dloss)`. The backward overwrites `dlogits`,
-and `dlogits` may be the `probs` buffer itself: probs are not needed after this, and the model saves
-a whole (B, T, Vp) buffer that way.
+Training needs the loss and `dlogits`, never the probabilities themselves. So llmnp's loss,
+`crossentropy_forward(losses, logits, targets, V)`, works from the logits directly, as the first line
+of the derivation above, $\ell = \log \sum_{j<V} e^{z_j} - z_y$ (the sum max-subtracted, as the
+softmax), and leaves the logits as they are. The fused
+`crossentropy_softmax_backward(dlogits, logits, targets, dloss, V)` recomputes the softmax from the
+logits and writes $(p - \text{onehot}) \cdot dloss$; `dlogits` may be the logits buffer itself, which
+is what the model passes, so no (B, T, Vp) buffer besides the logits is ever needed (after `backward()`,
+`model.logits` holds dlogits). `softmax_forward(probs, logits, V)` remains for sampling.
 '''),
 code(r'''
 probs_l, losses_l = np.empty_like(logits), np.empty((B, T))
 softmax_forward(probs_l, logits, V)
-crossentropy_forward(losses_l, probs_l, targets)
+crossentropy_forward(losses_l, logits, targets, V)
 print("forward matches:", np.allclose(probs_l, probs), np.allclose(losses_l, losses))
 
-crossentropy_softmax_backward(probs_l, probs_l, targets, dloss)     # in place: probs become dlogits
-print("backward matches, written over probs:", np.allclose(probs_l, dlogits))
+buf = logits.copy()                                                  # (B,T,Vp), as the model's logits
+crossentropy_softmax_backward(buf, buf, targets, dloss, V)           # in place: the logits become dlogits
+print("backward matches, written over the logits:", np.allclose(buf, dlogits))
 '''),
 md(r'''
 ## A fresh model's loss is ln V
@@ -1531,10 +1536,12 @@ md(r'''
 ## On the GPU
 
 [llmnp/cuda/classifier.cu](../llmnp/cuda/classifier.cu): one block of threads per position reduces
-its row of logits to a maximum and a sum (`block_max`, `block_sum`) and writes the probabilities; the
-loss is one thread per position; the backward writes `dlogits` over `probs`, as here. The (B, T, Vp)
-logits are the largest activation of the model (notebook 00), so every pass over them counts: since
-the gradient needs only $p$ and the target, a trainer can fuse all three into one pass, as llm.c does.
+its row of logits to a maximum and a sum (`block_max`, `block_sum`). The loss kernel reads the row
+once, each thread keeping a running maximum and a sum it rescales when the maximum grows, and writes
+one number; the backward kernel computes the maximum and sum again, then writes `dlogits` over the
+logits, as here. The (B, T, Vp) logits are the largest activation of the model (notebook 00), so every
+pass over them counts, and a probabilities buffer beside them would cost as much again (6.6 GB for
+GPT-2 small at B = 64, T = 1024 in bf16); llm.c's classifier is fused the same way.
 
 Next: [08 adamw](08_adamw.ipynb), what to do with the gradients.
 '''),

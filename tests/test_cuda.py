@@ -232,25 +232,37 @@ def test_gelu_and_residual(dtype, shape):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,T,V,Vp", [(2, 5, 11, 16), (4, 3, 50257, 50304), (1, 4, 90, 100)])
 def test_classifier(dtype, B, T, V, Vp):
+    """softmax against the NumPy softmax; the fused loss and backward against the composition of NumPy
+    references: -log of the reference softmax at the target, (reference softmax - onehot) * dloss."""
     from llmnp.cuda import crossentropy_forward, crossentropy_softmax_backward, softmax_forward
     k = Case(dtype)
-    logits, logits_h = k.randn(B, T, Vp, scale=3.0)
+    z = k.rng.standard_normal((B, T, Vp)) * 3.0
+    z[..., V:] += 50.0                                     # padding: would dominate if it counted
+    logits = k.dev(z)
+    logits_h = host(logits)
     targets = k.rng.integers(0, V, size=(B, T)).astype(np.int32)
-    probs = k.nan(B, T, Vp)
-    softmax_forward(probs, logits, V)
+    b, t = np.meshgrid(np.arange(B), np.arange(T), indexing="ij")
     probs_h = np.empty((B, T, Vp))
     ref.softmax_forward(probs_h, logits_h, V)
+    probs = k.nan(B, T, Vp)
+    softmax_forward(probs, logits, V)
     k.close(probs, probs_h, "probs")
+
     losses = k.nan(B, T, dtype=np.float32)
-    crossentropy_forward(losses, probs, cp.asarray(targets))
-    losses_h = np.empty((B, T))
-    ref.crossentropy_forward(losses_h, host(probs), targets)
-    k.close(losses, losses_h, "losses", tol=1e-6)
+    crossentropy_forward(losses, logits, cp.asarray(targets), V)
+    k.close(losses, -np.log(probs_h[b, t, targets]), "losses", tol=1e-6)
+    np.testing.assert_array_equal(host(logits), logits_h)          # the loss only reads the logits
+
     dloss = 1.0 / (B * T * 2)
-    want = np.empty((B, T, Vp))
-    ref.crossentropy_softmax_backward(want, host(probs), targets, dloss)
-    crossentropy_softmax_backward(probs, probs, cp.asarray(targets), dloss)   # in place, as the model calls it
-    k.close(probs, want, "dlogits")
+    onehot = np.zeros((B, T, Vp))
+    onehot[b, t, targets] = 1.0
+    want = (probs_h - onehot) * dloss
+    dlogits = k.nan(B, T, Vp)
+    crossentropy_softmax_backward(dlogits, logits, cp.asarray(targets), dloss, V)
+    k.close(dlogits, want, "dlogits")
+    assert not cp.any(dlogits[..., V:]), "padded columns of dlogits must be 0"
+    crossentropy_softmax_backward(logits, logits, cp.asarray(targets), dloss, V)   # in place, as the model calls it
+    k.close(logits, want, "dlogits over the logits")
 
 
 @requires_gpu
@@ -306,12 +318,15 @@ def test_model_fp32_matches_cpu():
     config = GPT2Config(**SMALL)
     x, y = _batch(config, B=4, T=64)
     cpu, gpu_model = GPT2(config, seed=3), GPT2(config, device="cuda", seed=3)
-    lc, lg = _step(cpu, x, y), _step(gpu_model, x, y)
+    lc, lg = float(cpu.forward(x, y)), float(gpu_model.forward(x, y))
     print(f"fp32 GPU vs CPU: loss {lg:.6f} vs {lc:.6f}")
     assert abs(lc - lg) < 1e-5, (lc, lg)
-    z = host(gpu_model.logits)
+    z = host(gpu_model.logits)                            # before backward writes dlogits over them
     print(f"logits maxdiff {np.max(np.abs(z - cpu.logits)):.3g} (max |logit| {np.max(np.abs(cpu.logits)):.3g})")
     assert np.max(np.abs(z - cpu.logits)) < 1e-5 * max(1.0, np.max(np.abs(cpu.logits)))
+    for model in (cpu, gpu_model):
+        model.zero_grad()
+        model.backward()
     for name in PARAMETER_NAMES:
         want, got = cpu.grads[name], host(gpu_model.grads[name])
         maxdiff = np.max(np.abs(got - want))

@@ -152,25 +152,28 @@ def test_residual(rng):
 # -------------------------------------------------------------------------------- classifier
 def test_classifier(rng):
     logits = rng.standard_normal((B, T, Vp)) * 3
+    logits[..., V:] += 50.0                                      # padding: would dominate if it counted
     targets = rng.integers(0, V, size=(B, T)).astype(np.int32)
-    probs, losses = np.empty_like(logits), np.empty((B, T))
-    softmax_forward(probs, logits, V)
-    crossentropy_forward(losses, probs, targets)
     x = logits[..., :V]
     log_z = np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1)) + x.max(-1)
     oracle = log_z - np.take_along_axis(x, targets[..., None], -1)[..., 0]   # -log softmax[target]
-    np.testing.assert_allclose(losses, oracle, rtol=1e-12)
+
+    probs = np.empty_like(logits)
+    softmax_forward(probs, logits, V)
+    np.testing.assert_allclose(probs[..., :V], np.exp(x - log_z[..., None]), rtol=1e-12)
     np.testing.assert_array_equal(probs[..., V:], 0.0)
-    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-12)
+
+    losses, kept = np.empty((B, T)), logits.copy()
+    crossentropy_forward(losses, logits, targets, V)
+    np.testing.assert_allclose(losses, oracle, rtol=1e-12)
+    np.testing.assert_array_equal(logits, kept)                  # the forward only reads the logits
 
     dloss = 1.0 / (B * T)
     dlogits = np.full_like(logits, 9.0)                          # overwritten
-    crossentropy_softmax_backward(dlogits, probs, targets, dloss)
+    crossentropy_softmax_backward(dlogits, logits, targets, dloss, V)
     np.testing.assert_array_equal(dlogits[..., V:], 0.0)        # padded columns get nothing
-    f = lambda: (softmax_forward(probs, logits, V), crossentropy_forward(losses, probs, targets),
-                 losses.mean())[2]
+    f = lambda: (crossentropy_forward(losses, logits, targets, V), losses.mean())[1]
     assert_grad(f, logits, dlogits, rng, name="logits")
-    # in place: dlogits written over probs gives the same values
-    softmax_forward(probs, logits, V)
-    crossentropy_softmax_backward(probs, probs, targets, dloss)
-    np.testing.assert_array_equal(probs, dlogits)
+    # in place, as the model calls it: dlogits written over the logits gives the same values
+    crossentropy_softmax_backward(logits, logits, targets, dloss, V)
+    np.testing.assert_array_equal(logits, dlogits)

@@ -55,15 +55,30 @@ def test_padded_vocab_rows_get_no_gradient_and_unused_positions_neither():
     np.testing.assert_array_equal(model.grads["wpe"][6:], 0.0)
 
 
+def test_backward_writes_dlogits_over_the_logits():
+    model = perturbed_model()
+    x, y = batch(TINY, B=2, T=6)
+    model.forward(x, y)
+    z = model.logits[..., :TINY.vocab_size].copy()               # (B,T,V)
+    model.zero_grad()
+    model.backward()
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    p[np.arange(2)[:, None], np.arange(6), y] -= 1.0             # softmax - onehot, per position
+    np.testing.assert_allclose(model.logits[..., :TINY.vocab_size], p / (2 * 6), rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(model.logits[..., TINY.vocab_size:], 0.0)
+
+
 def test_float32_agrees_with_float64():
     x, y = batch(TINY, B=2, T=8)
     results = []
     for dtype in (np.float32, np.float64):
         model = perturbed_model(dtype)
         loss = float(model.forward(x, y))
+        logits = model.logits.astype(np.float64)                 # backward writes dlogits over them
         model.zero_grad()
         model.backward()
-        results.append((loss, model.logits.astype(np.float64), model.grads_memory.astype(np.float64)))
+        results.append((loss, logits, model.grads_memory.astype(np.float64)))
     (l32, z32, g32), (l64, z64, g64) = results
     assert abs(l32 - l64) < 1e-5
     np.testing.assert_allclose(z32, z64, atol=1e-5)

@@ -1,11 +1,14 @@
-// The classifier's loss: softmax over the first V of Vp columns, cross-entropy, and their fused
-// backward (llmnp/classifier.py is the reference).
+// The classifier: softmax over the first V of Vp columns, and the fused cross-entropy loss and its
+// backward that training uses (llmnp/classifier.py is the reference and states the rules).
 //
 // softmax:  probs = softmax(logits[:, :V]) in fp32 arithmetic, probs[:, V:] = 0;  one block per row,
 //           one read of the row from device memory (max), the sum and the write from a shared copy.
-// loss:     losses (float) = -log probs[target];  one thread per row.
-// backward: dlogits = (probs - onehot(target)) * dloss, overwritten; dlogits may be probs itself
-//           (elementwise, each element read before it is written). One block per row.
+//           Not used in training (sampling, tests).
+// loss:     losses (float) = logsumexp(logits[:V]) - logits[target];  one block per row, one read of the
+//           row with a running max and sum in fp32; logits are not written, no probs anywhere.
+// backward: dlogits = (softmax(logits[:V]) - onehot(target)) * dloss, 0 in columns V..Vp-1, overwritten;
+//           one block per row recomputes the max and sum (fp32), then writes. dlogits may be logits
+//           itself: every read of the first pass is behind a block barrier before the first write.
 // Shapes: N rows (B*T), V vocab, Vp padded vocab; targets int32 (N,). N * Vp may exceed 2^31: 64-bit offsets.
 #include "common.cuh"
 
@@ -49,28 +52,57 @@ extern "C" __global__ void softmax_forward_kernel2(floatX* probs, const floatX* 
     }
 }
 
-extern "C" __global__ void crossentropy_forward_kernel1(float* losses, const floatX* probs, const int* targets, int N,
-                                                        int Vp) {
-    const int row = blockIdx.x * blockDim.x + threadIdx.x;
-    if (row >= N) return;
-    losses[row] = -logf(toF(probs[(long long)row * Vp + targets[row]]));
+// the max of row x's first V columns and the sum of exp(x - max) over them, in fp32, for the whole
+// block (every thread gets both): one read of the row, each thread keeping a running max and a sum that
+// it rescales whenever its max grows, then the block's partial sums are brought to the block's max.
+__device__ __forceinline__ void row_max_sum(float& m, float& s, const floatX* x, int V, bool vec) {
+    const int step = vec ? PACK : 1;
+    m = -INFINITY;
+    s = 0.0f;
+    for (int c = threadIdx.x * step; c < V; c += blockDim.x * step) {
+        float v[PACK];
+        load_floats(v, x + c, vec ? V - c : 1, vec);
+        float pm = -INFINITY;
+        for (int k = 0; k < PACK; k++)
+            if (k < step && c + k < V) pm = fmaxf(pm, v[k]);
+        if (pm > m) {                 // the first time m is -inf and s 0: s stays 0
+            s *= __expf(m - pm);
+            m = pm;
+        }
+        for (int k = 0; k < PACK; k++)
+            if (k < step && c + k < V) s += __expf(v[k] - m);
+    }
+    const float row_m = block_max(m);
+    s = block_sum(s * __expf(m - row_m));   // a thread that saw no column: 0 * exp(-inf) = 0
+    m = row_m;
 }
 
-extern "C" __global__ void crossentropy_softmax_backward_kernel1(floatX* dlogits, const floatX* probs,
-                                                                 const int* targets, float dloss, int N, int Vp) {
+extern "C" __global__ void crossentropy_forward_kernel2(float* losses, const floatX* logits, const int* targets, int N,
+                                                        int V, int Vp) {
     const long long row = blockIdx.x;
-    const int target = targets[row];
-    const floatX* p = probs + row * Vp;
+    const floatX* x = logits + row * Vp;
+    float m, s;
+    row_max_sum(m, s, x, V, Vp % PACK == 0 && aligned16(logits));
+    if (threadIdx.x == 0) losses[row] = m + logf(s) - toF(x[targets[row]]);
+}
+
+extern "C" __global__ void crossentropy_softmax_backward_kernel2(floatX* dlogits, const floatX* logits,
+                                                                 const int* targets, float dloss, int N, int V,
+                                                                 int Vp) {
+    const long long row = blockIdx.x;
+    const floatX* x = logits + row * Vp;
     floatX* d = dlogits + row * Vp;
-    if (Vp % PACK == 0 && aligned16(probs) && aligned16(dlogits)) {
-        for (int c = threadIdx.x * PACK; c < Vp; c += blockDim.x * PACK) {
-            const x128 pk = load128(p + c);
-            x128 o;
-            for (int k = 0; k < PACK; k++) o.v[k] = fromF(toF(pk.v[k]) * dloss - (c + k == target ? dloss : 0.0f));
-            store128(d + c, o);
-        }
-    } else {
-        for (int c = threadIdx.x; c < Vp; c += blockDim.x)
-            d[c] = fromF(toF(p[c]) * dloss - (c == target ? dloss : 0.0f));
+    const bool vec = Vp % PACK == 0 && aligned16(logits) && aligned16(dlogits);
+    const int step = vec ? PACK : 1;
+    float m, s;
+    row_max_sum(m, s, x, V, vec);     // ends in a barrier: the row is all read before d (maybe x) is written
+    const float scale = dloss / s;
+    const int target = targets[row];
+    for (int c = threadIdx.x * step; c < Vp; c += blockDim.x * step) {
+        float v[PACK];
+        load_floats(v, x + c, vec ? Vp - c : 1, vec);
+        for (int k = 0; k < PACK; k++)
+            v[k] = c + k < V ? __expf(v[k] - m) * scale - (c + k == target ? dloss : 0.0f) : 0.0f;
+        store_floats(d + c, v, vec ? Vp - c : 1, vec);
     }
 }

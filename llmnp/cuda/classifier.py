@@ -1,11 +1,13 @@
-"""Classifier launchers: softmax, cross-entropy and their fused backward (classifier.cu;
-llmnp/classifier.py is the reference and states the rules). losses are float32 in both storage modes.
+"""Classifier launchers: softmax, and the fused cross-entropy loss and backward that training uses
+(classifier.cu; llmnp/classifier.py is the reference and states the rules). No probs buffer in training:
+the loss reads the logits only, the backward recomputes the softmax and may write dlogits over them.
+losses are float32 in both storage modes.
 
 Shapes: B batch, T time, V vocab, Vp padded vocab; targets int32 (B,T).
 """
 import numpy as np
 
-from llmnp.cuda.runtime import blocks, check, kernel
+from llmnp.cuda.runtime import check, kernel
 
 MAX_SHARED = 200 * 1024       # dynamic shared memory a softmax block may take (H100: up to 227 KiB)
 
@@ -24,24 +26,26 @@ def softmax_forward(probs, logits, V):
       shared_mem=smem if cached else 0)
 
 
-def crossentropy_forward(losses, probs, targets):
-    """losses (B,T) <- -log probs[b, t, targets[b, t]]."""
-    Vp = probs.shape[-1]
-    N = probs.size // Vp
-    check(probs.dtype, probs=probs)
+def crossentropy_forward(losses, logits, targets, V):
+    """losses (B,T) <- logsumexp(logits[b, t, :V]) - logits[b, t, targets[b, t]]; logits (B,T,Vp) are
+    only read."""
+    Vp = logits.shape[-1]
+    N = logits.size // Vp
+    check(logits.dtype, logits=logits)
     check(np.float32, losses=losses)
     check(np.int32, targets=targets)
-    block_size = 256
-    k = kernel("classifier", "crossentropy_forward_kernel1", probs.dtype)
-    k((blocks(N, block_size),), (block_size,), (losses, probs, targets, np.int32(N), np.int32(Vp)))
+    block_size = 512
+    k = kernel("classifier", "crossentropy_forward_kernel2", logits.dtype)
+    k((N,), (block_size,), (losses, logits, targets, np.int32(N), np.int32(V), np.int32(Vp)))
 
 
-def crossentropy_softmax_backward(dlogits, probs, targets, dloss):
-    """dlogits (B,T,Vp) <- (probs - onehot(targets)) * dloss, overwritten; dlogits may alias probs."""
-    Vp = probs.shape[-1]
-    N = probs.size // Vp
-    check(probs.dtype, dlogits=dlogits, probs=probs)
+def crossentropy_softmax_backward(dlogits, logits, targets, dloss, V):
+    """dlogits (B,T,Vp) <- (softmax(logits[..., :V]) - onehot(targets)) * dloss, 0 in the padded columns;
+    overwritten, and dlogits may be logits itself."""
+    Vp = logits.shape[-1]
+    N = logits.size // Vp
+    check(logits.dtype, dlogits=dlogits, logits=logits)
     check(np.int32, targets=targets)
     block_size = 512
-    k = kernel("classifier", "crossentropy_softmax_backward_kernel1", probs.dtype)
-    k((N,), (block_size,), (dlogits, probs, targets, np.float32(dloss), np.int32(N), np.int32(Vp)))
+    k = kernel("classifier", "crossentropy_softmax_backward_kernel2", logits.dtype)
+    k((N,), (block_size,), (dlogits, logits, targets, np.float32(dloss), np.int32(N), np.int32(V), np.int32(Vp)))
