@@ -70,17 +70,19 @@ class GPT2:
         zero biases, layernorm weights 1. Drawn with NumPy's generator (not torch's) from `seed`."""
         rng = np.random.default_rng(seed)
         L, V = self.config.num_layers, self.config.vocab_size
-        host = {}
+        flat = np.empty(self.num_parameters, dtype=np.float32)   # drawn in float32: 4 bytes a parameter
+        host = make_views(flat, self.param_specs)
         for name, shape in self.param_specs:
             if name.endswith("w") and name.startswith("ln"):
-                host[name] = np.ones(shape)
+                host[name][...] = 1.0
             elif name.endswith("b"):
-                host[name] = np.zeros(shape)
+                host[name][...] = 0.0
             else:
                 std = 0.02 / math.sqrt(2 * L) if name in ("attprojw", "fcprojw") else 0.02
-                host[name] = rng.normal(0.0, std, size=shape)
+                rng.standard_normal(out=host[name], dtype=np.float32)
+                host[name] *= std
         host["wte"][V:] = 0.0                      # padded vocab rows stay zero, as in llm.c's files
-        self.load_parameters(np.concatenate([host[n].ravel() for n, _ in self.param_specs]))
+        self.load_parameters(flat)
 
     def load_parameters(self, flat):
         """Copy a flat host array in table order into the parameter buffer."""
