@@ -2,12 +2,14 @@
 computed from the logits directly, and its fused backward. No probabilities are kept between them.
 
 softmax:  probs = softmax(logits[..., :V]); a layer of its own (sampling, notebooks), not part of training
-forward:  losses = logsumexp(logits[..., :V]) - logits[target]    (= -log softmax(logits)[target])
+forward:  lse = logsumexp(logits[..., :V]), saved for backward (B,T);
+          losses = lse - logits[target]    (= -log softmax(logits)[target])
 backward: dlogits = (softmax(logits[..., :V]) - onehot(target)) * dloss, the softmax recomputed from the
-          logits, dloss the weight of each position in the mean loss (1 / (B*T*grad_accum_steps)).
+          logits and the saved lse as exp(logits - lse), dloss the weight of each position in the mean
+          loss (1 / (B*T*grad_accum_steps)).
 As llm.c's fused classifier, training never writes a (B,T,Vp) probs tensor: the forward reads the logits
-and leaves them as they are; the backward overwrites dlogits, which may be the logits buffer itself (the
-model does that, so after backward its logits hold dlogits).
+and leaves them as they are; the backward reads each row once and overwrites dlogits, which may be the
+logits buffer itself (the model does that, so after backward its logits hold dlogits).
 The padded columns V..Vp-1 exist only so that matmuls have nice shapes: they never enter the softmax or
 the loss, their probabilities and dlogits are 0, so the padded rows of wte get no gradient.
 
@@ -27,23 +29,26 @@ def softmax_forward(probs, logits, V):
     probs[..., V:] = 0.0
 
 
-def crossentropy_forward(losses, logits, targets, V):
-    """losses (B,T) <- logsumexp(logits[b, t, :V]) - logits[b, t, targets[b, t]]; logits (B,T,Vp) are
-    only read."""
+def crossentropy_forward(losses, lse, logits, targets, V):
+    """losses (B,T) <- lse - logits[b, t, targets[b, t]], lse (B,T) <- logsumexp(logits[b, t, :V]);
+    logits (B,T,Vp) are only read."""
     x = logits[..., :V]
     m = x.max(axis=-1, keepdims=True)                       # (B,T,1), so that exp never overflows
     e = x - m                                               # (B,T,V) temporary
     np.exp(e, out=e)
-    lse = np.log(e.sum(axis=-1)) + m[..., 0]                # (B,T)
+    lse[...] = np.log(e.sum(axis=-1)) + m[..., 0]
     z = np.take_along_axis(logits, targets[..., None].astype(np.intp), axis=-1)[..., 0]
     np.subtract(lse, z, out=losses)
 
 
-def crossentropy_softmax_backward(dlogits, logits, targets, dloss, V):
-    """dlogits (B,T,Vp) <- (softmax(logits[..., :V]) - onehot(targets)) * dloss, 0 in the padded columns;
-    overwritten, and dlogits may be logits itself."""
-    softmax_forward(dlogits, logits, V)                     # p, recomputed: the forward kept none
-    dlogits *= dloss
+def crossentropy_softmax_backward(dlogits, logits, lse, targets, dloss, V):
+    """dlogits (B,T,Vp) <- (exp(logits[..., :V] - lse) - onehot(targets)) * dloss, 0 in the padded columns,
+    lse (B,T) from crossentropy_forward; overwritten, and dlogits may be logits itself."""
+    p = dlogits[..., :V]
+    np.subtract(logits[..., :V], lse[..., None], out=p)     # log softmax: no max or sum over the row again
+    np.exp(p, out=p)                                        # p, recomputed: the forward kept none
+    p *= dloss
+    dlogits[..., V:] = 0.0
     B, T = targets.shape
     b, t = np.meshgrid(np.arange(B), np.arange(T), indexing="ij")
     dlogits[b, t, targets] -= dloss

@@ -4,11 +4,16 @@ forward:  mean = x.mean, rstd = 1/sqrt(var + eps), norm = (x - mean) * rstd, out
           mean and rstd are saved for backward, (B,T) each.
 backward: dinp, dweight and dbias all accumulate (+=): layernorm's input is the residual stream,
           whose gradient sums every path that reads it.
-Not here: the fused residual + layernorm of the GPU path (it composes residual_forward and this).
+residual_layernorm_forward: the residual add and the layernorm after it, one call (one kernel on the
+          GPU): residual = inp + proj + proj_bias, then layernorm(residual). proj is a projection's
+          product without its bias; the bias goes in here. Its backward is the parts' own (the model
+          calls layernorm_backward, and the projection's matmul_backward sums dbias).
 
 Shapes: B batch, T time, C channels. Any leading shape works in place of (B,T).
 """
 import numpy as np
+
+from llmnp.residual import residual_forward
 
 EPS = 1e-5
 
@@ -37,3 +42,11 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
     dnorm_mean = dnorm.sum(axis=-1, keepdims=True) / C
     dnorm_norm_mean = (dnorm * norm).sum(axis=-1, keepdims=True) / C
     dinp += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rstd[..., None]
+
+
+def residual_layernorm_forward(residual, out, mean, rstd, inp, proj, proj_bias, weight, bias):
+    """residual (B,T,C) <- inp + (proj + proj_bias), then out (B,T,C), mean (B,T), rstd (B,T) <- layernorm
+    of residual with weight (C,), bias (C,). residual may be proj itself."""
+    np.add(proj, proj_bias, out=residual)
+    residual_forward(residual, inp, residual)
+    layernorm_forward(out, mean, rstd, residual, weight, bias)

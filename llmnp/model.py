@@ -8,8 +8,8 @@ AdamW state at the first update, activations at the first forward for that (B, T
 Gradient rule (both devices): parameter gradients accumulate (+=) until zero_grad(), so micro-batches
 add up; activation gradients are scratch, one layer's worth, reused as backward walks down, except
 dlogits (B, T, Vp), which backward writes over the logits: the loss is computed from the logits and the
-softmax recomputed in backward (llm.c's fused classifier), so no probabilities are kept, and after
-backward() model.logits holds dlogits.
+softmax recomputed in backward from each row's log-sum-exp (llm.c's fused classifier), so no
+probabilities are kept, and after backward() model.logits holds dlogits.
 
 Not here: the training loop, schedules and logging (train_gpt2.py), file formats (checkpoint.py).
 """
@@ -171,20 +171,26 @@ class GPT2:
         x[...] = self.xp.asarray(inputs)
         self.x = x
         ops.encoder_forward(a["encoded"], x, p["wte"], p["wpe"])
+        ops.layernorm_forward(a["ln1"][0], a["ln1_mean"][0], a["ln1_rstd"][0], a["encoded"],
+                              p["ln1w"][0], p["ln1b"][0])
+        # the projections leave their bias out: the residual add after them puts it in, in one call with
+        # the layernorm that follows; the fc bias goes in with GELU
         for l in range(cfg.num_layers):
-            residual = a["encoded"] if l == 0 else a["residual3"][l - 1]    # (B,T,C)
-            ops.layernorm_forward(a["ln1"][l], a["ln1_mean"][l], a["ln1_rstd"][l], residual, p["ln1w"][l], p["ln1b"][l])
+            residual = a["encoded"] if l == 0 else a["residual3"][l - 1]    # (B,T,C); ln1[l] is its layernorm
             ops.matmul_forward(a["qkv"][l], a["ln1"][l], p["qkvw"][l], p["qkvb"][l])             # (B,T,3C)
             ops.attention_forward(a["atty"][l], a["att_lse"][l], a["qkv"][l])                     # (B,T,C)
-            ops.matmul_forward(a["residual2"][l], a["atty"][l], p["attprojw"][l], p["attprojb"][l])
-            ops.residual_forward(a["residual2"][l], residual, a["residual2"][l])                  # += residual
-            ops.layernorm_forward(a["ln2"][l], a["ln2_mean"][l], a["ln2_rstd"][l], a["residual2"][l], p["ln2w"][l], p["ln2b"][l])
-            ops.matmul_forward(a["fch"][l], a["ln2"][l], p["fcw"][l], p["fcb"][l])                # (B,T,4C)
+            ops.matmul_forward(a["residual2"][l], a["atty"][l], p["attprojw"][l], None)
+            # residual2 = residual + attproj + attprojb, then ln2 = layernorm(residual2)
+            ops.residual_layernorm_forward(a["residual2"][l], a["ln2"][l], a["ln2_mean"][l], a["ln2_rstd"][l],
+                                           residual, a["residual2"][l], p["attprojb"][l], p["ln2w"][l], p["ln2b"][l])
+            ops.matmul_forward(a["fch"][l], a["ln2"][l], p["fcw"][l], None)                       # (B,T,4C)
             fch_gelu = self._fch_gelu(l)                                                         # (B,T,4C)
-            ops.gelu_forward(fch_gelu, a["fch"][l])
-            ops.matmul_forward(a["residual3"][l], fch_gelu, p["fcprojw"][l], p["fcprojb"][l])
-            ops.residual_forward(a["residual3"][l], a["residual2"][l], a["residual3"][l])         # += residual2
-        ops.layernorm_forward(a["lnf"], a["lnf_mean"], a["lnf_rstd"], a["residual3"][-1], p["lnfw"], p["lnfb"])
+            ops.bias_gelu_forward(fch_gelu, a["fch"][l], p["fcb"][l])                             # gelu(fch + fcb)
+            ops.matmul_forward(a["residual3"][l], fch_gelu, p["fcprojw"][l], None)
+            # residual3 = residual2 + fcproj + fcprojb, then the next layernorm: layer l+1's ln1, or lnf
+            out, mean, rstd, w, b = self._next_layernorm(l)
+            ops.residual_layernorm_forward(a["residual3"][l], out, mean, rstd,
+                                           a["residual2"][l], a["residual3"][l], p["fcprojb"][l], w, b)
         ops.matmul_forward(a["logits"], a["lnf"], p["wte"], None)                                 # (B,T,Vp), tied wte
         self.logits = a["logits"]
         if targets is None:
@@ -194,9 +200,18 @@ class GPT2:
         y = self.targets if full else self.xp.empty((B, T), np.int32)
         y[...] = self.xp.asarray(self._check_tokens(targets, "targets", shape=(B, T)))
         self.y = y
-        ops.crossentropy_forward(a["losses"], a["logits"], y, cfg.vocab_size)   # no probs kept
+        ops.crossentropy_forward(a["losses"], a["logits_lse"], a["logits"], y, cfg.vocab_size)   # no probs kept
         self.mean_loss = a["losses"].mean()
         return self.mean_loss
+
+    def _next_layernorm(self, l):
+        """The layernorm that reads layer l's output: layer l+1's ln1, or lnf after the last layer, as
+        (out (B,T,C), mean (B,T), rstd (B,T), weight (C,), bias (C,))."""
+        a, p = self.acts, self.params
+        if l + 1 < self.config.num_layers:
+            n = l + 1
+            return a["ln1"][n], a["ln1_mean"][n], a["ln1_rstd"][n], p["ln1w"][n], p["ln1b"][n]
+        return a["lnf"], a["lnf_mean"], a["lnf_rstd"], p["lnfw"], p["lnfb"]
 
     def _fch_gelu(self, l):
         """Layer l's GELU output: its own slice, or with recompute the one shared (B,T,4C) buffer."""
@@ -227,7 +242,7 @@ class GPT2:
         p, g, a, d, ops = self.params, self.grads, self.acts, self.dacts, self.ops
         dloss = 1.0 / (B * T * grad_accum_steps)
         dlogits = a["logits"]                                       # written over the logits (B,T,Vp)
-        ops.crossentropy_softmax_backward(dlogits, a["logits"], self.y, dloss, cfg.vocab_size)
+        ops.crossentropy_softmax_backward(dlogits, a["logits"], a["logits_lse"], self.y, dloss, cfg.vocab_size)
         ops.matmul_backward(d["dln"], g["wte"], None, dlogits, a["lnf"], p["wte"])
         d["dresidual"].fill(0)
         ops.layernorm_backward(d["dresidual"], g["lnfw"], g["lnfb"], d["dln"], a["residual3"][-1], p["lnfw"], a["lnf_mean"], a["lnf_rstd"])
@@ -237,10 +252,10 @@ class GPT2:
             # forward: residual3 = residual2 + fcproj; the projection's dout is dres, and dres stays
             fch_gelu = self._fch_gelu(l)
             if self.recompute >= 1:                                 # forward kept only fch: redo GELU
-                ops.gelu_forward(fch_gelu, a["fch"][l])
+                ops.bias_gelu_forward(fch_gelu, a["fch"][l], p["fcb"][l])
             ops.matmul_backward(d["dfch_gelu"], g["fcprojw"][l], g["fcprojb"][l], dres, fch_gelu, p["fcprojw"][l])
-            ops.gelu_backward(d["dfch"], a["fch"][l], d["dfch_gelu"])
-            ops.matmul_backward(d["dln"], g["fcw"][l], g["fcb"][l], d["dfch"], a["ln2"][l], p["fcw"][l])
+            ops.bias_gelu_backward(d["dfch"], g["fcb"][l], d["dfch_gelu"], a["fch"][l], p["fcb"][l])
+            ops.matmul_backward(d["dln"], g["fcw"][l], None, d["dfch"], a["ln2"][l], p["fcw"][l])   # fcb: above
             ops.layernorm_backward(dres, g["ln2w"][l], g["ln2b"][l], d["dln"], a["residual2"][l], p["ln2w"][l], a["ln2_mean"][l], a["ln2_rstd"][l])
             # forward: residual2 = residual + attproj; likewise
             ops.matmul_backward(d["datty"], g["attprojw"][l], g["attprojb"][l], dres, a["atty"][l], p["attprojw"][l])

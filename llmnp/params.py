@@ -50,9 +50,11 @@ def activation_specs(config, B, T, recompute=0):
     pass recomputes the (T, T) probabilities from q, k and that statistic (flash-attention style), so
     neither device ever holds an (L, B, NH, T, T) tensor.
     The attention and MLP projections are written straight into the residual buffers and the
-    residual added in place: their own outputs are never needed by backward.
-    The loss is computed from the logits directly and backward recomputes the softmax (llm.c's fused
-    classifier), so no (B, T, Vp) probabilities are kept; backward writes dlogits over the logits.
+    residual (and their bias) added in place: their own outputs are never needed by backward.
+    fch is the fc product without its bias, which bias_gelu_forward adds.
+    The loss is computed from the logits directly, keeping each row's log-sum-exp, from which backward
+    recomputes the softmax (llm.c's fused classifier), so no (B, T, Vp) probabilities are kept;
+    backward writes dlogits over the logits.
     """
     L, C, NH, Vp = config.num_layers, config.channels, config.num_heads, config.padded_vocab_size
     return [
@@ -67,7 +69,7 @@ def activation_specs(config, B, T, recompute=0):
         ("ln2", (L, B, T, C)),
         ("ln2_mean", (L, B, T)),
         ("ln2_rstd", (L, B, T)),
-        ("fch", (L, B, T, 4 * C)),       # fc output, before GELU
+        ("fch", (L, B, T, 4 * C)),       # fc product, before its bias and GELU
         ("fch_gelu", (B, T, 4 * C) if recompute >= 1 else (L, B, T, 4 * C)),
         ("residual3", (L, B, T, C)),     # residual2 + fcproj
         ("lnf", (B, T, C)),
@@ -75,12 +77,14 @@ def activation_specs(config, B, T, recompute=0):
         ("lnf_rstd", (B, T)),
         ("logits", (B, T, Vp)),          # backward overwrites them with dlogits
         ("losses", (B, T)),
+        ("logits_lse", (B, T)),          # log-sum-exp of each row of logits[..., :V]
     ]
 
 
 # the activations that are statistics rather than tensors of the model's dtype: kept in float32 when
-# the model stores bf16 (layernorm mean/rstd, attention log-sum-exp, per-position losses)
-STATISTICS = ("ln1_mean", "ln1_rstd", "att_lse", "ln2_mean", "ln2_rstd", "lnf_mean", "lnf_rstd", "losses")
+# the model stores bf16 (layernorm mean/rstd, attention and logits log-sum-exp, per-position losses)
+STATISTICS = ("ln1_mean", "ln1_rstd", "att_lse", "ln2_mean", "ln2_rstd", "lnf_mean", "lnf_rstd", "losses",
+              "logits_lse")
 
 
 def gradient_scratch_specs(config, B, T):

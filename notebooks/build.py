@@ -175,7 +175,10 @@ logits = layernorm(x; lnfw, lnfb) @ wte^T    (B,T,Vp)   the same wte as the enco
 loss   = mean over (b,t) of -log softmax(logits[b,t,:V])[targets[b,t]]   07 classifier
 ```
 
-`GPT2.forward` in [llmnp/model.py](../llmnp/model.py) is this list, one function call per line.
+`GPT2.forward` in [llmnp/model.py](../llmnp/model.py) is this list, one function call per line, but
+for two merges that save the GPU passes over memory: each residual add and the layernorm after it are
+one call (`residual_layernorm_forward`, which also adds the projection's bias), and the fc bias is
+added by the GELU call (`bias_gelu_forward`).
 `x` is called the *residual stream*: each block reads it through a layernorm and adds its result
 back. Weights are stored (out, in), as PyTorch's `nn.Linear` and llm.c store them, so a linear layer
 is `x @ W^T`.
@@ -1181,7 +1184,10 @@ md(r'''
 no thread talks to another. [Notebook 10](10_cuda.ipynb) reads it line by line and times it. It does
 some twenty arithmetic operations per 8 bytes of memory traffic (read x, write y); a GPU can do far
 more arithmetic than that per byte it moves, so the kernel's speed is set by memory bandwidth. That
-is why GPU trainers like to fuse it into the matmul before it.
+is why GPU trainers like to fuse it into the matmul before it. llmnp goes half way: the fc matmul
+leaves its bias out, and `bias_gelu_forward(out, inp, bias)` adds it on the way into GELU (its
+backward also sums the bias gradient), so the (B, T, 4C) product is not written and read once more
+just for the bias.
 
 Next: [06 residual](06_residual.ipynb).
 '''),
@@ -1276,7 +1282,7 @@ def block_forward(x):
     layernorm_forward(ln, mean, rstd, x, lnw, lnb)
     y = np.empty_like(x)
     matmul_forward(y, ln, W, bias)                     # the branch
-    residual_forward(y, x, y)                          # y = x + branch, in place as model.py does
+    residual_forward(y, x, y)                          # y = x + branch, in place
     return y, ln, mean, rstd
 
 
@@ -1499,22 +1505,24 @@ md(r'''
 ## llmnp's classifier
 
 Training needs the loss and `dlogits`, never the probabilities themselves. So llmnp's loss,
-`crossentropy_forward(losses, logits, targets, V)`, works from the logits directly, as the first line
-of the derivation above, $\ell = \log \sum_{j<V} e^{z_j} - z_y$ (the sum max-subtracted, as the
-softmax), and leaves the logits as they are. The fused
-`crossentropy_softmax_backward(dlogits, logits, targets, dloss, V)` recomputes the softmax from the
-logits and writes $(p - \text{onehot}) \cdot dloss$; `dlogits` may be the logits buffer itself, which
-is what the model passes, so no (B, T, Vp) buffer besides the logits is ever needed (after `backward()`,
-`model.logits` holds dlogits). `softmax_forward(probs, logits, V)` remains for sampling.
+`crossentropy_forward(losses, lse, logits, targets, V)`, works from the logits directly, as the first
+line of the derivation above, $\ell = \log \sum_{j<V} e^{z_j} - z_y$ (the sum max-subtracted, as the
+softmax), leaves the logits as they are, and keeps that log-sum-exp, one number per position, in
+`lse`. Since $p_i = e^{z_i - \text{lse}}$, the fused
+`crossentropy_softmax_backward(dlogits, logits, lse, targets, dloss, V)` recomputes the softmax from the
+logits in one pass and writes $(p - \text{onehot}) \cdot dloss$; `dlogits` may be the logits buffer
+itself, which is what the model passes, so no (B, T, Vp) buffer besides the logits is ever needed
+(after `backward()`, `model.logits` holds dlogits). `softmax_forward(probs, logits, V)` remains for
+sampling.
 '''),
 code(r'''
-probs_l, losses_l = np.empty_like(logits), np.empty((B, T))
+probs_l, losses_l, lse = np.empty_like(logits), np.empty((B, T)), np.empty((B, T))
 softmax_forward(probs_l, logits, V)
-crossentropy_forward(losses_l, logits, targets, V)
+crossentropy_forward(losses_l, lse, logits, targets, V)
 print("forward matches:", np.allclose(probs_l, probs), np.allclose(losses_l, losses))
 
 buf = logits.copy()                                                  # (B,T,Vp), as the model's logits
-crossentropy_softmax_backward(buf, buf, targets, dloss, V)           # in place: the logits become dlogits
+crossentropy_softmax_backward(buf, buf, lse, targets, dloss, V)      # in place: the logits become dlogits
 print("backward matches, written over the logits:", np.allclose(buf, dlogits))
 '''),
 md(r'''
@@ -1538,8 +1546,8 @@ md(r'''
 [llmnp/cuda/classifier.cu](../llmnp/cuda/classifier.cu): one block of threads per position reduces
 its row of logits to a maximum and a sum (`block_max`, `block_sum`). The loss kernel reads the row
 once, each thread keeping a running maximum and a sum it rescales when the maximum grows, and writes
-one number; the backward kernel computes the maximum and sum again, then writes `dlogits` over the
-logits, as here. The (B, T, Vp) logits are the largest activation of the model (notebook 00), so every
+two numbers, the loss and the log-sum-exp; the backward kernel reads the row once more and writes
+`dlogits` over the logits, as here. The (B, T, Vp) logits are the largest activation of the model (notebook 00), so every
 pass over them counts, and a probabilities buffer beside them would cost as much again (6.6 GB for
 GPT-2 small at B = 64, T = 1024 in bf16); llm.c's classifier is fused the same way.
 

@@ -139,6 +139,29 @@ def test_layernorm(dtype, B, T, C):
 
 @requires_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,T,C", [(2, 3, 8), (4, 64, 768), (3, 7, 100)])
+def test_residual_layernorm(dtype, B, T, C):
+    """The fused kernel against its composition: the residual against inp + proj + proj_bias in float64,
+    the layernorm against the NumPy layernorm of the residual the GPU stored; in place, as the model."""
+    from llmnp.cuda import residual_layernorm_forward
+    k = Case(dtype)
+    inp, inp_h = k.randn(B, T, C, scale=3.0)
+    proj, proj_h = k.randn(B, T, C)
+    pb, pb_h = k.randn(C)
+    w, w_h = k.randn(C)
+    b, b_h = k.randn(C)
+    out, mean, rstd = k.nan(B, T, C), k.nan(B, T, dtype=np.float32), k.nan(B, T, dtype=np.float32)
+    residual_layernorm_forward(proj, out, mean, rstd, inp, proj, pb, w, b)     # residual written over proj
+    k.close(proj, inp_h + proj_h + pb_h, "residual")
+    want, m_h, r_h = np.empty((B, T, C)), np.empty((B, T)), np.empty((B, T))
+    ref.layernorm_forward(want, m_h, r_h, host(proj), w_h, b_h)
+    k.close(out, want, "ln out")
+    k.close(mean, m_h, "mean", tol=1e-5)
+    k.close(rstd, r_h, "rstd", tol=1e-5)
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,T,C,OC,bias", [(2, 5, 8, 24, True), (4, 64, 768, 2304, True), (3, 7, 20, 50, True),
                                             (2, 64, 64, 512, False)])
 def test_matmul(dtype, B, T, C, OC, bias):
@@ -230,6 +253,32 @@ def test_gelu_and_residual(dtype, shape):
 
 @requires_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(4, 64, 3072), (3, 5, 13), (2, 300, 40)])
+def test_bias_gelu(dtype, shape):
+    """Against the composition: NumPy gelu of inp + bias; dinp from NumPy gelu_backward there, dbias
+    accumulating dinp's column sums."""
+    from llmnp.cuda import bias_gelu_backward, bias_gelu_forward
+    k = Case(dtype)
+    x, x_h = k.randn(*shape, scale=2.0)
+    bias, bias_h = k.randn(shape[-1])
+    out = k.nan(*shape)
+    bias_gelu_forward(out, x, bias)
+    want = np.empty(shape)
+    ref.gelu_forward(want, x_h + bias_h)
+    k.close(out, want, "bias gelu out")
+    dout, dout_h = k.randn(*shape)
+    dinp = k.nan(*shape)
+    dbias, dbias_h = k.randn(shape[-1])
+    bias_gelu_backward(dinp, dbias, dout, x, bias)
+    want = np.empty(shape)
+    ref.gelu_backward(want, x_h + bias_h, dout_h)
+    dbias_h += want.reshape(-1, shape[-1]).sum(axis=0)
+    k.close(dinp, want, "bias gelu dinp")
+    k.close(dbias, dbias_h, "dbias")
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,T,V,Vp", [(2, 5, 11, 16), (4, 3, 50257, 50304), (1, 4, 90, 100)])
 def test_classifier(dtype, B, T, V, Vp):
     """softmax against the NumPy softmax; the fused loss and backward against the composition of NumPy
@@ -248,9 +297,11 @@ def test_classifier(dtype, B, T, V, Vp):
     softmax_forward(probs, logits, V)
     k.close(probs, probs_h, "probs")
 
-    losses = k.nan(B, T, dtype=np.float32)
-    crossentropy_forward(losses, logits, cp.asarray(targets), V)
+    losses, lse = k.nan(B, T, dtype=np.float32), k.nan(B, T, dtype=np.float32)
+    crossentropy_forward(losses, lse, logits, cp.asarray(targets), V)
     k.close(losses, -np.log(probs_h[b, t, targets]), "losses", tol=1e-6)
+    x = logits_h[..., :V]
+    k.close(lse, np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1)) + x.max(-1), "lse", tol=1e-6)
     np.testing.assert_array_equal(host(logits), logits_h)          # the loss only reads the logits
 
     dloss = 1.0 / (B * T * 2)
@@ -258,10 +309,10 @@ def test_classifier(dtype, B, T, V, Vp):
     onehot[b, t, targets] = 1.0
     want = (probs_h - onehot) * dloss
     dlogits = k.nan(B, T, Vp)
-    crossentropy_softmax_backward(dlogits, logits, cp.asarray(targets), dloss, V)
+    crossentropy_softmax_backward(dlogits, logits, lse, cp.asarray(targets), dloss, V)
     k.close(dlogits, want, "dlogits")
     assert not cp.any(dlogits[..., V:]), "padded columns of dlogits must be 0"
-    crossentropy_softmax_backward(logits, logits, cp.asarray(targets), dloss, V)   # in place, as the model calls it
+    crossentropy_softmax_backward(logits, logits, lse, cp.asarray(targets), dloss, V)   # in place, as the model
     k.close(logits, want, "dlogits over the logits")
 
 

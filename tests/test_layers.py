@@ -7,8 +7,8 @@ from gradcheck import assert_grad
 from llmnp.attention import attention_backward, attention_forward
 from llmnp.classifier import crossentropy_forward, crossentropy_softmax_backward, softmax_forward
 from llmnp.encoder import encoder_backward, encoder_forward
-from llmnp.gelu import gelu_backward, gelu_forward
-from llmnp.layernorm import layernorm_backward, layernorm_forward
+from llmnp.gelu import bias_gelu_backward, bias_gelu_forward, gelu_backward, gelu_forward
+from llmnp.layernorm import layernorm_backward, layernorm_forward, residual_layernorm_forward
 from llmnp.matmul import matmul_backward, matmul_forward
 from llmnp.residual import residual_backward, residual_forward
 
@@ -135,6 +135,22 @@ def test_gelu(rng):
     assert_grad(f, inp, dinp, rng, name="inp")
 
 
+def test_bias_gelu(rng):
+    """gelu(inp + bias): the same oracle on the biased input; dbias accumulates, dinp is overwritten."""
+    inp, bias = rng.standard_normal((B, T, 4 * C)) * 2, rng.standard_normal(4 * C)
+    out = np.empty_like(inp)
+    bias_gelu_forward(out, inp, bias)
+    x = inp + bias
+    oracle = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+    np.testing.assert_allclose(out, oracle, rtol=1e-14, atol=1e-15)
+    dout = rng.standard_normal(inp.shape)
+    dinp, dbias = np.full_like(inp, 3.0), np.full(4 * C, 2.0)
+    bias_gelu_backward(dinp, dbias, dout, inp, bias)
+    f = lambda: (bias_gelu_forward(out, inp, bias), np.sum(out * dout))[1]
+    assert_grad(f, inp, dinp, rng, name="inp")
+    assert_grad(f, bias, dbias - 2, rng, name="bias")
+
+
 # ---------------------------------------------------------------------------------- residual
 def test_residual(rng):
     a, b = rng.standard_normal((B, T, C)), rng.standard_normal((B, T, C))
@@ -147,6 +163,25 @@ def test_residual(rng):
     f = lambda: (residual_forward(out, a, b), np.sum(out * dout))[1]
     assert_grad(f, a, da - 1, rng, name="inp1")
     assert_grad(f, b, db - 1, rng, name="inp2")
+
+
+def test_residual_layernorm():
+    """The fused op is its composition: inp + proj + proj_bias, then layernorm; residual may be proj."""
+    rng = np.random.default_rng(1)
+    inp, proj = rng.standard_normal((B, T, C)), rng.standard_normal((B, T, C))
+    proj_bias, w, b = rng.standard_normal(C), rng.standard_normal(C), rng.standard_normal(C)
+    residual, out, mean, rstd = np.empty((B, T, C)), np.empty((B, T, C)), np.empty((B, T)), np.empty((B, T))
+    residual_layernorm_forward(residual, out, mean, rstd, inp, proj, proj_bias, w, b)
+    x = inp + proj + proj_bias
+    np.testing.assert_allclose(residual, x, rtol=1e-15, atol=1e-15)
+    oracle = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * w + b
+    np.testing.assert_allclose(out, oracle, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(mean, x.mean(-1), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(rstd, 1 / np.sqrt(x.var(-1) + 1e-5), rtol=1e-12)
+    out2, mean2, rstd2 = np.empty_like(out), np.empty_like(mean), np.empty_like(rstd)
+    residual_layernorm_forward(proj, out2, mean2, rstd2, inp, proj, proj_bias, w, b)   # in place, as the model
+    np.testing.assert_array_equal(proj, residual)
+    np.testing.assert_array_equal(out2, out)
 
 
 # -------------------------------------------------------------------------------- classifier
@@ -163,17 +198,19 @@ def test_classifier(rng):
     np.testing.assert_allclose(probs[..., :V], np.exp(x - log_z[..., None]), rtol=1e-12)
     np.testing.assert_array_equal(probs[..., V:], 0.0)
 
-    losses, kept = np.empty((B, T)), logits.copy()
-    crossentropy_forward(losses, logits, targets, V)
+    losses, lse, kept = np.empty((B, T)), np.empty((B, T)), logits.copy()
+    crossentropy_forward(losses, lse, logits, targets, V)
     np.testing.assert_allclose(losses, oracle, rtol=1e-12)
+    np.testing.assert_allclose(lse, log_z, rtol=1e-12)
     np.testing.assert_array_equal(logits, kept)                  # the forward only reads the logits
 
     dloss = 1.0 / (B * T)
     dlogits = np.full_like(logits, 9.0)                          # overwritten
-    crossentropy_softmax_backward(dlogits, logits, targets, dloss, V)
+    crossentropy_softmax_backward(dlogits, logits, lse, targets, dloss, V)
     np.testing.assert_array_equal(dlogits[..., V:], 0.0)        # padded columns get nothing
-    f = lambda: (crossentropy_forward(losses, logits, targets, V), losses.mean())[1]
+    lse2 = np.empty((B, T))
+    f = lambda: (crossentropy_forward(losses, lse2, logits, targets, V), losses.mean())[1]
     assert_grad(f, logits, dlogits, rng, name="logits")
     # in place, as the model calls it: dlogits written over the logits gives the same values
-    crossentropy_softmax_backward(logits, logits, targets, dloss, V)
+    crossentropy_softmax_backward(logits, logits, lse, targets, dloss, V)
     np.testing.assert_array_equal(logits, dlogits)

@@ -4,11 +4,12 @@
 // softmax:  probs = softmax(logits[:, :V]) in fp32 arithmetic, probs[:, V:] = 0;  one block per row,
 //           one read of the row from device memory (max), the sum and the write from a shared copy.
 //           Not used in training (sampling, tests).
-// loss:     losses (float) = logsumexp(logits[:V]) - logits[target];  one block per row, one read of the
-//           row with a running max and sum in fp32; logits are not written, no probs anywhere.
-// backward: dlogits = (softmax(logits[:V]) - onehot(target)) * dloss, 0 in columns V..Vp-1, overwritten;
-//           one block per row recomputes the max and sum (fp32), then writes. dlogits may be logits
-//           itself: every read of the first pass is behind a block barrier before the first write.
+// loss:     lse (float) = logsumexp(logits[:V]), saved, and losses (float) = lse - logits[target];  one
+//           block per row, one read of the row with a running max and sum in fp32; logits are not
+//           written, no probs anywhere.
+// backward: dlogits = (exp(logits[:V] - lse) - onehot(target)) * dloss, 0 in columns V..Vp-1,
+//           overwritten; one read and one write of each row. dlogits may be logits itself: each thread
+//           reads a pack, then writes that same pack.
 // Shapes: N rows (B*T), V vocab, Vp padded vocab; targets int32 (N,). N * Vp may exceed 2^31: 64-bit offsets.
 #include "common.cuh"
 
@@ -77,16 +78,21 @@ __device__ __forceinline__ void row_max_sum(float& m, float& s, const floatX* x,
     m = row_m;
 }
 
-extern "C" __global__ void crossentropy_forward_kernel2(float* losses, const floatX* logits, const int* targets, int N,
-                                                        int V, int Vp) {
+extern "C" __global__ void crossentropy_forward_kernel2(float* losses, float* lse, const floatX* logits,
+                                                        const int* targets, int N, int V, int Vp) {
     const long long row = blockIdx.x;
     const floatX* x = logits + row * Vp;
     float m, s;
     row_max_sum(m, s, x, V, Vp % PACK == 0 && aligned16(logits));
-    if (threadIdx.x == 0) losses[row] = m + logf(s) - toF(x[targets[row]]);
+    if (threadIdx.x == 0) {
+        const float row_lse = m + logf(s);
+        lse[row] = row_lse;
+        losses[row] = row_lse - toF(x[targets[row]]);
+    }
 }
 
-extern "C" __global__ void crossentropy_softmax_backward_kernel2(floatX* dlogits, const floatX* logits,
+// one block per row, threads striding over its packs; softmax = exp(x - lse) with the forward's lse
+extern "C" __global__ void crossentropy_softmax_backward_kernel3(floatX* dlogits, const floatX* logits, const float* lse,
                                                                  const int* targets, float dloss, int N, int V,
                                                                  int Vp) {
     const long long row = blockIdx.x;
@@ -94,15 +100,13 @@ extern "C" __global__ void crossentropy_softmax_backward_kernel2(floatX* dlogits
     floatX* d = dlogits + row * Vp;
     const bool vec = Vp % PACK == 0 && aligned16(logits) && aligned16(dlogits);
     const int step = vec ? PACK : 1;
-    float m, s;
-    row_max_sum(m, s, x, V, vec);     // ends in a barrier: the row is all read before d (maybe x) is written
-    const float scale = dloss / s;
+    const float row_lse = lse[row];
     const int target = targets[row];
     for (int c = threadIdx.x * step; c < Vp; c += blockDim.x * step) {
         float v[PACK];
         load_floats(v, x + c, vec ? Vp - c : 1, vec);
         for (int k = 0; k < PACK; k++)
-            v[k] = c + k < V ? __expf(v[k] - m) * scale - (c + k == target ? dloss : 0.0f) : 0.0f;
+            v[k] = c + k < V ? __expf(v[k] - row_lse) * dloss - (c + k == target ? dloss : 0.0f) : 0.0f;
         store_floats(d + c, v, vec ? Vp - c : 1, vec);
     }
 }

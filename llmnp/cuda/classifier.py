@@ -1,7 +1,7 @@
 """Classifier launchers: softmax, and the fused cross-entropy loss and backward that training uses
 (classifier.cu; llmnp/classifier.py is the reference and states the rules). No probs buffer in training:
-the loss reads the logits only, the backward recomputes the softmax and may write dlogits over them.
-losses are float32 in both storage modes.
+the loss reads the logits only, the backward recomputes the softmax from them and the forward's lse and
+may write dlogits over them. losses and lse are float32 in both storage modes.
 
 Shapes: B batch, T time, V vocab, Vp padded vocab; targets int32 (B,T).
 """
@@ -26,26 +26,27 @@ def softmax_forward(probs, logits, V):
       shared_mem=smem if cached else 0)
 
 
-def crossentropy_forward(losses, logits, targets, V):
-    """losses (B,T) <- logsumexp(logits[b, t, :V]) - logits[b, t, targets[b, t]]; logits (B,T,Vp) are
-    only read."""
+def crossentropy_forward(losses, lse, logits, targets, V):
+    """losses (B,T) <- lse - logits[b, t, targets[b, t]], lse (B,T) <- logsumexp(logits[b, t, :V]);
+    logits (B,T,Vp) are only read."""
     Vp = logits.shape[-1]
     N = logits.size // Vp
     check(logits.dtype, logits=logits)
-    check(np.float32, losses=losses)
+    check(np.float32, losses=losses, lse=lse)
     check(np.int32, targets=targets)
     block_size = 512
     k = kernel("classifier", "crossentropy_forward_kernel2", logits.dtype)
-    k((N,), (block_size,), (losses, logits, targets, np.int32(N), np.int32(V), np.int32(Vp)))
+    k((N,), (block_size,), (losses, lse, logits, targets, np.int32(N), np.int32(V), np.int32(Vp)))
 
 
-def crossentropy_softmax_backward(dlogits, logits, targets, dloss, V):
-    """dlogits (B,T,Vp) <- (softmax(logits[..., :V]) - onehot(targets)) * dloss, 0 in the padded columns;
-    overwritten, and dlogits may be logits itself."""
+def crossentropy_softmax_backward(dlogits, logits, lse, targets, dloss, V):
+    """dlogits (B,T,Vp) <- (exp(logits[..., :V] - lse) - onehot(targets)) * dloss, 0 in the padded columns,
+    lse (B,T) from crossentropy_forward; overwritten, and dlogits may be logits itself."""
     Vp = logits.shape[-1]
     N = logits.size // Vp
     check(logits.dtype, dlogits=dlogits, logits=logits)
+    check(np.float32, lse=lse)
     check(np.int32, targets=targets)
     block_size = 512
-    k = kernel("classifier", "crossentropy_softmax_backward_kernel2", logits.dtype)
-    k((N,), (block_size,), (dlogits, logits, targets, np.float32(dloss), np.int32(N), np.int32(V), np.int32(Vp)))
+    k = kernel("classifier", "crossentropy_softmax_backward_kernel3", logits.dtype)
+    k((N,), (block_size,), (dlogits, logits, lse, targets, np.float32(dloss), np.int32(N), np.int32(V), np.int32(Vp)))

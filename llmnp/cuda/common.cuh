@@ -77,6 +77,22 @@ __device__ __forceinline__ float block_sum(float v) {
     return warp_sum(v);
 }
 
+// the end of a column sum over rows, for a block of (32, 8) threads where thread (x, y) has summed
+// acc, PACK consecutive columns (blockIdx.x * 32 + x) * PACK.. over some rows: the block's 8 row
+// groups added up, one row of column sums written to partial[blockIdx.y, :OC] (OC columns in all)
+__device__ __forceinline__ void store_column_partials(float* partial, const float (&acc)[PACK], int OC) {
+    __shared__ float sums[8][32 * PACK];
+    for (int k = 0; k < PACK; k++) sums[threadIdx.y][threadIdx.x * PACK + k] = acc[k];
+    __syncthreads();
+    for (int c = threadIdx.y * 32 + threadIdx.x; c < 32 * PACK; c += 8 * 32) {   // the block's columns
+        const int oc = blockIdx.x * 32 * PACK + c;
+        if (oc >= OC) continue;
+        float sum = 0.0f;
+        for (int y = 0; y < 8; y++) sum += sums[y][c];
+        partial[(long long)blockIdx.y * OC + oc] = sum;
+    }
+}
+
 // max over the whole block, likewise
 __device__ __forceinline__ float block_max(float v) {
     __shared__ float partial[32];

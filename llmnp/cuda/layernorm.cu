@@ -1,6 +1,8 @@
 // LayerNorm over the channels of each row, eps 1e-5, biased variance (llmnp/layernorm.py is the reference).
 //
 // forward:  mean, rstd (float, saved) and out = (x - mean) * rstd * w + b;  one warp per row.
+// residual_layernorm (forward only): residual = inp + proj + proj_bias, stored, then the layernorm of the
+//           stored residual, in one pass per row: its backward is the plain layernorm's.
 // backward: dinp += rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm)),  dnorm = dout * w;
 //           dweight += sum_rows dout * norm,  dbias += sum_rows dout. All three accumulate.
 //           kernel1 adds into dinp and leaves one partial (dweight | dbias) row per block in `partial`
@@ -10,13 +12,11 @@
 
 #define LN_EPS 1e-5f
 
-extern "C" __global__ void layernorm_forward_kernel1(floatX* out, float* mean, float* rstd, const floatX* inp,
-                                                     const floatX* weight, const floatX* bias, int N, int C) {
+// the layernorm of one row x (C,) into o, by one warp; lane l reads only columns l*PACK.. of each
+// 32*PACK-wide chunk (what it wrote itself, in residual_layernorm_forward_kernel1)
+__device__ __forceinline__ void layernorm_row(floatX* o, float* mean, float* rstd, const floatX* x,
+                                              const floatX* weight, const floatX* bias, int C, bool vec) {
     const int lane = threadIdx.x % 32;
-    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    if (row >= N) return;
-    const bool vec = C % PACK == 0 && aligned16(out) && aligned16(inp) && aligned16(weight) && aligned16(bias);
-    const floatX* x = inp + (long long)row * C;
     float sum = 0.0f;
     for (int c = lane * PACK; c < C; c += 32 * PACK) {
         float xv[PACK];
@@ -31,7 +31,6 @@ extern "C" __global__ void layernorm_forward_kernel1(floatX* out, float* mean, f
         for (int k = 0; k < PACK && c + k < C; k++) var += (xv[k] - m) * (xv[k] - m);
     }
     const float r = 1.0f / sqrtf(warp_sum(var) / C + LN_EPS);
-    floatX* o = out + (long long)row * C;
     for (int c = lane * PACK; c < C; c += 32 * PACK) {
         float xv[PACK], wv[PACK], bv[PACK];
         load_floats(xv, x + c, C - c, vec);
@@ -41,9 +40,41 @@ extern "C" __global__ void layernorm_forward_kernel1(floatX* out, float* mean, f
         store_floats(o + c, xv, C - c, vec);
     }
     if (lane == 0) {
-        mean[row] = m;
-        rstd[row] = r;
+        *mean = m;
+        *rstd = r;
     }
+}
+
+extern "C" __global__ void layernorm_forward_kernel1(floatX* out, float* mean, float* rstd, const floatX* inp,
+                                                     const floatX* weight, const floatX* bias, int N, int C) {
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= N) return;
+    const bool vec = C % PACK == 0 && aligned16(out) && aligned16(inp) && aligned16(weight) && aligned16(bias);
+    const long long at = (long long)row * C;
+    layernorm_row(out + at, mean + row, rstd + row, inp + at, weight, bias, C, vec);
+}
+
+// one warp per row: the residual row first (lane by lane, in fp32, rounded once), then its layernorm,
+// whose reads of the row each lane's own writes just before (no barrier needed). residual may be proj.
+extern "C" __global__ void residual_layernorm_forward_kernel1(floatX* residual, floatX* out, float* mean, float* rstd,
+                                                              const floatX* inp, const floatX* proj,
+                                                              const floatX* proj_bias, const floatX* weight,
+                                                              const floatX* bias, int N, int C) {
+    const int lane = threadIdx.x % 32;
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= N) return;
+    const bool vec = C % PACK == 0 && aligned16(residual) && aligned16(out) && aligned16(inp) && aligned16(proj) &&
+                     aligned16(proj_bias) && aligned16(weight) && aligned16(bias);
+    const long long at = (long long)row * C;
+    for (int c = lane * PACK; c < C; c += 32 * PACK) {
+        float xv[PACK], pv[PACK], bv[PACK];
+        load_floats(xv, inp + at + c, C - c, vec);
+        load_floats(pv, proj + at + c, C - c, vec);
+        load_floats(bv, proj_bias + c, C - c, vec);
+        for (int k = 0; k < PACK; k++) xv[k] += pv[k] + bv[k];
+        store_floats(residual + at + c, xv, C - c, vec);
+    }
+    layernorm_row(out + at, mean + row, rstd + row, residual + at, weight, bias, C, vec);
 }
 
 // one warp per row, rows strided over the grid; each lane owns the same PACK-wide column chunks of

@@ -1,4 +1,5 @@
-"""LayerNorm launchers (layernorm.cu; llmnp/layernorm.py is the reference and states the rules).
+"""LayerNorm launchers, and the residual add fused with the layernorm after it (layernorm.cu;
+llmnp/layernorm.py is the reference and states the rules).
 
 mean and rstd are float32 in both storage modes. Shapes: N = B*T rows (any leading shape), C channels.
 """
@@ -16,6 +17,19 @@ def layernorm_forward(out, mean, rstd, inp, weight, bias):
     block_size = 256                                      # 8 warps, one row each
     k = kernel("layernorm", "layernorm_forward_kernel1", out.dtype)
     k((blocks(N, block_size // 32),), (block_size,), (out, mean, rstd, inp, weight, bias, np.int32(N), np.int32(C)))
+
+
+def residual_layernorm_forward(residual, out, mean, rstd, inp, proj, proj_bias, weight, bias):
+    """residual (B,T,C) <- inp + (proj + proj_bias), then out (B,T,C), mean (B,T), rstd (B,T) <- layernorm
+    of residual with weight (C,), bias (C,). residual may be proj itself."""
+    C = inp.shape[-1]
+    N = inp.size // C
+    check(out.dtype, residual=residual, out=out, inp=inp, proj=proj, proj_bias=proj_bias, weight=weight, bias=bias)
+    check(np.float32, mean=mean, rstd=rstd)
+    block_size = 256                                      # 8 warps, one row each
+    k = kernel("layernorm", "residual_layernorm_forward_kernel1", out.dtype)
+    k((blocks(N, block_size // 32),), (block_size,),
+      (residual, out, mean, rstd, inp, proj, proj_bias, weight, bias, np.int32(N), np.int32(C)))
 
 
 def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):

@@ -4,6 +4,7 @@
 // forward:  out (N,OC) = bias (OC,) broadcast, before cuBLAS adds inp @ weight^T into it (beta = 1)
 // backward: dbias (OC,) += sum over the N rows of dout (N,OC): kernel1 leaves per-block column sums in
 //           partial (gridDim.y, OC), kernel2 adds them up into dbias (deterministic, fp32 sums).
+//           kernel2 also sums the partials of gelu.cu's bias_gelu_backward_kernel1.
 #include "common.cuh"
 
 // out (N,OC) = bias, broadcast over the rows (written only: cuBLAS then adds the product, beta = 1)
@@ -21,7 +22,6 @@ extern "C" __global__ void matmul_forward_kernel1(floatX* out, const floatX* bia
 // block (32, 8): threadIdx.x picks a PACK-wide chunk of columns, threadIdx.y strides over this
 // block's rows; grid (ceil(OC / (32 PACK)), R): blockIdx.y picks one of R row ranges
 extern "C" __global__ void matmul_backward_kernel1(float* partial, const floatX* dout, int N, int OC) {
-    __shared__ float sums[8][32 * PACK];
     const int col = (blockIdx.x * 32 + threadIdx.x) * PACK;
     const int rows_per_block = (N + gridDim.y - 1) / gridDim.y;
     const int row0 = blockIdx.y * rows_per_block;
@@ -35,15 +35,7 @@ extern "C" __global__ void matmul_backward_kernel1(float* partial, const floatX*
             load_floats(v, dout + (long long)row * OC + col, OC - col, vec);
             for (int k = 0; k < PACK; k++) acc[k] += v[k];
         }
-    for (int k = 0; k < PACK; k++) sums[threadIdx.y][threadIdx.x * PACK + k] = acc[k];
-    __syncthreads();
-    for (int c = threadIdx.y * 32 + threadIdx.x; c < 32 * PACK; c += 8 * 32) {   // the block's columns
-        const int oc = blockIdx.x * 32 * PACK + c;
-        if (oc >= OC) continue;
-        float sum = 0.0f;
-        for (int y = 0; y < 8; y++) sum += sums[y][c];
-        partial[(long long)blockIdx.y * OC + oc] = sum;
-    }
+    store_column_partials(partial, acc, OC);
 }
 
 extern "C" __global__ void matmul_backward_kernel2(floatX* dbias, const float* partial, int R, int OC) {
