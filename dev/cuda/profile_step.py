@@ -47,8 +47,12 @@ def main():
     for name in ops.__all__:
         setattr(timed_ops, name, timed(name, getattr(ops, name)) if name != "xp" else ops.xp)
     matmul.gemm = timed("  cublas gemm", runtime.gemm)
-    if args.kernels:                      # every RawKernel launch by kernel name, indented under its op
-        import importlib
+    if args.kernels:                      # every RawKernel launch by kernel name, indented under its op,
+        import importlib                  # and each cuBLAS product by its (column-major) m x n x k
+
+        def gemm_by_shape(c, a, b, m, n, k, *rest, **kw):
+            return timed(f"  cublas gemm {m}x{n}x{k}", runtime.gemm)(c, a, b, m, n, k, *rest, **kw)
+        matmul.gemm = gemm_by_shape
 
         class TimedKernel:
             def __init__(self, k, name):
@@ -90,7 +94,11 @@ def main():
         acc[name][1] += 1
     print(f"d12 {args.dtype} B={args.b} T={args.t}: step {total:.1f} ms")
     for name, (ms, n) in sorted(acc.items(), key=lambda kv: -kv[1][0]):
-        print(f"{name:34s} {ms:8.2f} ms {100 * ms / total:5.1f}%  ({n} calls)")
+        rate = ""
+        if name.startswith("  cublas gemm "):             # 2 m n k flops a call
+            m, n_, k = (int(v) for v in name.split()[-1].split("x"))
+            rate = f"  {2 * m * n_ * k * n / ms / 1e9:5.0f} TFLOP/s"
+        print(f"{name:34s} {ms:8.2f} ms {100 * ms / total:5.1f}%  ({n} calls){rate}")
 
 
 if __name__ == "__main__":
