@@ -55,7 +55,8 @@ extern "C" __global__ void layernorm_forward_kernel1(floatX* out, float* mean, f
 }
 
 // one warp per row: the residual row first (lane by lane, in fp32, rounded once), then its layernorm,
-// whose reads of the row each lane's own writes just before (no barrier needed). residual may be proj.
+// in which each lane reads back only what it has just written itself (no barrier needed). residual may
+// be proj.
 extern "C" __global__ void residual_layernorm_forward_kernel1(floatX* residual, floatX* out, float* mean, float* rstd,
                                                               const floatX* inp, const floatX* proj,
                                                               const floatX* proj_bias, const floatX* weight,
