@@ -211,7 +211,7 @@ def save_checkpoint(args, dist, model, train_loader, step, log):
     if dist.rank == 0:
         model.save_checkpoint(os.path.join(out, f"model_{step:08d}.bin"),
                               dtype="bfloat16" if args.dtype == "bf16" else "float32")
-    save_state(os.path.join(out, f"state_{step:08d}_{dist.rank:05d}.bin"), **training_state(model, dist, train_loader, step, args))
+    save_state(os.path.join(out, f"state_{step:08d}_{dist.rank:05d}.bin"), **training_state(model, dist, train_loader, step))
     dist.barrier()
     if dist.rank == 0:
         open(os.path.join(out, f"DONE_{step:08d}"), "w").close()
@@ -223,10 +223,10 @@ def save_checkpoint(args, dist, model, train_loader, step, log):
                     os.remove(f)
 
 
-def training_state(model, dist, train_loader, step, args):
+def training_state(model, dist, train_loader, step):
     m, v, master = model.optimizer_state_to_host()
     return dict(step=step, rank=dist.rank, world_size=dist.world_size, m=m, v=v, master=master,
-                should_shuffle=bool(args.shuffle), loader_state=train_loader.state_dict())
+                loader_state=train_loader.state_dict())     # the loader's state says whether it shuffles
 
 
 def resume(args, dist, model, train_loader, log):
@@ -387,7 +387,7 @@ def main(argv=None):
         norm = dist.grad_norm(model)
         lr = get_lr(step, num_steps, args.lr, args.warmup, args.final_lr_frac, args.schedule)
         grad_scale = 1.0 / norm if norm > 1.0 else 1.0          # clip the global norm at 1.0
-        model.update(lr, 0.9, 0.95, 1e-8, args.weight_decay, step + 1, grad_scale=grad_scale)
+        model.update(lr, 0.9, 0.95, 1e-8, args.weight_decay, step + 1, grad_scale=grad_scale, shard=dist.shard)
         dist.after_update(model)
         loss = dist.average(float(loss) / grad_accum_steps)     # float(): the one host read of the step
         dt = time.perf_counter() - t0

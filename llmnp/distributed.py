@@ -92,6 +92,10 @@ class Distributed:
             return
         size = n // self.world_size
         self.shard = (self.rank * size, (self.rank + 1) * size)
+        if self.rank == 0:
+            mib = lambda count: count * 4 * 2 / 2**20           # noqa: E731  m and v, float32
+            print(f"ZeRO-1: each process keeps AdamW's m and v for {size:,} of {n:,} parameters "
+                  f"({mib(size):,.1f} MiB instead of {mib(n):,.1f} MiB)")
         self._shard_grads = model.xp.empty(size, dtype=model.grads_memory.dtype if model.grads_memory is not None
                                            else model.params_memory.dtype)   # (n / world_size,)
 

@@ -56,6 +56,7 @@ def test_two_processes_match_one_with_accumulation(shards, zero):
     np.testing.assert_allclose(n2, n1, rtol=1e-4)
     np.testing.assert_allclose(v2, v1, atol=2e-5)
     assert two.stdout.count("val loss") == 3                             # rank 0 alone prints
+    assert ("ZeRO-1: each process keeps AdamW's m and v for 1,667,552 of 3,335,104 parameters" in two.stdout) == (zero == "1")
 
 
 def test_batch_that_does_not_split_over_processes_is_one_clear_error(shards):
@@ -84,3 +85,16 @@ def test_two_processes_sharing_one_gpu_match_one(shards, zero):
     assert "reducing gradients through the host" in two.stdout
     np.testing.assert_allclose(numbers(two.stdout, r"\| loss (\S+) "), numbers(one.stdout, r"\| loss (\S+) "), atol=2e-5)
     np.testing.assert_allclose(numbers(two.stdout, r"val loss (\S+)"), numbers(one.stdout, r"val loss (\S+)"), atol=2e-5)
+
+
+def test_zero1_resume_reproduces_the_uninterrupted_run(shards, tmp_path):
+    flags = ["-d", "64", "-z", "1", "-n", "2", "-x", "4", "-k", "cosine", "-q", "0.1", "-sh", "1"]
+    full = train(shards, 2, *flags, "-o", str(tmp_path / "a"))
+    b = tmp_path / "b"
+    assert train(shards, 2, *flags, "-o", str(b)).returncode == 0
+    for name in ("model_00000004.bin", "state_00000004_00000.bin", "state_00000004_00001.bin", "DONE_00000004"):
+        os.remove(b / name)
+    resumed = train(shards, 2, *flags, "-o", str(b), "-y", "1")
+    assert full.returncode == 0 and resumed.returncode == 0, full.stderr + resumed.stderr
+    assert "resumed" in resumed.stdout
+    assert numbers(resumed.stdout, r"\| loss (\S+) ") == numbers(full.stdout, r"\| loss (\S+) ")[2:]
