@@ -208,6 +208,7 @@ def sample_tokens(model, gen_tokens, on_token):
 def save_checkpoint(args, dist, model, train_loader, step, log):
     from llmnp.checkpoint import save_state
     out = args.output_dir
+    dist.gather_master_weights(model)        # every process: a collective
     if dist.rank == 0:
         model.save_checkpoint(os.path.join(out, f"model_{step:08d}.bin"),
                               dtype="bfloat16" if args.dtype == "bf16" else "float32")

@@ -118,6 +118,12 @@ class Distributed:
             return model.grad_norm()
         return float(np.sqrt(self.sum(model.grad_norm(shard=self.shard))))
 
+    def gather_master_weights(self, model):
+        """ZeRO-1 with bf16 parameters: a process's fp32 master weights are current only in its own slice
+        (the all-gather after each step moves the bf16 parameters); gather them before they are saved."""
+        if self.shard is not None and model.master_memory is not None:
+            self._allgather(model.master_memory)
+
     def after_update(self, model):
         """ZeRO-1: gather every process's updated slice into the full parameter buffer."""
         if self.shard is not None:
