@@ -299,6 +299,8 @@ def main(argv=None):
     log(f"batch: B={B} T={T} processes={dist.world_size} grad_accum={grad_accum_steps} -> {total_batch} tokens/step, "
         f"{num_steps} steps")
     dist.setup_zero(model, args.zero_stage)
+    if args.device == "cuda":
+        log("the first forward and backward compile the CUDA kernels (NVRTC; CuPy caches them on disk)")
 
     # --- output dir, resume, the log file
     start_step = 0
