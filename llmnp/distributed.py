@@ -50,7 +50,8 @@ class Distributed:
             self._setup_gpu()
 
     def _setup_gpu(self):
-        import cupy
+        from llmnp.cuda.runtime import cupy as find_cupy
+        cupy = find_cupy()                      # UserError (one line) where there is no GPU or no CuPy
         num_gpus = cupy.cuda.runtime.getDeviceCount()
         cupy.cuda.Device(self.local_rank % num_gpus).use()       # before any allocation
         if self.world_size == 1:

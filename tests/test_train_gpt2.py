@@ -116,3 +116,12 @@ def test_ctrl_c_writes_a_checkpoint_then_resume_continues(shards, tmp_path):
     p = subprocess.run(args[:-4] + ["-x", str(step + 2), "-o", out_dir, "-y", "1"], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0 and f"resumed from {out_dir} at step {step}" in p.stdout, p.stderr
     assert re.search(rf"^step +{step + 2}/{step + 2} ", p.stdout, re.M)
+
+
+@pytest.mark.skipif(__import__("conftest").gpu_available(), reason="checks the message of a machine without a GPU")
+def test_cuda_without_a_gpu_is_one_clear_line(shards):
+    train, val = shards
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "train_gpt2.py"), "--device", "cuda", "-e", "d1",
+                        "-i", train, "-j", val, "-x", "1"], capture_output=True, text=True, cwd=ROOT)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), p.stderr
