@@ -194,7 +194,7 @@ def sample_tokens(model, gen_tokens, on_token):
     limit = min(gen_tokens, model.T, model.config.max_seq_len)
     for t in range(1, limit):
         model.forward(np.array([tokens], dtype=np.int32))
-        logits = model.xp.asnumpy(model.logits[0, t - 1, :V]) if model.xp is not np else model.logits[0, t - 1, :V]
+        logits = model.to_host(model.logits[0, t - 1, :V])
         p = np.exp(logits.astype(np.float64) - logits.max())
         cdf = np.cumsum(p)
         coin = rng.random_f32() * cdf[-1]

@@ -35,10 +35,6 @@ LLMC_124M_LOSSES = [5.270009, 4.060681, 3.320085, 2.717550, 2.181066, 1.653923, 
                     0.401021, 0.187493]
 
 
-def to_host(a):
-    return a.get() if hasattr(a, "get") else np.asarray(a)
-
-
 def build_model(model_path, device="cpu", dtype=np.float32):
     from llmnp.model import GPT2
     config, flat = load_model(model_path)
@@ -91,14 +87,14 @@ def check(model_path, state_path, device="cpu", out=print):
         out(f"{name:10s} {'OK' if good else 'NOT OK':7s} maxdiff = {maxdiff:.3e}{extra}")
 
     loss = float(model.forward(x, y))
-    logits = to_host(model.logits)[..., :V]
+    logits = model.to_host(model.logits)[..., :V]
     report("logits", float(np.abs(logits - state["logits"]).max()), TOL_LOGITS)
     report("loss", abs(loss - state["loss"]), TOL_LOSS, f"  ({loss:.6f} vs {state['loss']:.6f})")
     model.zero_grad()
     model.backward()
     expected = make_views(state["grads"], parameter_specs(config))
     for name in PARAMETER_NAMES:
-        got, want = to_host(model.grads[name]), expected[name]
+        got, want = model.to_host(model.grads[name]), expected[name]
         if name == "wte":
             got, want = got[:V], want[:V]
         report(name, float(np.abs(got - want).max()), TOL_GRAD)

@@ -97,10 +97,11 @@ class GPT2:
         """The flat parameter buffer as a float32/float64 NumPy array (for saving): the master weights
         where the parameters are stored in bf16."""
         if self.master_memory is not None:
-            return self._to_host(self.master_memory)
-        return self._to_host(self.params_memory)
+            return self.to_host(self.master_memory)
+        return self.to_host(self.params_memory)
 
-    def _to_host(self, a):
+    def to_host(self, a):
+        """A NumPy array of one of this model's arrays (a copy from the GPU; the array itself on the CPU)."""
         return a if self.xp is np else self.xp.asnumpy(a)
 
     # ------------------------------------------------------------------------------- files
@@ -131,20 +132,18 @@ class GPT2:
     def _activations(self, B, T):
         """Views of the activation and activation-gradient tables for (B, T), allocated once for the
         largest (B, T) seen first; a smaller (B, T) uses the front of the same memory."""
+        specs, stats = _split_statistics(activation_specs(self.config, B, T, self.recompute))
+        gspecs = gradient_scratch_specs(self.config, B, T)
         if self.acts_memory is None:
             self.B, self.T = B, T
-            specs, stats = _split_statistics(activation_specs(self.config, B, T, self.recompute))
-            n_grad = num_elements(gradient_scratch_specs(self.config, B, T))
             self.acts_memory = self.xp.zeros(num_elements(specs), dtype=self.dtype)
             self.stats_memory = self.xp.zeros(num_elements(stats), dtype=self.state_dtype)
-            self.dacts_memory = self.xp.zeros(n_grad, dtype=self.dtype)
+            self.dacts_memory = self.xp.zeros(num_elements(gspecs), dtype=self.dtype)
             self.inputs = self.xp.zeros((B, T), dtype=np.int32)
             self.targets = self.xp.zeros((B, T), dtype=np.int32)
         elif B > self.B or T > self.T:
             raise ValueError(f"batch (B={B}, T={T}) is larger than the (B={self.B}, T={self.T}) this "
                              f"model allocated activations for at its first forward; build a new model")
-        specs, stats = _split_statistics(activation_specs(self.config, B, T, self.recompute))
-        gspecs = gradient_scratch_specs(self.config, B, T)
         self.acts = make_views(self.acts_memory[:num_elements(specs)], specs)
         self.acts.update(make_views(self.stats_memory[:num_elements(stats)], stats))
         self.dacts = make_views(self.dacts_memory[:num_elements(gspecs)], gspecs)
@@ -300,7 +299,7 @@ class GPT2:
             raise RuntimeError("no optimizer state yet: update() has not run")
         start, end = self.shard
         master = None if self.master_memory is None else self.master_memory[start:end]   # this shard's
-        f32 = lambda a: None if a is None else self._to_host(a).astype(np.float32)   # noqa: E731
+        f32 = lambda a: None if a is None else self.to_host(a).astype(np.float32)   # noqa: E731
         return f32(self.m_memory), f32(self.v_memory), f32(master)
 
     def load_optimizer_state(self, m, v, master=None, shard=None):
