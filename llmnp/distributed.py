@@ -22,12 +22,24 @@ import numpy as np
 
 from llmnp.errors import UserError
 
-# environment variables MPI launchers set for every process they start
-_WORLD_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
+# (world size, rank) environment variables that MPI launchers set for every process they start
+_LAUNCHER_VARS = (("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"), ("PMI_SIZE", "PMI_RANK"),
+                  ("PMIX_SIZE", "PMIX_RANK"))
+
+
+def launcher_rank_size():
+    """(rank, world size) as the launcher that started this process set them; (0, 1) without one.
+    Read before MPI is initialised (and without it, e.g. to label an error line)."""
+    for size_var, rank_var in _LAUNCHER_VARS:
+        size = os.environ.get(size_var, "")
+        if size.isdigit():
+            rank = os.environ.get(rank_var, "0")
+            return (int(rank) if rank.isdigit() else 0), int(size)
+    return 0, 1
 
 
 def launched_by_mpi():
-    return any(int(os.environ.get(v, "1")) > 1 for v in _WORLD_SIZE_VARS if os.environ.get(v, "").isdigit())
+    return launcher_rank_size()[1] > 1
 
 
 class Distributed:

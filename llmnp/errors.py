@@ -3,7 +3,6 @@
 Library code raises UserError with a message that says what is wrong and what to do; the command-line
 entry points (train_gpt2.py, python -m llmnp.*) catch it, print `error: <message>` and exit 1.
 """
-import os
 import sys
 
 
@@ -25,6 +24,6 @@ def run_cli(main, argv=None):
 
 def _rank_prefix():
     """'[rank r] ' when running as one of several MPI processes, else ''."""
-    size = os.environ.get("PMI_SIZE") or os.environ.get("OMPI_COMM_WORLD_SIZE") or "1"
-    rank = os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or "0"
-    return f"[rank {rank}] " if size.isdigit() and int(size) > 1 else ""
+    from llmnp.distributed import launcher_rank_size
+    rank, size = launcher_rank_size()
+    return f"[rank {rank}] " if size > 1 else ""
