@@ -40,6 +40,7 @@ import numpy as np
 from llmnp.config import GPT2Config, pad_vocab
 from llmnp.data import HEADER_BYTES, MT19937, new_header, open_file, read_header
 from llmnp.errors import UserError
+from llmnp.fileio import make_dir, write_atomic
 from llmnp.params import num_parameters, parameter_specs
 
 MODEL_MAGIC = 20240326
@@ -70,6 +71,8 @@ def save_model(path, config, flat, dtype="float32"):
     flat = np.asarray(flat)
     if flat.shape != (num_parameters(config),):
         raise ValueError(f"expected {num_parameters(config)} parameters for {config}, got shape {flat.shape}")
+    if not np.isfinite(flat).all():              # a diverged model is never written as a checkpoint
+        raise UserError(f"{path} not written: the model holds non-finite values (NaN or inf)")
     c = config
     header = new_header(MODEL_MAGIC, MODEL_VERSIONS[dtype], c.max_seq_len, c.vocab_size, c.num_layers,
                         c.num_heads, c.channels, c.padded_vocab_size)
@@ -77,7 +80,7 @@ def save_model(path, config, flat, dtype="float32"):
         payload = float32_to_bf16_bits(flat.astype(np.float32)).astype("<u2", copy=False)
     else:
         payload = flat.astype("<f4", copy=False)
-    _write(path, header.tobytes(), payload)
+    write_atomic(path, header.tobytes(), payload)
 
 
 def load_model(path):
@@ -120,19 +123,6 @@ def _expect_size(path, expected, why):
                         f"{'truncated, or ' if size < expected else ''}its shapes disagree with its header")
 
 
-def _write(path, *chunks):
-    """Write bytes / arrays to path through a temporary file, so a crash never leaves half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        for chunk in chunks:
-            if isinstance(chunk, np.ndarray):
-                chunk.tofile(f)
-            else:
-                f.write(chunk)
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------------- debug state
 def write_debug_state(path, inputs, targets, logits, loss, grads_flat, config):
     """llm.c's debug state: one batch, its logits (the first V of each row are kept), its mean loss
@@ -148,7 +138,7 @@ def write_debug_state(path, inputs, targets, logits, loss, grads_flat, config):
     grads_flat = np.asarray(grads_flat)
     if grads_flat.shape != (num_parameters(config),):
         raise ValueError(f"expected {num_parameters(config)} gradients, got shape {grads_flat.shape}")
-    _write(path, new_header(DEBUG_MAGIC, DEBUG_VERSION, B, T).tobytes(),
+    write_atomic(path, new_header(DEBUG_MAGIC, DEBUG_VERSION, B, T).tobytes(),
            inputs.astype("<i4"), targets.astype("<i4"), logits.astype("<f4"),
            np.array([loss], dtype="<f4"), grads_flat.astype("<f4"))
 
@@ -218,7 +208,7 @@ def save_state(path, step, m, v, master=None, loader_state=None, rank=0, world_s
         shards, intra = loader_state["shard_indices"], loader_state["intra_shard_indices"]
         chunks += [struct.pack("<Q", len(shards)), np.asarray(shards, "<i4"),
                    struct.pack("<Q", len(intra)), np.asarray(intra, "<i4"), rng.to_bytes()]
-    _write(path, *chunks)
+    write_atomic(path, *chunks)
 
 
 def load_state(path, num_parameters=None):
@@ -329,7 +319,7 @@ def write_safetensors(path, tensors, metadata=None):
         offset += a.nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    _write(path, struct.pack("<Q", len(blob)), blob, *(a for _, a in arrays))
+    write_atomic(path, struct.pack("<Q", len(blob)), blob, *(a for _, a in arrays))
 
 
 # ---------------------------------------------------------------------------------- HF GPT-2
@@ -439,7 +429,6 @@ def save_hf(out_dir, config, flat):
         "attn_pdrop": 0.0, "scale_attn_weights": True, "tie_word_embeddings": True,
         "bos_token_id": 50256, "eos_token_id": 50256, "torch_dtype": "float32",
     }
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(hf_config, f, indent=2)
+    make_dir(out_dir, "export folder")
+    write_atomic(os.path.join(out_dir, "config.json"), json.dumps(hf_config, indent=2).encode())
     write_safetensors(os.path.join(out_dir, "model.safetensors"), tensors, metadata={"format": "pt"})

@@ -20,6 +20,7 @@ import socket
 from urllib.parse import urlparse
 
 from llmnp.errors import UserError, run_cli
+from llmnp.fileio import check_writable
 
 HUB_MODELS = {"gpt2": "124M", "gpt2-medium": "355M", "gpt2-large": "774M", "gpt2-xl": "1558M"}
 SIZES = {(12, 768): "124M", (24, 1024): "355M", (36, 1280): "774M", (48, 1600): "1558M"}   # (L, C)
@@ -76,7 +77,7 @@ def main(argv=None):
     from llmnp.checkpoint import load_hf, save_model
     from llmnp.tokenizer import write_tokenizer_file
     folders = [fetch(name) for name in args.models]           # every download before any writing
-    os.makedirs(args.out_dir, exist_ok=True)
+    check_writable(args.out_dir, "output folder")
     tokenizer_path = os.path.join(args.out_dir, "gpt2_tokenizer.bin")
     write_tokenizer_file(tokenizer_path)
     print(f"wrote {tokenizer_path}")

@@ -10,16 +10,32 @@ class UserError(Exception):
     pass
 
 
+class Interrupted(Exception):
+    """A signal stopped the program: `message` says what was and was not saved; the exit status is
+    128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM), as a shell reports a killed program."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.signum = signum
+
+
 def run_cli(main, argv=None):
-    """Call main(argv); turn UserError (and Ctrl-C) into one line on stderr and a non-zero exit."""
+    """Call main(argv); turn UserError, Interrupted and Ctrl-C into one line on stderr and a non-zero
+    exit. main's return value, if an int, is the exit status."""
     try:
-        return main(argv)
+        status = main(argv)
     except UserError as e:
         print(f"{_rank_prefix()}error: {e}", file=sys.stderr)
         sys.exit(1)
+    except Interrupted as e:
+        print(f"{_rank_prefix()}{e}", file=sys.stderr)
+        sys.exit(128 + e.signum)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    if isinstance(status, int) and status:
+        sys.exit(status)
+    return status
 
 
 def _rank_prefix():

@@ -18,8 +18,9 @@ import math
 import numpy as np
 
 from llmnp import layers
+from llmnp.memory import model_bytes, require
 from llmnp.params import (DECAYED_PARAMETERS, STATISTICS, activation_specs, allocate, gradient_scratch_specs,
-                          make_views, num_elements, parameter_specs)
+                          make_views, num_elements, num_parameters, parameter_specs)
 
 
 def storage_dtype(dtype):
@@ -49,6 +50,9 @@ class GPT2:
         # statistics, AdamW state and master weights: float32 when the storage is narrower (bf16)
         self.state_dtype = np.dtype(np.float32) if self.dtype.itemsize < 4 else self.dtype
         self.xp, self.ops = backend(device)
+        require(model_bytes(config, self.dtype, self.state_dtype), device,
+                f"a {config.num_layers}-layer, {config.channels}-channel model ({num_parameters(config):,} parameters)",
+                "choose a smaller model")      # before allocating, so a typo like d2000 is one line
         self.param_specs = parameter_specs(config)
         self.params_memory, self.params = allocate(self.param_specs, self.dtype, self.xp)  # (num_parameters,)
         self.num_parameters = self.params_memory.size

@@ -7,9 +7,11 @@ main.log lines: `s:STEP trl:LOSS ...` (train), `s:STEP tel:LOSS` (val), `s:STEP 
 the first name:value after the step is the one read, and a later line for the same step wins.
 """
 import argparse
+import io
 import os
 
 from llmnp.errors import UserError, run_cli
+from llmnp.fileio import write_atomic
 
 # OpenAI GPT-2 checkpoints evaluated by llm.c: FineWeb val loss and HellaSwag accuracy
 GPT2_VAL_LOSS = {"124M": 3.424958, "350M": 3.083089}
@@ -73,8 +75,10 @@ def plot(run_dirs, out_path):
         ax.set_title("HellaSwag")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=110)
-    return out_path
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
+    plt.close(fig)
+    return write_atomic(out_path, png.getvalue())
 
 
 def main(argv=None):

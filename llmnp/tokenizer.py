@@ -106,14 +106,15 @@ class StreamDecoder:
 def write_tokenizer_file(path):
     """Write llm.c's gpt2_tokenizer.bin (version 2) for the GPT-2 encoding."""
     from llmnp.data import new_header
+    from llmnp.fileio import write_atomic
     enc = get_encoding()
     n = enc.n_vocab
-    with open(path, "wb") as f:
-        f.write(new_header(TOKENIZER_MAGIC, TOKENIZER_VERSION, n, EOT).tobytes())
-        for i in range(n):
-            b = enc.decode_single_token_bytes(i)
-            assert 1 <= len(b) <= 255, f"token {i} has {len(b)} bytes"
-            f.write(bytes([len(b)]) + b)
+    records = []
+    for i in range(n):
+        b = enc.decode_single_token_bytes(i)
+        assert 1 <= len(b) <= 255, f"token {i} has {len(b)} bytes"
+        records.append(bytes([len(b)]) + b)
+    write_atomic(path, new_header(TOKENIZER_MAGIC, TOKENIZER_VERSION, n, EOT), b"".join(records))
 
 
 def read_tokenizer_file(path):
