@@ -1,6 +1,7 @@
-"""The teaching notebooks: each executes top to bottom (nbclient, kernel python3, MPLBACKEND=Agg), and
-the committed .ipynb files are exactly what notebooks/build.py writes (cells as in build.py, outputs
-cleared). The GPU cells of 10_cuda run where CuPy finds a GPU and print a skip note elsewhere."""
+"""The teaching notebooks: each source notebooks/NN_name.py (jupytext percent format) executes top to
+bottom as a notebook (nbclient, kernel python3, MPLBACKEND=Agg), and each committed .ipynb holds the
+cells notebooks/build.py renders from its source. The GPU cells of 10_cuda run where CuPy finds a GPU
+and print a skip note elsewhere."""
 import glob
 import os
 import subprocess
@@ -8,25 +9,36 @@ import sys
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat")
+jupytext = pytest.importorskip("jupytext")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 NOTEBOOK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks")
-NOTEBOOKS = sorted(glob.glob(os.path.join(NOTEBOOK_DIR, "*.ipynb")))
+SOURCES = sorted(glob.glob(os.path.join(NOTEBOOK_DIR, "[0-9][0-9]_*.py")))
 
 
-def test_notebooks_match_build_py():
+def test_ipynb_match_sources():
     result = subprocess.run([sys.executable, os.path.join(NOTEBOOK_DIR, "build.py"), "--check"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert len(NOTEBOOKS) == 12
+    assert len(SOURCES) == 12
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+def test_gradcheck_cell_is_the_same_everywhere():
+    """The finite-difference helpers are pasted into each notebook that uses them, so that each reads on
+    its own; the copies stay one text."""
+    copies = {}
+    for path in SOURCES:
+        for cell in jupytext.read(path).cells:
+            if cell.cell_type == "code" and "def gradcheck_table(" in cell.source:
+                copies[os.path.basename(path)] = cell.source
+    assert len(copies) >= 8 and len(set(copies.values())) == 1, sorted(copies)
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=os.path.basename)
 def test_notebook_executes(path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")              # the kernel inherits it: figures render off screen
-    nb = nbformat.read(path, as_version=4)
+    nb = jupytext.read(path)
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=300,
                                      resources={"metadata": {"path": NOTEBOOK_DIR}})
     client.execute()                                     # raises CellExecutionError on the first failing cell

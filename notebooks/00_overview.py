@@ -1,0 +1,268 @@
+# %% [markdown]
+# # 00 · GPT-2 at a glance
+#
+# These notebooks take GPT-2 apart one layer at a time. Every layer in `llmnp` is a pair of plain
+# functions: a **forward** that computes the layer's output, and a **backward** that computes
+# gradients, derived and written by hand. There is no autograd anywhere: the backward functions *are*
+# the product, and each notebook derives one of them on paper, checks it numerically and then checks
+# `llmnp`'s version against it.
+#
+# This first notebook shows the whole model at once: the layers, the shape of every tensor, and the one
+# flat buffer all the parameters live in.
+#
+# **Reading order.** 00 overview → [01 encoder](01_encoder.ipynb) → [02 layernorm](02_layernorm.ipynb)
+# → [03 matmul](03_matmul.ipynb) → [04 attention](04_attention.ipynb) → [05 gelu](05_gelu.ipynb) →
+# [06 residual](06_residual.ipynb) → [07 classifier](07_classifier.ipynb) → [08 adamw](08_adamw.ipynb)
+# → [09 training](09_training.ipynb) → [10 cuda](10_cuda.ipynb) →
+# [11 data parallel](11_data_parallel.ipynb). Each runs top to bottom in seconds on a laptop CPU.
+#
+# **Size letters**, the same everywhere in the code (they are llm.c's):
+#
+# | letter | meaning | GPT-2 small ("d12") |
+# |---|---|---|
+# | B | batch: sequences processed side by side | 4 to 64 |
+# | T | time: tokens per sequence | 1024 |
+# | C | channels: the length of each token's vector | 768 |
+# | L | layers (transformer blocks) | 12 |
+# | NH | attention heads | 12 |
+# | hs | head size, C / NH | 64 |
+# | V | vocabulary: distinct tokens | 50257 |
+# | Vp | padded vocabulary: V rounded up to a multiple of 128 | 50304 |
+# | maxT | positions the model has embeddings for | 1024 |
+
+# %%
+import numpy as np
+import matplotlib.pyplot as plt
+
+from llmnp import GPT2, GPT2Config
+from llmnp.params import activation_specs, allocate, num_elements, parameter_specs
+
+d12 = GPT2Config.preset("d12")                 # GPT-2 small, 124M parameters
+tiny = GPT2Config.tiny(vocab_size=50)          # the same model in miniature: V = 50 padded to Vp = 64
+print(d12)
+print(tiny)
+
+
+# %% [markdown]
+# ## The forward pass, line by line
+#
+# Tokens are integer ids (the tokenizer turns text into them). The model reads `inputs` (B, T) and at
+# every position predicts the next token; `targets` is the same text shifted by one.
+#
+# ```
+# x      = wte[inputs] + wpe[:T]               (B,T,C)    01 encoder
+# repeat L times (one transformer block, its own weights each time):
+#     h   = layernorm(x; ln1w, ln1b)           (B,T,C)    02 layernorm
+#     qkv = h @ qkvw^T + qkvb                  (B,T,3C)   03 matmul
+#     a   = attention(qkv)                     (B,T,C)    04 attention
+#     x   = x + (a @ attprojw^T + attprojb)    (B,T,C)    03 matmul, 06 residual
+#     h   = layernorm(x; ln2w, ln2b)           (B,T,C)
+#     f   = gelu(h @ fcw^T + fcb)              (B,T,4C)   05 gelu
+#     x   = x + (f @ fcprojw^T + fcprojb)      (B,T,C)
+# logits = layernorm(x; lnfw, lnfb) @ wte^T    (B,T,Vp)   the same wte as the encoder ("tied")
+# loss   = mean over (b,t) of -log softmax(logits[b,t,:V])[targets[b,t]]   07 classifier
+# ```
+#
+# `GPT2.forward` in [llmnp/model.py](../llmnp/model.py) is this list, one function call per line, but
+# for two merges that save the GPU passes over memory: each residual add and the layernorm after it are
+# one call (`residual_layernorm_forward`, which also adds the projection's bias), and the fc bias is
+# added by the GELU call (`bias_gelu_forward`).
+# `x` is called the *residual stream*: each block reads it through a layernorm and adds its result
+# back. Weights are stored (out, in), as PyTorch's `nn.Linear` and llm.c store them, so a linear layer
+# is `x @ W^T`.
+#
+# ## The parameters: one table
+#
+# `parameter_specs(config)` is the ordered list of GPT-2's 16 parameter tensors, in llm.c's order.
+# The L blocks' weights are stacked: `qkvw` is (L, 3C, C), one (3C, C) matrix per layer.
+
+# %%
+def show_table(specs):
+    """name, shape, element count and offset of each entry of a (name, shape) table."""
+    offset = 0
+    print(f"{'name':>10} {'shape':>20} {'elements':>13} {'offset':>13}")
+    for name, shape in specs:
+        n = int(np.prod(shape))
+        print(f"{name:>10} {str(shape):>20} {n:>13,} {offset:>13,}")
+        offset += n
+    print(f"{'total':>10} {'':>20} {offset:>13,}")
+
+
+show_table(parameter_specs(d12))
+
+# %% [markdown]
+# 124,475,904 is the count llm.c prints for GPT-2 small. It can be counted by hand: each block has four
+# matrices, $3C^2 + C^2 + 4C^2 + 4C^2 = 12C^2$ weights, plus $3C + C + 4C + C = 9C$ biases and
+# $4C$ layernorm parameters. On top come the two embedding tables and the final layernorm:
+
+# %%
+C, L, Vp, maxT = d12.channels, d12.num_layers, d12.padded_vocab_size, d12.max_seq_len
+by_hand = L * (12 * C * C + 13 * C) + Vp * C + maxT * C + 2 * C
+print(f"{by_hand:,}", by_hand == num_elements(parameter_specs(d12)))
+print(f"wte alone is {Vp * C / by_hand:.0%} of the model")
+
+# %% [markdown]
+# ## One flat buffer, sixteen views
+#
+# All parameters live in **one** contiguous 1-D array. `params["qkvw"]` is a *view*: a window into
+# that array with a shape, not a copy. The gradients, AdamW's two moment buffers and the checkpoint
+# file are laid out by the same table, so one offset means the same parameter in all of them: the
+# optimizer runs over four long arrays, and a checkpoint is one write.
+
+# %%
+flat, params = allocate(parameter_specs(tiny))     # zeros, and {name: view}
+print(flat.shape, flat.dtype, "|", len(params), "views")
+
+params["qkvw"][1, 0, 0] = 7.0                      # write through a view ...
+print("nonzero at flat offset", np.flatnonzero(flat))
+
+# ... which is where the table puts it: the start of qkvw, plus one layer of (3C, C)
+offset = sum(int(np.prod(s)) for n, s in parameter_specs(tiny)[:4])   # wte, wpe, ln1w, ln1b
+print("expected", offset + 3 * tiny.channels * tiny.channels)
+print("the view shares memory with the buffer:", np.shares_memory(flat, params["qkvw"]))
+
+# %% [markdown]
+# A `GPT2` model holds the same thing: `model.params_memory` is the flat buffer and `model.params` its
+# views; `model.grads_memory` and `model.grads` are the gradients, in the same layout.
+#
+# Training needs four numbers per parameter: its value, its gradient, and AdamW's two running averages
+# (notebook 08). In float32 that is 16 bytes per parameter:
+
+# %%
+N = num_elements(parameter_specs(d12))
+for what, copies in [("parameters", 1), ("+ gradients", 2), ("+ AdamW m and v", 4)]:
+    print(f"{what:>18}: {copies * N * 4 / 2**30:5.2f} GiB")
+
+# %% [markdown]
+# ## Activations: what the forward pass keeps for the backward pass
+#
+# Backward needs some of forward's intermediate results (a layer's input, usually), so forward saves
+# them. `activation_specs(config, B, T)` is that list, allocated once as one buffer, like the
+# parameters.
+
+# %%
+show_table(activation_specs(tiny, B=2, T=8))
+
+# %% [markdown]
+# For GPT-2 small at B = 4, T = 1024, the picture shows where that memory goes. The largest is the
+# (B, T, Vp) logits over the whole vocabulary (no probabilities are kept beside them: notebook 07), then
+# the MLP's 4C-wide activations of all 12 layers. Attention keeps only `att_lse`, T numbers per head
+# (too small to see): notebook 04 shows how it avoids saving the (T, T) attention matrix.
+
+# %%
+specs = activation_specs(d12, B=4, T=1024)
+names = [name for name, _ in specs]
+mib = [np.prod(shape) * 4 / 2**20 for _, shape in specs]
+
+fig, ax = plt.subplots(figsize=(7, 5))
+ax.barh(names[::-1], mib[::-1])
+ax.set_xlabel("MiB (float32)")
+ax.set_title(f"GPT-2 small activations at B=4, T=1024: {sum(mib) / 1024:.1f} GiB in all")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## Running it
+#
+# A fresh model guesses: its next-token probabilities are close to uniform over the V tokens, so its
+# loss is close to $-\log(1/V) = \ln V$.
+
+# %%
+model = GPT2(tiny, seed=0)
+rng = np.random.default_rng(0)
+B, T = 2, 8
+tokens = rng.integers(0, tiny.vocab_size, size=(B, T + 1))
+inputs, targets = tokens[:, :-1], tokens[:, 1:]          # predict the next token at every position
+
+loss = model.forward(inputs, targets)
+print(f"loss {float(loss):.4f}   ln(V) = {np.log(tiny.vocab_size):.4f}")
+print("logits", model.logits.shape)
+
+# %% [markdown]
+# ## Backward: the chain rule, one layer at a time
+#
+# The loss $L$ is one number. For any tensor $u$ in the model, write $du$ for the tensor of the same
+# shape holding $\partial L / \partial u_i$. A layer `out = f(inp, w)` gets `dout` from the layer above
+# it and must produce `dinp` (to pass down) and `dw` (for the optimizer). By the chain rule,
+# $$d\text{inp}_j = \sum_i d\text{out}_i \,\frac{\partial\, \text{out}_i}{\partial\, \text{inp}_j}$$
+# The layer never needs to know what happens after it: `dout` sums it all up. So backward walks the
+# list of the forward pass from the bottom up, each layer turning `dout` into `dinp`.
+#
+# Two rules, the same on CPU and GPU:
+# - **parameter gradients accumulate** (`+=`) until `zero_grad()`: several small batches (micro-batches)
+#   can add into one gradient before one optimizer step, and `wte`, used twice, gets both contributions;
+# - **a tensor read in two places gets the sum of both gradients**: the residual stream `x` is read by a
+#   block and also passed on past it, so its gradient accumulates too (notebook 06).
+
+# %%
+model.zero_grad()
+model.backward()
+for name, g in model.grads.items():
+    print(f"{name:>9} {str(g.shape):>14}  |grad| = {np.linalg.norm(g):.5f}")
+
+
+# %% [markdown]
+# ## Finite-difference check
+#
+# A derivative is a slope, so it can be measured: nudge one input by a tiny $\varepsilon$ both ways and
+# $$\frac{\partial L}{\partial x_i} \approx \frac{L(x + \varepsilon e_i) - L(x - \varepsilon e_i)}{2\varepsilon}$$
+# with an error of order $\varepsilon^2$. That costs two forward passes per number, far too slow to
+# train with, and exactly right for checking a hand-written backward on a few entries. In float64 with
+# $\varepsilon = 10^{-6}$ the two should agree to about 9 digits.
+#
+# A layer's output is a tensor, not a number. To get a number, take $L = \sum \text{out} \odot
+# \text{dout}$ for a fixed random `dout`: its gradient with respect to `out` is `dout` itself, so the
+# backward pass fed with that `dout` must produce exactly $\partial L / \partial \text{input}$.
+
+# %%
+def numeric_grad(f, x, idx, eps=1e-6):
+    """Central difference (f(x + eps) - f(x - eps)) / 2 eps in the single element idx of array x."""
+    saved = x[idx]
+    x[idx] = saved + eps
+    up = f()
+    x[idx] = saved - eps
+    down = f()
+    x[idx] = saved                       # put it back
+    return (up - down) / (2 * eps)
+
+
+def gradcheck_table(f, named, n=3, seed=0):
+    """named = {label: (array, its analytic gradient)}. Prints numeric vs analytic derivative of the
+    scalar f() for n random elements of each array; returns the worst error, relative where the
+    derivative is above 1 and absolute below (so that 1e-12 vs 0 counts as agreement)."""
+    rng = np.random.default_rng(seed)
+    print(f"{'tensor':>8}  {'element':<14}{'numeric':>14}{'analytic':>14}{'error':>10}")
+    worst = 0.0
+    for label, (x, grad) in named.items():
+        for flat_index in rng.choice(x.size, size=min(n, x.size), replace=False):
+            idx = tuple(int(i) for i in np.unravel_index(flat_index, x.shape))
+            num, ana = numeric_grad(f, x, idx), float(grad[idx])
+            err = abs(num - ana) / max(abs(num), abs(ana), 1.0)
+            worst = max(worst, err)
+            print(f"{label:>8}  {str(idx):<14}{num:14.6e}{ana:14.6e}{err:10.1e}")
+    return worst
+
+
+# %% [markdown]
+# For the whole model, $f$ is simply the loss, and `x` one parameter tensor. The model runs in float64
+# here so that the differences are not drowned in rounding:
+
+# %%
+model64 = GPT2(tiny, dtype=np.float64, seed=0)
+
+
+def loss():
+    return float(model64.forward(inputs, targets))
+
+
+loss()
+model64.zero_grad()
+model64.backward()
+checked = ("wte", "qkvw", "attprojb", "ln2w", "fcw", "lnfb")
+worst = gradcheck_table(loss, {name: (model64.params[name], model64.grads[name].copy()) for name in checked})
+print(f"worst error {worst:.1e}")
+assert worst < 1e-7
+
+# %% [markdown]
+# Every parameter agrees to many digits, across all twelve layer functions chained together. The next
+# notebooks open those functions one at a time, starting with the first: the [encoder](01_encoder.ipynb).

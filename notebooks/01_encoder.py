@@ -1,0 +1,192 @@
+# %% [markdown]
+# # 01 · Encoder: token and position embeddings
+#
+# The first layer turns token ids into vectors. GPT-2 has two tables: `wte` (Vp, C), one row per token
+# of the vocabulary, and `wpe` (maxT, C), one row per position. The vector for the token at position
+# $t$ of sequence $b$ is its token's row plus its position's row:
+# $$\text{out}_{b,t,:} \;=\; W^{te}_{\;\text{inp}_{b,t},\,:} \;+\; W^{pe}_{\;t,\,:}$$
+# Looking up a row equals multiplying a one-hot vector by the table, without the multiplications.
+# Both tables are learned: training moves tokens that behave alike to nearby rows.
+#
+# The code: [llmnp/encoder.py](../llmnp/encoder.py); on the GPU: [llmnp/cuda/encoder.cu](../llmnp/cuda/encoder.cu).
+
+# %%
+import numpy as np
+import matplotlib.pyplot as plt
+
+from llmnp.encoder import encoder_backward, encoder_forward
+
+rng = np.random.default_rng(0)
+B, T, C, Vp, maxT = 2, 5, 4, 10, 8
+inp = np.array([[3, 1, 4, 1, 5],
+                [9, 2, 6, 5, 3]], dtype=np.int32)  # token ids (B,T): 1, 3 and 5 appear twice
+wte = rng.normal(size=(Vp, C))                      # (Vp,C) token embeddings
+wpe = rng.normal(size=(maxT, C))                    # (maxT,C) position embeddings
+
+
+# %% [markdown]
+# ## Forward, from scratch
+
+# %%
+def encoder_forward_scratch(inp, wte, wpe):
+    T = inp.shape[1]
+    return wte[inp] + wpe[:T]      # (B,T) ids -> (B,T,C) rows, plus (T,C) broadcast over the batch
+
+
+out = encoder_forward_scratch(inp, wte, wpe)
+print(out.shape)
+print("out[1, 2] is row 6 of wte plus row 2 of wpe:", np.allclose(out[1, 2], wte[6] + wpe[2]))
+
+
+# %% [markdown]
+# ## Backward, step by step
+#
+# Backward receives `dout` $= \partial L / \partial\,\text{out}$, shape (B, T, C), and must produce
+# $\partial L / \partial W^{te}$ and $\partial L / \partial W^{pe}$. The input `inp` holds integers,
+# so it has no gradient.
+#
+# 1. **Which outputs does one parameter touch?** Take one entry $W^{te}_{v,c}$. It appears in
+#    $\text{out}_{b,t,c}$ exactly where $\text{inp}_{b,t} = v$, added with coefficient 1, so
+#    $\partial\,\text{out}_{b,t,c} / \partial W^{te}_{v,c} = 1$ there and 0 everywhere else.
+# 2. **Chain rule: sum over those outputs.**
+#    $$\frac{\partial L}{\partial W^{te}_{v,c}} = \sum_{b,t\,:\ \text{inp}_{b,t} = v} \text{dout}_{b,t,c}$$
+#    A token that appears three times in the batch collects three contributions; a token that does not
+#    appear gets zero.
+# 3. **Same for positions.** $W^{pe}_{t,c}$ appears in $\text{out}_{b,t,c}$ for every sequence $b$:
+#    $$\frac{\partial L}{\partial W^{pe}_{t,c}} = \sum_{b} \text{dout}_{b,t,c}$$
+#
+# In code, each position sends its `dout` row back to the two rows it read:
+
+# %%
+def encoder_backward_scratch(dout, inp, Vp, maxT):
+    B, T, C = dout.shape
+    dwte, dwpe = np.zeros((Vp, C)), np.zeros((maxT, C))
+    for b in range(B):
+        for t in range(T):
+            dwte[inp[b, t]] += dout[b, t]     # the token row this position read
+            dwpe[t] += dout[b, t]             # the position row it read
+    return dwte, dwpe
+
+
+dout = rng.normal(size=(B, T, C))
+dwte, dwpe = encoder_backward_scratch(dout, inp, Vp, maxT)
+
+# %% [markdown]
+# ### A trap: `+=` with repeated indices
+#
+# The loop is slow in Python. The obvious vectorized form, `dwte[inp] += dout`, is **wrong**: NumPy
+# runs it as `dwte[inp] = dwte[inp] + dout`, and where an index repeats, the last write wins.
+# `np.add.at` is the unbuffered version that really adds every contribution (the GPU has the same
+# problem: many threads adding into one row).
+
+# %%
+wrong = np.zeros((Vp, C))
+wrong[inp] += dout
+right = np.zeros((Vp, C))
+np.add.at(right, inp, dout)
+print("token 1, fancy +=  :", wrong[1].round(4))
+print("token 1, np.add.at :", right[1].round(4))
+print("token 1, the loop  :", dwte[1].round(4))
+
+
+# %% [markdown]
+# ## Finite-difference check
+#
+# A derivative is a slope, so it can be measured: nudge one input by a tiny $\varepsilon$ both ways and
+# $$\frac{\partial L}{\partial x_i} \approx \frac{L(x + \varepsilon e_i) - L(x - \varepsilon e_i)}{2\varepsilon}$$
+# with an error of order $\varepsilon^2$. That costs two forward passes per number, far too slow to
+# train with, and exactly right for checking a hand-written backward on a few entries. In float64 with
+# $\varepsilon = 10^{-6}$ the two should agree to about 9 digits.
+#
+# A layer's output is a tensor, not a number. To get a number, take $L = \sum \text{out} \odot
+# \text{dout}$ for a fixed random `dout`: its gradient with respect to `out` is `dout` itself, so the
+# backward pass fed with that `dout` must produce exactly $\partial L / \partial \text{input}$.
+
+# %%
+def numeric_grad(f, x, idx, eps=1e-6):
+    """Central difference (f(x + eps) - f(x - eps)) / 2 eps in the single element idx of array x."""
+    saved = x[idx]
+    x[idx] = saved + eps
+    up = f()
+    x[idx] = saved - eps
+    down = f()
+    x[idx] = saved                       # put it back
+    return (up - down) / (2 * eps)
+
+
+def gradcheck_table(f, named, n=3, seed=0):
+    """named = {label: (array, its analytic gradient)}. Prints numeric vs analytic derivative of the
+    scalar f() for n random elements of each array; returns the worst error, relative where the
+    derivative is above 1 and absolute below (so that 1e-12 vs 0 counts as agreement)."""
+    rng = np.random.default_rng(seed)
+    print(f"{'tensor':>8}  {'element':<14}{'numeric':>14}{'analytic':>14}{'error':>10}")
+    worst = 0.0
+    for label, (x, grad) in named.items():
+        for flat_index in rng.choice(x.size, size=min(n, x.size), replace=False):
+            idx = tuple(int(i) for i in np.unravel_index(flat_index, x.shape))
+            num, ana = numeric_grad(f, x, idx), float(grad[idx])
+            err = abs(num - ana) / max(abs(num), abs(ana), 1.0)
+            worst = max(worst, err)
+            print(f"{label:>8}  {str(idx):<14}{num:14.6e}{ana:14.6e}{err:10.1e}")
+    return worst
+
+
+# %%
+def loss():
+    return float(np.sum(encoder_forward_scratch(inp, wte, wpe) * dout))
+
+
+worst = gradcheck_table(loss, {"wte": (wte, dwte), "wpe": (wpe, dwpe)}, n=4)
+assert worst < 1e-8
+
+# %% [markdown]
+# The encoder is linear in its tables, so the central difference is exact up to rounding. Zeros are
+# rows that this batch never read: tokens absent from `inp`, positions at or beyond T.
+#
+# ## llmnp's encoder
+#
+# `llmnp`'s layers follow llm.c's conventions: they write into buffers the caller owns (outputs first,
+# then inputs, then weights), and the backward **adds** into `dwte` and `dwpe` (`+=`). Accumulating is
+# what lets several micro-batches add up into one gradient, and it lets `wte` collect its gradient from
+# both places that use it: here, and the classifier at the top of the model (notebook 07).
+
+# %%
+out_llmnp = np.empty((B, T, C))
+encoder_forward(out_llmnp, inp, wte, wpe)
+print("forward matches the scratch version:", np.allclose(out_llmnp, out))
+
+dwte_llmnp, dwpe_llmnp = np.zeros_like(wte), np.zeros_like(wpe)
+encoder_backward(dwte_llmnp, dwpe_llmnp, dout, inp)
+print("backward matches:", np.allclose(dwte_llmnp, dwte), np.allclose(dwpe_llmnp, dwpe))
+
+encoder_backward(dwte_llmnp, dwpe_llmnp, dout, inp)        # a second call adds on top
+print("and accumulates:", np.allclose(dwte_llmnp, 2 * dwte))
+
+# %% [markdown]
+# ## Which rows learn
+#
+# Only the rows of tokens in the batch get a gradient here, and a token's gradient is the sum over its
+# occurrences. In GPT-2 small a batch of 4 × 1024 tokens touches a few thousand of the 50,304 rows of
+# `wte`.
+
+# %%
+counts = np.bincount(inp.ravel(), minlength=Vp)
+fig, ax = plt.subplots(figsize=(7, 2.6))
+ax.bar(range(Vp), np.linalg.norm(dwte, axis=1))
+ax.set_xticks(range(Vp), [f"{v}\n×{counts[v]}" for v in range(Vp)])
+ax.set_xlabel("row of wte (token id) and how often the token occurs in the batch")
+ax.set_ylabel("‖dwte[row]‖")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## On the GPU
+#
+# [llmnp/cuda/encoder.cu](../llmnp/cuda/encoder.cu) does the same work with thousands of GPU threads.
+# The forward is a pure lookup. The backward is where repeated tokens bite again: threads handling
+# different positions of one token would add into the same `dwte` row at the same moment. Atomic adds
+# would work, in an order that changes from run to run; `encoder.cu` instead has the launcher sort the
+# positions by token, so that each token's positions are summed by one group of threads, in a fixed
+# order. Notebook 10 reads a kernel line by line.
+#
+# Next: [02 layernorm](02_layernorm.ipynb), the first layer inside a transformer block.

@@ -1,0 +1,213 @@
+# %% [markdown]
+# # 02 · LayerNorm
+#
+# Every block reads the residual stream through a layernorm, and one more sits before the classifier.
+# It rescales each token's vector of C numbers to mean 0 and variance 1, then applies a learned scale
+# $w$ and shift $b$ per channel. Whatever the scale the residual stream grows to, the layer after it
+# sees inputs of a fixed size.
+#
+# For one position (one row of C numbers $x_1 \dots x_C$):
+# $$\mu = \frac{1}{C}\sum_{i} x_i, \qquad
+# \sigma^2 = \frac{1}{C}\sum_{i} (x_i - \mu)^2, \qquad
+# r = \frac{1}{\sqrt{\sigma^2 + \epsilon}}$$
+# $$\hat{x}_i = (x_i - \mu)\, r, \qquad y_i = w_i\, \hat{x}_i + b_i$$
+# with $\epsilon = 10^{-5}$ and the biased variance (divide by C, not C−1), as PyTorch and llm.c.
+# $r$ is the *reciprocal standard deviation*, `rstd` in the code. Forward saves $\mu$ and $r$ for
+# each position, (B, T) each, so backward does not recompute them.
+#
+# The code: [llmnp/layernorm.py](../llmnp/layernorm.py); on the GPU: [llmnp/cuda/layernorm.cu](../llmnp/cuda/layernorm.cu).
+
+# %%
+import numpy as np
+import matplotlib.pyplot as plt
+
+from llmnp.layernorm import layernorm_backward, layernorm_forward
+
+rng = np.random.default_rng(0)
+B, T, C = 2, 3, 8
+x = 3 * rng.normal(size=(B, T, C)) + 1       # (B,T,C) an input with some offset and scale
+w = 1 + 0.1 * rng.normal(size=C)              # (C,)
+b = 0.1 * rng.normal(size=C)                  # (C,)
+
+
+# %% [markdown]
+# ## Forward, from scratch
+
+# %%
+def layernorm_forward_scratch(x, w, b, eps=1e-5):
+    mean = x.mean(axis=-1, keepdims=True)                   # (B,T,1)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)    # biased variance
+    rstd = 1 / np.sqrt(var + eps)
+    norm = (x - mean) * rstd                                # (B,T,C): mean 0, variance 1 per row
+    return norm * w + b, mean[..., 0], rstd[..., 0]
+
+
+y, mean, rstd = layernorm_forward_scratch(x, w, b)
+print("row means before:", x.mean(axis=-1).round(3).ravel())
+print("row std before:  ", x.std(axis=-1).round(3).ravel())
+norm = (x - mean[..., None]) * rstd[..., None]
+print("normalized rows: mean", np.abs(norm.mean(axis=-1)).max().round(12), " std", norm.std(axis=-1).round(5).ravel())
+
+# %% [markdown]
+# ### What it does to the statistics
+#
+# Below, 300 rows of C = 64 numbers, each with its own offset and scale, as rows of a residual stream
+# have. Before: every row has a different mean and standard deviation. After layernorm (with $w = 1$,
+# $b = 0$): all rows sit at mean 0 and standard deviation 1. The learned $w$ and $b$ then choose the
+# scale and offset per channel.
+
+# %%
+rows = rng.normal(size=(300, 64)) * rng.uniform(0.2, 4, size=(300, 1)) + rng.normal(0, 2, size=(300, 1))
+normed, _, _ = layernorm_forward_scratch(rows, np.ones(64), np.zeros(64))
+
+fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True, sharey=True)
+for ax, data, title in [(axes[0], rows, "before layernorm"), (axes[1], normed, "after")]:
+    ax.scatter(data.mean(axis=1), data.std(axis=1), s=8, alpha=0.6)
+    ax.set_title(title)
+    ax.set_xlabel("mean of a row")
+axes[0].set_ylabel("standard deviation of a row")
+plt.tight_layout()
+plt.show()
+
+
+# %% [markdown]
+# ## Backward, step by step
+#
+# Backward gets `dout` $= \partial L/\partial y$ (B, T, C) and must produce $\partial L/\partial x$,
+# $\partial L/\partial w$, $\partial L/\partial b$. Write $dz$ for $\partial L/\partial z$. Work on one
+# row; the rows of different positions do not interact (except through $w$ and $b$, step 1).
+#
+# **Step 1, the affine part** $y_i = w_i \hat{x}_i + b_i$. Each $w_i$ and $b_i$ is used at every
+# position, so their gradients sum over all (b, t):
+# $$db_i = \sum_{b,t} dy_i, \qquad dw_i = \sum_{b,t} dy_i\,\hat{x}_i, \qquad d\hat{x}_i = dy_i\, w_i$$
+#
+# **Step 2, the hard part.** $\hat{x}_j = (x_j - \mu)\,r$ depends on every $x_i$ of its row in three
+# ways: directly, through $\mu$, and through $r$. The pieces:
+# - $\partial \mu / \partial x_i = 1/C$.
+# - $\partial \sigma^2 / \partial x_i = \frac{2}{C}\sum_j (x_j - \mu)(\delta_{ij} - \frac{1}{C})
+#   = \frac{2}{C}(x_i - \mu)$; the $\frac1C$ part drops out because $\sum_j (x_j - \mu) = 0$.
+# - $\partial r / \partial x_i = -\frac{1}{2}(\sigma^2 + \epsilon)^{-3/2}\,\partial\sigma^2/\partial x_i
+#   = -r^3 (x_i - \mu)/C = -r^2\,\hat{x}_i / C$.
+#
+# Product rule on $\hat{x}_j = (x_j - \mu)\, r$:
+# $$\frac{\partial \hat{x}_j}{\partial x_i} = r\left(\delta_{ij} - \frac{1}{C}\right) + (x_j - \mu)\frac{\partial r}{\partial x_i}
+# = r\left(\delta_{ij} - \frac{1}{C} - \frac{\hat{x}_j\,\hat{x}_i}{C}\right)$$
+#
+# **Step 3, chain rule** over the $j$ of the row:
+# $$dx_i = \sum_j d\hat{x}_j \frac{\partial \hat{x}_j}{\partial x_i}
+# = r\left( d\hat{x}_i \;-\; \frac{1}{C}\sum_j d\hat{x}_j \;-\; \hat{x}_i\,\frac{1}{C}\sum_j d\hat{x}_j\,\hat{x}_j \right)$$
+#
+# **Reading the result.** Take $d\hat{x}$, remove its mean (its component along the all-ones
+# direction) and its component along $\hat{x}$, then scale by $r$. That makes sense: shifting a row
+# $x$ by a constant, or stretching it about its mean, leaves $\hat{x}$ unchanged, so the loss cannot
+# depend on those two directions and the gradient has no component along them. Backward needs only
+# $x$, $w$ and the saved $\mu$, $r$. (Stretching changes $\hat{x}$ a tiny bit through $\epsilon$, so that
+# second component is small rather than exactly zero: a cosine of order $\epsilon/\sigma^2$.)
+
+# %%
+def layernorm_backward_scratch(dout, x, w, mean, rstd):
+    norm = (x - mean[..., None]) * rstd[..., None]       # x hat, from the saved statistics
+    db = dout.sum(axis=(0, 1))                           # step 1
+    dw = (dout * norm).sum(axis=(0, 1))
+    dnorm = dout * w
+    dx = rstd[..., None] * (dnorm                        # step 3
+                            - dnorm.mean(axis=-1, keepdims=True)
+                            - norm * (dnorm * norm).mean(axis=-1, keepdims=True))
+    return dx, dw, db
+
+
+dout = rng.normal(size=(B, T, C))
+dx, dw, db = layernorm_backward_scratch(dout, x, w, mean, rstd)
+
+
+def unit(v):
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+print("dx along the shift direction (1, 1, ..., 1), largest over rows:", np.abs(dx.sum(axis=-1)).max())
+print("dx along the stretch direction x - mean, largest over rows:    ",
+      np.abs((unit(dx) * unit(x - mean[..., None])).sum(axis=-1)).max())
+
+
+# %% [markdown]
+# ## Finite-difference check
+#
+# A derivative is a slope, so it can be measured: nudge one input by a tiny $\varepsilon$ both ways and
+# $$\frac{\partial L}{\partial x_i} \approx \frac{L(x + \varepsilon e_i) - L(x - \varepsilon e_i)}{2\varepsilon}$$
+# with an error of order $\varepsilon^2$. That costs two forward passes per number, far too slow to
+# train with, and exactly right for checking a hand-written backward on a few entries. In float64 with
+# $\varepsilon = 10^{-6}$ the two should agree to about 9 digits.
+#
+# A layer's output is a tensor, not a number. To get a number, take $L = \sum \text{out} \odot
+# \text{dout}$ for a fixed random `dout`: its gradient with respect to `out` is `dout` itself, so the
+# backward pass fed with that `dout` must produce exactly $\partial L / \partial \text{input}$.
+
+# %%
+def numeric_grad(f, x, idx, eps=1e-6):
+    """Central difference (f(x + eps) - f(x - eps)) / 2 eps in the single element idx of array x."""
+    saved = x[idx]
+    x[idx] = saved + eps
+    up = f()
+    x[idx] = saved - eps
+    down = f()
+    x[idx] = saved                       # put it back
+    return (up - down) / (2 * eps)
+
+
+def gradcheck_table(f, named, n=3, seed=0):
+    """named = {label: (array, its analytic gradient)}. Prints numeric vs analytic derivative of the
+    scalar f() for n random elements of each array; returns the worst error, relative where the
+    derivative is above 1 and absolute below (so that 1e-12 vs 0 counts as agreement)."""
+    rng = np.random.default_rng(seed)
+    print(f"{'tensor':>8}  {'element':<14}{'numeric':>14}{'analytic':>14}{'error':>10}")
+    worst = 0.0
+    for label, (x, grad) in named.items():
+        for flat_index in rng.choice(x.size, size=min(n, x.size), replace=False):
+            idx = tuple(int(i) for i in np.unravel_index(flat_index, x.shape))
+            num, ana = numeric_grad(f, x, idx), float(grad[idx])
+            err = abs(num - ana) / max(abs(num), abs(ana), 1.0)
+            worst = max(worst, err)
+            print(f"{label:>8}  {str(idx):<14}{num:14.6e}{ana:14.6e}{err:10.1e}")
+    return worst
+
+
+# %%
+def loss():
+    return float(np.sum(layernorm_forward_scratch(x, w, b)[0] * dout))
+
+
+worst = gradcheck_table(loss, {"x": (x, dx), "w": (w, dw), "b": (b, db)})
+assert worst < 1e-7
+
+# %% [markdown]
+# ## llmnp's layernorm
+#
+# `layernorm_forward(out, mean, rstd, inp, weight, bias)` writes the output and the two statistics;
+# `layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd)` **adds** into all three
+# gradients. `dweight` and `dbias` accumulate as every parameter gradient does. `dinp` accumulates
+# too: a layernorm's input is the residual stream, whose gradient is the sum over every path that reads
+# it (notebook 06), so the model lets each layernorm add its share into one buffer.
+
+# %%
+out, mean_l, rstd_l = np.empty((B, T, C)), np.empty((B, T)), np.empty((B, T))
+layernorm_forward(out, mean_l, rstd_l, x, w, b)
+print("forward matches:", np.allclose(out, y), np.allclose(mean_l, mean), np.allclose(rstd_l, rstd))
+
+dx_l, dw_l, db_l = np.zeros_like(x), np.zeros_like(w), np.zeros_like(b)
+layernorm_backward(dx_l, dw_l, db_l, dout, x, w, mean_l, rstd_l)
+print("backward matches:", np.allclose(dx_l, dx), np.allclose(dw_l, dw), np.allclose(db_l, db))
+
+dx_l[...] = 1.0                                      # whatever the buffer held before ...
+layernorm_backward(dx_l, dw_l, db_l, dout, x, w, mean_l, rstd_l)
+print("dinp accumulates:", np.allclose(dx_l, 1.0 + dx))  # ... gets the gradient added on top
+
+# %% [markdown]
+# ## On the GPU
+#
+# [llmnp/cuda/layernorm.cu](../llmnp/cuda/layernorm.cu): each row of C numbers is reduced to two
+# statistics, so a warp (32 threads that run in lockstep) shares one row, each thread summing a strided
+# part of it, and the partial sums are combined across the warp. Backward needs two such reductions per
+# row (the two means in step 3), and `dw`, `db` need a sum over all rows: each block of threads leaves
+# its partial sums in a scratch buffer and a second kernel adds those up, always in the same order.
+#
+# Next: [03 matmul](03_matmul.ipynb), where almost all of the model's arithmetic happens.

@@ -1,0 +1,256 @@
+# %% [markdown]
+# # 04 · Causal self-attention
+#
+# Every other layer works on each position alone. Attention is where a position gathers information
+# from the positions before it. Each position emits three vectors: a **query** $q$ ("what am I looking
+# for"), a **key** $k$ ("what do I contain") and a **value** $v$ ("what I pass on"). Position $t$ scores
+# every earlier position $s$ by $q_t \cdot k_s$, turns the scores into weights with a softmax, and
+# outputs the weighted average of the values. For one head, with head size $hs$:
+# $$S_{ts} = \frac{q_t \cdot k_s}{\sqrt{hs}}\ \ (s \le t), \qquad S_{ts} = -\infty\ \ (s > t)$$
+# $$P_{ts} = \frac{e^{S_{ts}}}{\sum_{s'} e^{S_{ts'}}}, \qquad y_t = \sum_s P_{ts}\, v_s$$
+#
+# - **Causal**: position $t$ only sees $s \le t$. The model is trained to predict token $t+1$ at every
+#   position at once; if position $t$ could see $t+1$ it would just copy it. $-\infty$ becomes a weight
+#   of exactly 0.
+# - **$\sqrt{hs}$**: a dot product of $hs$ unit-variance numbers has variance $hs$; dividing keeps the
+#   scores near unit size so the softmax does not saturate at initialization.
+# - **Heads**: the C channels are split into NH heads of $hs = C/NH$ channels, each attending on its
+#   own; their outputs are concatenated back to C channels.
+#
+# The input is the qkv matmul's output, (B, T, 3C): Q, K and V blocks of C channels each, head $h$
+# being channels $h\cdot hs \dots (h+1)\cdot hs$ of each block.
+#
+# The code: [llmnp/attention.py](../llmnp/attention.py); on the GPU: [llmnp/cuda/attention.cu](../llmnp/cuda/attention.cu).
+
+# %%
+import numpy as np
+import matplotlib.pyplot as plt
+
+from llmnp.attention import attention_backward, attention_forward
+
+rng = np.random.default_rng(0)
+
+
+# %% [markdown]
+# ## Forward, from scratch
+#
+# One head first, then the bookkeeping that cuts qkv into heads.
+
+# %%
+def attention_head_scratch(q, k, v):
+    """One head: q, k, v (T,hs) -> y (T,hs) and the attention weights P (T,T)."""
+    T, hs = q.shape
+    S = q @ k.T / np.sqrt(hs)                                 # (T,T) scores
+    S[np.triu(np.ones((T, T), dtype=bool), k=1)] = -np.inf    # no looking at the future
+    P = np.exp(S - S.max(axis=1, keepdims=True))              # max-subtracted: no overflow
+    P /= P.sum(axis=1, keepdims=True)                         # each row sums to 1
+    return P @ v, P
+
+
+def split_heads(qkv, NH):
+    """(B,T,3C) -> q, k, v, each (B,NH,T,hs)."""
+    B, T, C3 = qkv.shape
+    hs = C3 // 3 // NH
+    return qkv.reshape(B, T, 3, NH, hs).transpose(2, 0, 3, 1, 4)
+
+
+def attention_forward_scratch(qkv, NH):
+    B, T, C3 = qkv.shape
+    C, hs = C3 // 3, C3 // 3 // NH
+    q, k, v = split_heads(qkv, NH)
+    out = np.empty((B, T, C))
+    for b in range(B):
+        for h in range(NH):
+            out[b, :, h * hs:(h + 1) * hs] = attention_head_scratch(q[b, h], k[b, h], v[b, h])[0]
+    return out                                                # heads side by side
+
+
+# %% [markdown]
+# ## Attention patterns
+#
+# $P$ is a (T, T) matrix per head: row $t$ says where position $t$ looks. Causality makes it lower
+# triangular. The queries and keys below are built by hand to show three patterns trained heads are
+# known to learn, and a fourth head with random queries and keys, as at initialization:
+# - *previous token*: keys encode their position, each query asks for position $t-1$;
+# - *first token*: every query matches the key of position 0 (a resting place when nothing else fits);
+# - *uniform*: queries of zero score every key alike, so a position averages all its past.
+
+# %%
+T, hs = 12, 16
+position = np.eye(T, hs)                       # key s = one-hot of s: "I am at position s"
+heads = {
+    "previous token": (8 * np.sqrt(hs) * np.roll(position, 1, axis=0), position),   # q_t asks for t-1
+    "first token": (8 * np.sqrt(hs) * np.tile(position[0], (T, 1)), position),
+    "uniform": (np.zeros((T, hs)), position),
+    "random (initialization)": (rng.normal(size=(T, hs)), rng.normal(size=(T, hs))),
+}
+fig, axes = plt.subplots(1, 4, figsize=(12, 3.4))
+for ax, (title, (q, k)) in zip(axes, heads.items()):
+    _, P = attention_head_scratch(q, k, rng.normal(size=(T, hs)))
+    ax.imshow(P, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(0, T, 2))
+    ax.set_yticks(range(0, T, 2))
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("key position s")
+axes[0].set_ylabel("query position t")
+plt.tight_layout()
+plt.show()
+
+
+# %% [markdown]
+# ## Backward, step by step
+#
+# For one head, backward gets $dy$ (T, hs) and must produce $dq$, $dk$, $dv$. The forward chain is
+# $q, k \to S \to P \to y$ (with $v$ joining at the end), so undo it in reverse.
+#
+# **Step 1, $y = P v$.** A matrix product, exactly as in notebook 03:
+# $$dv = P^\top dy, \qquad dP = dy\, v^\top$$
+#
+# **Step 2, the softmax, row by row.** Within a row $t$, $P_{s'} = e^{S_{s'}} / \sum e^{S}$ depends
+# on every $S_s$ of the row:
+# $$\frac{\partial P_{s'}}{\partial S_s} = P_{s'}\,(\delta_{ss'} - P_s)$$
+# (the $\delta$ from the numerator, the $-P_s$ from the normalizing sum). Chain rule over $s'$:
+# $$dS_s = \sum_{s'} dP_{s'}\, P_{s'}(\delta_{ss'} - P_s) = P_s\Big(dP_s - \sum_{s'} P_{s'}\, dP_{s'}\Big)$$
+#
+# **Step 3, a shortcut.** The row sum in step 2 does not need $dP$ at all:
+# $$\sum_{s'} P_{ts'}\, dP_{ts'} = \sum_{s'} P_{ts'}\, (dy_t \cdot v_{s'}) = dy_t \cdot \sum_{s'} P_{ts'} v_{s'} = dy_t \cdot y_t$$
+# one dot product of $hs$ numbers, from the output forward already has.
+#
+# **Step 4, the mask needs no code.** Where $s > t$, $P_{ts} = 0$, so $dS_{ts} = 0$: no gradient flows
+# to future positions, just as no information did.
+#
+# **Step 5, $S = q k^\top / \sqrt{hs}$.** Another matrix product:
+# $$dq = dS\, k / \sqrt{hs}, \qquad dk = dS^\top q / \sqrt{hs}$$
+
+# %%
+def attention_head_backward_scratch(dy, q, k, v, P):
+    hs = q.shape[1]
+    dv = P.T @ dy                                          # step 1
+    dP = dy @ v.T
+    y = P @ v
+    dS = P * (dP - (dy * y).sum(axis=1, keepdims=True))    # steps 2 and 3
+    dq = dS @ k / np.sqrt(hs)                              # step 5
+    dk = dS.T @ q / np.sqrt(hs)
+    return dq, dk, dv
+
+
+T, hs = 5, 4
+q, k, v = rng.normal(size=(3, T, hs))
+y, P = attention_head_scratch(q, k, v)
+dy = rng.normal(size=(T, hs))
+dq, dk, dv = attention_head_backward_scratch(dy, q, k, v, P)
+print("step 3's shortcut equals the full row sum:", np.allclose((P * (dy @ v.T)).sum(axis=1), (dy * y).sum(axis=1)))
+print("the last value is read only by the last query, so its gradient is P[-1,-1] dy[-1]:",
+      np.allclose(dv[-1], P[-1, -1] * dy[-1]))
+
+
+# %% [markdown]
+# ## Finite-difference check
+#
+# A derivative is a slope, so it can be measured: nudge one input by a tiny $\varepsilon$ both ways and
+# $$\frac{\partial L}{\partial x_i} \approx \frac{L(x + \varepsilon e_i) - L(x - \varepsilon e_i)}{2\varepsilon}$$
+# with an error of order $\varepsilon^2$. That costs two forward passes per number, far too slow to
+# train with, and exactly right for checking a hand-written backward on a few entries. In float64 with
+# $\varepsilon = 10^{-6}$ the two should agree to about 9 digits.
+#
+# A layer's output is a tensor, not a number. To get a number, take $L = \sum \text{out} \odot
+# \text{dout}$ for a fixed random `dout`: its gradient with respect to `out` is `dout` itself, so the
+# backward pass fed with that `dout` must produce exactly $\partial L / \partial \text{input}$.
+
+# %%
+def numeric_grad(f, x, idx, eps=1e-6):
+    """Central difference (f(x + eps) - f(x - eps)) / 2 eps in the single element idx of array x."""
+    saved = x[idx]
+    x[idx] = saved + eps
+    up = f()
+    x[idx] = saved - eps
+    down = f()
+    x[idx] = saved                       # put it back
+    return (up - down) / (2 * eps)
+
+
+def gradcheck_table(f, named, n=3, seed=0):
+    """named = {label: (array, its analytic gradient)}. Prints numeric vs analytic derivative of the
+    scalar f() for n random elements of each array; returns the worst error, relative where the
+    derivative is above 1 and absolute below (so that 1e-12 vs 0 counts as agreement)."""
+    rng = np.random.default_rng(seed)
+    print(f"{'tensor':>8}  {'element':<14}{'numeric':>14}{'analytic':>14}{'error':>10}")
+    worst = 0.0
+    for label, (x, grad) in named.items():
+        for flat_index in rng.choice(x.size, size=min(n, x.size), replace=False):
+            idx = tuple(int(i) for i in np.unravel_index(flat_index, x.shape))
+            num, ana = numeric_grad(f, x, idx), float(grad[idx])
+            err = abs(num - ana) / max(abs(num), abs(ana), 1.0)
+            worst = max(worst, err)
+            print(f"{label:>8}  {str(idx):<14}{num:14.6e}{ana:14.6e}{err:10.1e}")
+    return worst
+
+
+# %%
+def loss():
+    return float(np.sum(attention_head_scratch(q, k, v)[0] * dy))
+
+
+worst = gradcheck_table(loss, {"q": (q, dq), "k": (k, dk), "v": (v, dv)})
+assert worst < 1e-7
+
+# %% [markdown]
+# ## Not storing P: the log-sum-exp
+#
+# Backward needs $P$, a (T, T) matrix per head per sequence per layer. For GPT-2 small at B = 4,
+# T = 1024 that is large; so `llmnp` (like flash attention) saves only the log of each row's
+# normalizing sum,
+# $$\ell_t = \log \sum_{s} e^{S_{ts}}, \qquad\text{so that}\qquad P_{ts} = e^{S_{ts} - \ell_t},$$
+# T numbers per head, and backward recomputes $S$ (one small matmul) and $P$ from it.
+
+# %%
+B4, T4, NH12, L12 = 4, 1024, 12, 12
+print(f"P for all layers: {L12 * B4 * NH12 * T4 * T4 * 4 / 2**30:.2f} GiB;  "
+      f"the log-sum-exp instead: {L12 * B4 * NH12 * T4 * 4 / 2**20:.2f} MiB")
+
+S = q @ k.T / np.sqrt(hs)
+S[np.triu(np.ones((T, T), dtype=bool), k=1)] = -np.inf
+lse = np.log(np.exp(S).sum(axis=1))                 # what forward keeps: T numbers
+print("P recomputed from the scores and lse:", np.allclose(np.exp(S - lse[:, None]), P))
+
+# %% [markdown]
+# ## llmnp's attention
+#
+# `attention_forward(out, lse, qkv)` writes the output (B, T, C) and the log-sum-exp (B, NH, T);
+# `attention_backward(dqkv, dout, qkv, out, lse)` recomputes $P$ and overwrites `dqkv` (B, T, 3C):
+# its input is the qkv matmul's output, read by nothing else. Below, the multi-head version is checked
+# against the single-head scratch functions, head by head.
+
+# %%
+B, T, NH, hs = 2, 6, 3, 4
+C = NH * hs
+qkv = rng.normal(size=(B, T, 3 * C))
+out, lse = np.empty((B, T, C)), np.empty((B, NH, T))
+attention_forward(out, lse, qkv)
+print("forward matches:", np.allclose(out, attention_forward_scratch(qkv, NH)))
+
+dout = rng.normal(size=(B, T, C))
+dqkv = np.empty_like(qkv)
+attention_backward(dqkv, dout, qkv, out, lse)
+
+expected = np.zeros((B, T, 3, NH, hs))              # the same (B,T,3C) layout, heads split out
+q, k, v = split_heads(qkv, NH)
+for b in range(B):
+    for h in range(NH):
+        _, P = attention_head_scratch(q[b, h], k[b, h], v[b, h])
+        dy = dout[b, :, h * hs:(h + 1) * hs]
+        for i, g in enumerate(attention_head_backward_scratch(dy, q[b, h], k[b, h], v[b, h], P)):
+            expected[b, :, i, h] = g                 # i = 0, 1, 2: the Q, K, V blocks
+print("backward matches:", np.allclose(dqkv, expected.reshape(B, T, 3 * C)))
+
+# %% [markdown]
+# ## On the GPU
+#
+# [llmnp/cuda/attention.cu](../llmnp/cuda/attention.cu) computes the same thing, flash-attention
+# style. The (T, T) scores are the expensive part: two matmuls per head, $QK^\top$ and $PV$, of
+# $T \times T \times hs$ each, and recomputing $S$ in backward adds more. The kernels never write $S$
+# or $P$ to memory at all: the forward walks over tiles of keys keeping a running maximum and sum per
+# query, which is exactly the log-sum-exp above, built up one tile at a time. The backward starts by
+# computing $D_t = dy_t \cdot y_t$ for every row, step 3's shortcut.
+#
+# Next: [05 gelu](05_gelu.ipynb), the MLP's nonlinearity.
