@@ -63,10 +63,9 @@ print(tiny)
 # loss   = mean over (b,t) of -log softmax(logits[b,t,:V])[targets[b,t]]   07 classifier
 # ```
 #
-# `GPT2.forward` in [llmnp/model.py](../llmnp/model.py) is this list, one function call per line, but
-# for two merges that save the GPU passes over memory: each residual add and the layernorm after it are
-# one call (`residual_layernorm_forward`, which also adds the projection's bias), and the fc bias is
-# added by the GELU call (`bias_gelu_forward`).
+# The indented lines are one *transformer block*; below, under "Running it", they are written out with
+# `llmnp`'s layer functions and checked against the model, and `GPT2.forward` in
+# [llmnp/model.py](../llmnp/model.py) is described against them.
 # `x` is called the *residual stream*: each block reads it through a layernorm and adds its result
 # back. Weights are stored (out, in), as PyTorch's `nn.Linear` and llm.c store them, so a linear layer
 # is `x @ W^T`.
@@ -138,10 +137,13 @@ for what, copies in [("parameters", 1), ("+ gradients", 2), ("+ AdamW m and v", 
 #
 # Backward needs some of forward's intermediate results (a layer's input, usually), so forward saves
 # them. `activation_specs(config, B, T)` is that list, allocated once as one buffer, like the
-# parameters.
+# parameters. And like the parameters, what the blocks keep is stacked over them, with a leading L:
+# `ln1` is (L, B, T, C), one (B, T, C) layernorm output per block, and `ln1_mean` (L, B, T). The
+# entries without it (`encoded`, the final `lnf`, the logits, the losses) occur once per forward pass.
+# Below, for the tiny model (L = 2, NH = 2, C = 8) at B = 3, T = 5, `ln1` reads (2, 3, 5, 8).
 
 # %%
-show_table(activation_specs(tiny, B=2, T=8))
+show_table(activation_specs(tiny, B=3, T=5))
 
 # %% [markdown]
 # For GPT-2 small at B = 4, T = 1024, the picture shows where that memory goes. The largest is the
@@ -177,6 +179,112 @@ inputs, targets = tokens[:, :-1], tokens[:, 1:]          # predict the next toke
 loss = model.forward(inputs, targets)
 print(f"loss {float(loss):.4f}   ln(V) = {np.log(tiny.vocab_size):.4f}")
 print("logits", model.logits.shape)
+
+
+# %% [markdown]
+# ## One transformer block, written out
+#
+# The list above with `llmnp`'s NumPy layers, one call per line. Each layer writes into arrays its
+# caller allocates (outputs first, then inputs, then weights: llm.c's convention), so a buffer is made
+# before the call that fills it. `p["qkvw"][l]` is layer l's (3C, C) slice of the stacked weights.
+
+# %%
+from llmnp.attention import attention_forward
+from llmnp.classifier import crossentropy_forward
+from llmnp.encoder import encoder_forward
+from llmnp.gelu import gelu_forward
+from llmnp.layernorm import layernorm_forward
+from llmnp.matmul import matmul_forward
+from llmnp.residual import residual_forward
+
+
+def block_forward(x, p, l, NH):
+    """Transformer block l, plain: the residual stream x (B,T,C) in, the new residual stream out."""
+    B, T, C = x.shape
+
+    def new(*shape):
+        return np.empty((B, T) + shape, dtype=x.dtype)
+
+    h, mean, rstd = new(C), new(), new()
+    layernorm_forward(h, mean, rstd, x, p["ln1w"][l], p["ln1b"][l])      # h = layernorm(x; ln1)
+    qkv = new(3 * C)
+    matmul_forward(qkv, h, p["qkvw"][l], p["qkvb"][l])                  # qkv = h @ qkvw^T + qkvb
+    a, lse = new(C), np.empty((B, NH, T), dtype=x.dtype)
+    attention_forward(a, lse, qkv)                                       # a = attention(qkv)
+    proj = new(C)
+    matmul_forward(proj, a, p["attprojw"][l], p["attprojb"][l])          # proj = a @ attprojw^T + attprojb
+    x2 = new(C)
+    residual_forward(x2, x, proj)                                        # x2 = x + proj
+    layernorm_forward(h, mean, rstd, x2, p["ln2w"][l], p["ln2b"][l])     # h = layernorm(x2; ln2)
+    f = new(4 * C)
+    matmul_forward(f, h, p["fcw"][l], p["fcb"][l])                      # f = h @ fcw^T + fcb
+    g = new(4 * C)
+    gelu_forward(g, f)                                                   # g = gelu(f)
+    matmul_forward(proj, g, p["fcprojw"][l], p["fcprojb"][l])            # proj = g @ fcprojw^T + fcprojb
+    x3 = new(C)
+    residual_forward(x3, x2, proj)                                       # x3 = x2 + proj
+    return x3
+
+
+def gpt2_forward(p, config, inputs, targets):
+    """The whole forward pass, plain: logits (B,T,Vp) and the mean loss."""
+    B, T = inputs.shape
+    C = config.channels
+    x = np.empty((B, T, C), dtype=p["wte"].dtype)
+    encoder_forward(x, inputs, p["wte"], p["wpe"])                       # x = wte[inputs] + wpe[:T]
+    for l in range(config.num_layers):
+        x = block_forward(x, p, l, config.num_heads)
+    h, mean, rstd = np.empty_like(x), np.empty((B, T), x.dtype), np.empty((B, T), x.dtype)
+    layernorm_forward(h, mean, rstd, x, p["lnfw"], p["lnfb"])            # h = layernorm(x; lnf)
+    logits = np.empty((B, T, config.padded_vocab_size), dtype=x.dtype)
+    matmul_forward(logits, h, p["wte"], None)                            # logits = h @ wte^T
+    losses, lse = np.empty((B, T), x.dtype), np.empty((B, T), x.dtype)
+    crossentropy_forward(losses, lse, logits, targets, config.vocab_size)
+    return logits, losses.mean()
+
+
+logits, plain_loss = gpt2_forward(model.params, tiny, inputs, targets)
+print(f"plain: loss {plain_loss:.6f}   GPT2.forward: loss {float(loss):.6f}")
+print("largest difference in the logits:", np.abs(logits - model.logits).max())
+assert np.allclose(logits, model.logits, atol=1e-5) and abs(plain_loss - float(loss)) < 1e-5
+
+
+# %% [markdown]
+# ### The fused path, against the plain block
+#
+# `GPT2.forward` makes the same calls but for two merges. Each merge replaces several passes over a
+# (B, T, C) or (B, T, 4C) tensor by one: on a GPU these elementwise and row-wise steps cost their
+# memory traffic, not their arithmetic, so fewer passes are faster. Line by line, with the names the
+# model keeps its activations under (`model.acts`, each with a leading L for the layer):
+#
+# | plain block above | `GPT2.forward`, block l |
+# |---|---|
+# | `h = layernorm(x; ln1)` | not here: the previous block's last call computed it (block 0: a `layernorm_forward` before the loop) into `ln1[l]` |
+# | `qkv = h @ qkvw^T + qkvb`; `a = attention(qkv)` | the same two calls, into `qkv[l]` and `atty[l]` |
+# | `proj = a @ attprojw^T + attprojb` | `matmul_forward(residual2[l], atty[l], attprojw, None)`: the product only, written straight into the residual buffer |
+# | `x2 = x + proj`; `h = layernorm(x2; ln2)` | `residual_layernorm_forward`: adds `attprojb` and `x` in place, giving `residual2[l]`, then its layernorm into `ln2[l]` |
+# | `f = h @ fcw^T + fcb`; `g = gelu(f)` | `matmul_forward(fch[l], ln2[l], fcw, None)`, then `bias_gelu_forward(fch_gelu[l], fch[l], fcb)`: `gelu(fch + fcb)` |
+# | `proj = g @ fcprojw^T + fcprojb`; `x3 = x2 + proj` | `matmul_forward(residual3[l], ...)` and `residual_layernorm_forward` with `fcprojb`, giving `residual3[l]` and the **next** layernorm: block l+1's `ln1`, or `lnf` after the last block |
+#
+# So the fused model keeps the plain block's tensors: `residual2[l]` is the plain `x2`, `residual3[l]`
+# the plain `x3`, `fch[l]` the plain `f` less its bias. It never keeps the projections on their own
+# (backward does not need them). On the CPU the two fused functions are the plain composition, the
+# reference their GPU kernels are tested against:
+
+# %%
+import inspect
+
+from llmnp.gelu import bias_gelu_forward
+from llmnp.layernorm import residual_layernorm_forward
+
+print(inspect.getsource(residual_layernorm_forward))
+print(inspect.getsource(bias_gelu_forward))
+
+# %% [markdown]
+# In backward the merges cost nothing new: the residual add passes its gradient on unchanged (notebook
+# 06), so the layernorm's backward adds straight into the residual stream's gradient and the
+# projection's bias gradient comes from its matmul's backward as before; `bias_gelu_backward` is GELU's
+# backward that also sums `dfcb`.
 
 # %% [markdown]
 # ## Backward: the chain rule, one layer at a time
