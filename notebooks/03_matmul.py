@@ -128,8 +128,8 @@ assert worst < 1e-8
 # `matmul_forward(out, inp, weight, bias)` and `matmul_backward(dinp, dweight, dbias, dout, inp,
 # weight)`. Their accumulate rules differ by buffer, and the docstring says which:
 # - `dweight` and `dbias` **accumulate** (`+=`), like every parameter gradient;
-# - `dinp` is **overwritten**: a matmul's input is a layernorm or GELU output that nothing else reads,
-#   so there is nothing to add to.
+# - `dinp` is **overwritten**: a matmul's input (a layernorm output, the attention output or the GELU
+#   output) is read by nothing else, so there is nothing to add to.
 #
 # `bias` may be `None`: the classifier (`logits = lnf @ wte^T`) has none.
 

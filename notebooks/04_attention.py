@@ -70,19 +70,26 @@ def attention_forward_scratch(qkv, NH):
 #
 # $P$ is a (T, T) matrix per head: row $t$ says where position $t$ looks. Causality makes it lower
 # triangular. The queries and keys below are built by hand to show three patterns trained heads are
-# known to learn, and a fourth head with random queries and keys, as at initialization:
+# known to learn, and a fourth head with random queries and keys of the size GPT-2's initialization
+# gives them:
 # - *previous token*: keys encode their position, each query asks for position $t-1$;
 # - *first token*: every query matches the key of position 0 (a resting place when nothing else fits);
-# - *uniform*: queries of zero score every key alike, so a position averages all its past.
+# - *uniform*: queries of zero score every key alike, so a position averages all its past;
+# - *at initialization*: a layernorm output (unit variance in each of GPT-2 small's C = 768 channels)
+#   times qkv weights drawn from $N(0, 0.02^2)$ gives query and key entries of variance
+#   $768 \cdot 0.02^2 \approx 0.31$, so scores $q \cdot k / \sqrt{hs}$ of standard deviation about 0.3
+#   whatever $hs$ is. That barely moves a softmax: an untrained head is close to uniform, and the
+#   sharper patterns are learned.
 
 # %%
 T, hs = 12, 16
 position = np.eye(T, hs)                       # key s = one-hot of s: "I am at position s"
+init_std = 0.02 * np.sqrt(768)                 # q and k entries at GPT-2 small's initialization
 heads = {
     "previous token": (8 * np.sqrt(hs) * np.roll(position, 1, axis=0), position),   # q_t asks for t-1
     "first token": (8 * np.sqrt(hs) * np.tile(position[0], (T, 1)), position),
     "uniform": (np.zeros((T, hs)), position),
-    "random (initialization)": (rng.normal(size=(T, hs)), rng.normal(size=(T, hs))),
+    "at initialization": (init_std * rng.normal(size=(T, hs)), init_std * rng.normal(size=(T, hs))),
 }
 fig, axes = plt.subplots(1, 4, figsize=(12, 3.4))
 for ax, (title, (q, k)) in zip(axes, heads.items()):

@@ -70,8 +70,11 @@ print("max-subtracted ->", softmax_scratch(big, 3).round(4))
 # So
 # $$\frac{\partial \ell}{\partial z_i} = p_i - [\,i = y\,]$$
 # **prediction minus truth**. Each wrong token is pushed down in proportion to the probability it got;
-# the right one is pushed up by $1 - p_y$; the pushes sum to zero. Going through the softmax and the log
-# separately would need the softmax's (V, V) Jacobian per position; fused, it is one subtraction.
+# the right one is pushed up by $1 - p_y$; the pushes sum to zero. Going through the log and the softmax
+# one after the other gives the same: the log's backward puts $dp_y = -1/p_y$ at the target and 0
+# elsewhere, and the softmax backward of notebook 04, $dz_i = p_i\,(dp_i - \sum_j p_j\, dp_j)$, O(V) per
+# row, turns that into $p_i - [\,i = y\,]$. Fused, the division by a possibly tiny $p_y$ and the
+# second pass over the row are gone: one subtraction.
 #
 # The mean over the B·T positions multiplies every position's gradient by $1/(B\,T)$, `dloss` in the
 # code (and by $1/\text{steps}$ more when several micro-batches are averaged, notebook 09).

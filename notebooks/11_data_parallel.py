@@ -128,8 +128,11 @@ plt.show()
 
 # %% [markdown]
 # For GPT-2 small in bf16 a gradient buffer is about 250 MB, so each step moves about 2 × 250 MB per
-# GPU whatever N, which NVLink (hundreds of GB/s) handles in a few milliseconds, well hidden behind
-# the second-long forward and backward of a big batch.
+# GPU whatever N, which NVLink (hundreds of GB/s) handles in a few milliseconds. llmnp runs it once per
+# step, after the last backward and on the same stream as the kernels, so it is not hidden: those
+# milliseconds add to the step, a few percent of a GPT-2 small step at B = 64 (over 100 ms on one
+# GPU). Hiding it would mean starting each layer's all-reduce while backward still runs on the layers
+# below, on a second stream; llmnp keeps the simpler order.
 #
 # ## ZeRO-1: split the optimizer state
 #
