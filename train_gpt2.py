@@ -17,6 +17,7 @@ import argparse
 import glob
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -31,7 +32,8 @@ if _LOCAL_PROCS > 1:
 import numpy as np  # noqa: E402
 
 from llmnp import GPT2, GPT2Config  # noqa: E402
-from llmnp.errors import UserError, run_cli  # noqa: E402
+from llmnp.errors import Interrupted, UserError, run_cli  # noqa: E402
+from llmnp.memory import model_bytes, require, training_bytes  # noqa: E402
 from llmnp.schedule import SCHEDULES, get_lr  # noqa: E402
 
 LLMC_TRAIN = "dev/data/tinyshakespeare/tiny_shakespeare_train.bin"
@@ -59,62 +61,126 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (python train_gpt2.py --help lists the flags)")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows a flag's default as "[default]" unless its text gives one already (device defaults do)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, argparse.SUPPRESS) and "[" not in text and action.option_strings:
+            text += f" [{action.default}]"
+        return text
+
+
+# Flag values, checked where they are parsed: a bad value is one line naming the flag (argparse adds it)
+def _number(convert, ok, wanted):
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text} is not {wanted}")
+        return value
+    parse.__name__ = wanted        # argparse names the type in some messages
+    return parse
+
+
+positive_int = _number(int, lambda v: v > 0, "a positive integer")
+count = _number(int, lambda v: v >= 0, "an integer >= 0")
+positive_or_all = _number(int, lambda v: v > 0 or v == -1, "a positive integer or -1")
+seed_int = _number(int, lambda v: 0 <= v < 2**32, "an integer in [0, 2^32)")
+finite_nonneg = _number(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+fraction = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")      # NaN fails both comparisons
+
+
 def parse_args(argv):
-    p = ArgumentParser(description="Train GPT-2 (llm.c's flags).", add_help=False,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description="Train GPT-2 (llm.c's flags).", add_help=False, formatter_class=HelpFormatter)
     p.add_argument("--help", action="help", help="show this message and exit")
     g = p.add_argument_group("data / io")
     g.add_argument("-i", "--train", default=None, help=f"train shard glob [{LLMC_TRAIN}]")
     g.add_argument("-j", "--val", default=None, help=f"val shard glob [{LLMC_VAL}]")
-    g.add_argument("-o", "--output-dir", default=None, help="log and checkpoint dir (none: no files)")
+    g.add_argument("-o", "--output-dir", default=None, help="log and checkpoint folder [none: nothing is saved]")
     g.add_argument("-e", "--model", default=None,
                    help="llm.c .bin, HF GPT-2 folder/.safetensors, or d12/d24/d36/d48 for a random init "
                         "[cpu: gpt2_124M.bin, cuda: gpt2_124M_bf16.bin; d12 if absent]")
-    g.add_argument("-n", "--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: only at the end)")
-    g.add_argument("-nk", "--checkpoints-kept", type=int, default=0, help="keep only the last N checkpoints (0: all)")
+    g.add_argument("-n", "--checkpoint-every", type=count, default=0, help="steps between checkpoints [0: only at the end]")
+    g.add_argument("-nk", "--checkpoints-kept", type=count, default=0, help="keep only the last N checkpoints [0: all]")
     g.add_argument("-y", "--resume", type=int, default=0, choices=(0, 1), help="resume from the latest checkpoint in -o")
     g = p.add_argument_group("batch / steps")
-    g.add_argument("-b", "--batch-size", type=int, default=None, help="micro-batch B per process [cpu 4, cuda 4]")
-    g.add_argument("-t", "--seq-len", type=int, default=None, help="sequence length T [cpu 64, cuda 1024]")
-    g.add_argument("-d", "--total-batch", type=int, default=-1, help="tokens per step, all processes (-1: B*T*processes)")
-    g.add_argument("-x", "--max-steps", type=int, default=None, help="steps (-1: one epoch) [cpu 20, cuda -1]")
+    g.add_argument("-b", "--batch-size", type=positive_int, default=None, help="micro-batch B per process [cpu 4, cuda 4]")
+    g.add_argument("-t", "--seq-len", type=positive_int, default=None, help="sequence length T [cpu 64, cuda 1024]")
+    g.add_argument("-d", "--total-batch", type=positive_or_all, default=-1,
+                   help="tokens per step, all processes [-1: B*T*processes]")
+    g.add_argument("-x", "--max-steps", type=positive_or_all, default=None, help="steps (-1: one epoch) [cpu 20, cuda -1]")
     g.add_argument("-a", "--overfit-single-batch", type=int, default=0, choices=(0, 1), help="train on one val batch")
     g.add_argument("-sh", "--shuffle", type=int, default=1, choices=(0, 1), help="shuffle the training data")
     g = p.add_argument_group("optimization")
-    g.add_argument("-l", "--lr", type=float, default=None, help="peak learning rate [cpu 1e-4, cuda 3e-4]")
-    g.add_argument("-u", "--warmup", type=int, default=0, help="warmup steps")
-    g.add_argument("-q", "--final-lr-frac", type=float, default=1.0, help="final learning rate / peak")
+    g.add_argument("-l", "--lr", type=finite_nonneg, default=None, help="peak learning rate [cpu 1e-4, cuda 3e-4]")
+    g.add_argument("-u", "--warmup", type=count, default=0, help="warmup steps")
+    g.add_argument("-q", "--final-lr-frac", type=fraction, default=1.0, help="final learning rate / peak")
     g.add_argument("-k", "--schedule", default="cosine", choices=SCHEDULES, help="learning rate schedule")
-    g.add_argument("-c", "--weight-decay", type=float, default=0.0, help="AdamW weight decay (2-D weights only)")
+    g.add_argument("-c", "--weight-decay", type=finite_nonneg, default=0.0, help="AdamW weight decay (2-D weights only)")
     g = p.add_argument_group("evaluation")
-    g.add_argument("-v", "--val-every", type=int, default=None, help="steps between val losses [cpu 10, cuda 20]")
-    g.add_argument("-m", "--val-batches", type=int, default=None,
+    g.add_argument("-v", "--val-every", type=count, default=None, help="steps between val losses, 0: never [cpu 10, cuda 20]")
+    g.add_argument("-m", "--val-batches", type=positive_or_all, default=None,
                    help="val batches per process (-1: all) [cpu 5, cuda 20]")
-    g.add_argument("-s", "--sample-every", type=int, default=None, help="steps between samples [20]")
-    g.add_argument("-g", "--gen-tokens", type=int, default=64, help="tokens per sample")
+    g.add_argument("-s", "--sample-every", type=count, default=None, help="steps between samples, 0: never [20]")
+    g.add_argument("-g", "--gen-tokens", type=count, default=64, help="tokens per sample")
     g.add_argument("-h", "--hellaswag", type=int, default=0, choices=(0, 1), help="HellaSwag at the val cadence")
     g = p.add_argument_group("system")
-    g.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    g.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to train: the CPU or a CUDA GPU")
     g.add_argument("--dtype", default=None, choices=("fp32", "bf16"), help="[cpu fp32, cuda bf16]")
     g.add_argument("-r", "--recompute", type=int, default=1, choices=(0, 1),
                    help="1: recompute GELU in backward instead of storing it (less memory, as llm.c's -r 1)")
     g.add_argument("-z", "--zero-stage", type=int, default=0, choices=(0, 1), help="ZeRO stage: 1 shards AdamW state")
-    g.add_argument("--seed", type=int, default=42, help="seed of a random init")
+    g.add_argument("--seed", type=seed_int, default=42, help="seed of a random init")
     args = p.parse_args(argv)
     for key, value in DEVICE_DEFAULTS[args.device].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.dtype is None:
         args.dtype = "bf16" if args.device == "cuda" else "fp32"
+    if args.dtype == "bf16" and args.device == "cpu":
+        raise UserError("--dtype bf16 needs --device cuda (the CPU trains in fp32)")
+    if args.resume and not args.output_dir:
+        raise UserError("-y 1 needs -o, the folder holding the checkpoints")
     return args
 
 
 # ------------------------------------------------------------------------------------- setup
-def load_model(args, dist, log):
-    """The model named by -e: a checkpoint file, HF weights, or a dN descriptor for a random init."""
+def prepare_output_dir(args):
+    """The -o folder, checked at the start (not at the first checkpoint): writable, and not holding
+    another run unless -y 1 continues it. Returns (step, model path) of its latest complete
+    checkpoint with -y 1, else None."""
+    from llmnp.checkpoint import latest_checkpoint
+    from llmnp.fileio import check_writable
+    out = check_writable(args.output_dir, "-o folder")
+    if args.resume:
+        return latest_checkpoint(out)
+    earlier = [f for f in os.listdir(out) if f == "main.log" or re.fullmatch(r"(model|state|DONE)_\d{8}.*", f)]
+    if earlier:
+        raise UserError(f"-o {out} already holds a run ({len(earlier)} files: main.log, checkpoints): "
+                        f"continue it with -y 1, or give a new -o folder")
+    return None
+
+
+def load_model(args, log, checkpoint=None):
+    """The model to train: the checkpoint being resumed (whose shape -e, if given, must match), or the
+    one -e names: a checkpoint file, HF weights, or a dN descriptor for a random init."""
     dtype = {"fp32": np.float32, "bf16": "bfloat16"}[args.dtype]
-    if args.dtype == "bf16" and args.device == "cpu":
-        raise UserError("--dtype bf16 needs --device cuda (the CPU trains in fp32)")
+    make = dict(device=args.device, dtype=dtype, recompute=args.recompute)
+    if checkpoint is not None:
+        step, path = checkpoint
+        from llmnp.checkpoint import load_model as read_model
+        config, flat = read_model(path)
+        wanted = expected_config(args, config)
+        if wanted is not None and wanted != config:
+            raise UserError(f"-y 1: the checkpoint {path} is a {describe(config)} model, -e {args.model} is a "
+                            f"{describe(wanted)}: resume with the -e of the run that wrote it (or drop -e)")
+        log(f"resuming from {path} (step {step})")
+        model = GPT2(config, init=False, **make)
+        model.load_parameters(flat)
+        return model
     name = args.model or DEFAULT_MODEL[args.device]
     if not os.path.exists(name) and args.model is None:
         log(f"{name} not found: training a randomly initialised d12 instead "
@@ -122,18 +188,39 @@ def load_model(args, dist, log):
         name = "d12"
     if os.path.isdir(name) or name.endswith(".safetensors"):
         log(f"loading Hugging Face GPT-2 weights from {name}")
-        return GPT2.from_pretrained(name, device=args.device, dtype=dtype, recompute=args.recompute)
+        return GPT2.from_pretrained(name, **make)
     if os.path.exists(name):
         log(f"loading {name}")
-        return GPT2.from_checkpoint(name, device=args.device, dtype=dtype, recompute=args.recompute)
+        return GPT2.from_checkpoint(name, **make)
+    config = preset(name)
+    log(f"initialising a random {name} (seed {args.seed})")
+    return GPT2(config, seed=args.seed, **make)
+
+
+def preset(name):
     if name.endswith(".bin") or os.sep in name:
         raise UserError(f"model file {name} not found (give -e a .bin path, an HF folder, or d12/d24/d36/d48)")
     try:
-        config = GPT2Config.preset(name)
+        return GPT2Config.preset(name)
     except ValueError as e:
         raise UserError(str(e)) from None
-    log(f"initialising a random {name} (seed {args.seed})")
-    return GPT2(config, device=args.device, dtype=dtype, seed=args.seed, recompute=args.recompute)
+
+
+def expected_config(args, resumed):
+    """The config -e asks for (None when -e is not given): a descriptor's shape, or a file's header."""
+    if args.model is None:
+        return None
+    if os.path.isfile(args.model) and args.model.endswith(".bin"):
+        from llmnp.checkpoint import load_model as read_model
+        return read_model(args.model)[0]
+    if os.path.exists(args.model):
+        return resumed               # HF weights: their config is not compared
+    return preset(args.model)
+
+
+def describe(config):
+    c = config
+    return f"L={c.num_layers} NH={c.num_heads} C={c.channels} V={c.vocab_size} maxT={c.max_seq_len}"
 
 
 def device_peak_flops(device):
@@ -186,11 +273,12 @@ class XorShift:
 
 def sample_tokens(model, gen_tokens, on_token):
     """llm.c's sampler: start from <|endoftext|>, temperature 1, no top-k, coin from xorshift(1337);
-    one full forward per new token (the KV-cached generator is llmnp.generate)."""
+    one full forward per new token (the KV-cached generator is llmnp.generate). A model whose own
+    vocabulary is smaller than GPT-2's starts from its last token id instead of EOT."""
     from llmnp.tokenizer import EOT
     V = model.config.vocab_size
     rng = XorShift(1337)
-    tokens = [EOT]
+    tokens = [min(EOT, V - 1)]
     limit = min(gen_tokens, model.T, model.config.max_seq_len)
     for t in range(1, limit):
         model.forward(np.array([tokens], dtype=np.int32))
@@ -206,22 +294,37 @@ def sample_tokens(model, gen_tokens, on_token):
 
 # ------------------------------------------------------------------------------- checkpoints
 def save_checkpoint(args, dist, model, train_loader, step, log):
+    """model_%08d.bin (rank 0), state_%08d_%05d.bin (every process), then DONE_%08d, which marks the
+    checkpoint complete; then -nk removes the oldest. A model holding NaN or inf is never written."""
     from llmnp.checkpoint import save_state
     out = args.output_dir
     dist.gather_master_weights(model)        # every process: a collective
+    if not model.is_finite():                # every process holds the same weights, so all stop here
+        raise UserError(f"step {step}: the weights hold NaN or inf after the update (training diverged): "
+                        f"checkpoint not written; {last_checkpoint_words(out)}")
     if dist.rank == 0:
         model.save_checkpoint(os.path.join(out, f"model_{step:08d}.bin"),
                               dtype="bfloat16" if args.dtype == "bf16" else "float32")
     save_state(os.path.join(out, f"state_{step:08d}_{dist.rank:05d}.bin"), **training_state(model, dist, train_loader, step))
     dist.barrier()
     if dist.rank == 0:
-        open(os.path.join(out, f"DONE_{step:08d}"), "w").close()
+        from llmnp.fileio import write_atomic
+        write_atomic(os.path.join(out, f"DONE_{step:08d}"), b"")
         log(f"wrote checkpoint {out}/model_{step:08d}.bin")
         if args.checkpoints_kept > 0 and args.checkpoint_every > 0:
             old = step - args.checkpoints_kept * args.checkpoint_every
-            for pattern in (f"model_{old:08d}.bin", f"state_{old:08d}_*.bin", f"DONE_{old:08d}"):
+            for pattern in (f"DONE_{old:08d}", f"model_{old:08d}.bin", f"state_{old:08d}_*.bin"):   # DONE first
                 for f in glob.glob(os.path.join(out, pattern)):
                     os.remove(f)
+
+
+def last_checkpoint_words(out):
+    """'the last complete checkpoint is step N in OUT (-y 1 resumes from it)', or that there is none."""
+    from llmnp.checkpoint import latest_checkpoint
+    latest = latest_checkpoint(out) if out and os.path.isdir(out) else None
+    if latest is None:
+        return "nothing was saved" + ("" if out else " (no -o given)")
+    return f"the last complete checkpoint is step {latest[0]} in {out} (-y 1 resumes from it)"
 
 
 def training_state(model, dist, train_loader, step):
@@ -230,40 +333,73 @@ def training_state(model, dist, train_loader, step):
                 loader_state=train_loader.state_dict())     # the loader's state says whether it shuffles
 
 
-def resume(args, dist, model, train_loader, log):
-    from llmnp.checkpoint import latest_checkpoint, load_model, load_state
-    latest = latest_checkpoint(args.output_dir)
-    if latest is None:
-        log(f"-y 1: no complete checkpoint (DONE_* file) in {args.output_dir}, starting from step 0")
-        return 0
-    step, model_path = latest
-    _, flat = load_model(model_path)
+def resume(args, dist, model, train_loader, checkpoint):
+    """Load this process's optimizer and loader state of the checkpoint the model was loaded from."""
+    from llmnp.checkpoint import load_state
+    step, _ = checkpoint
     state_path = os.path.join(args.output_dir, f"state_{step:08d}_{dist.rank:05d}.bin")
     if not os.path.exists(state_path):
-        raise UserError(f"{state_path} is missing: the checkpoint at step {step} was written by a different "
-                        f"number of processes than {dist.world_size}; resume with the same count")
+        written = len(glob.glob(os.path.join(args.output_dir, f"state_{step:08d}_*.bin")))
+        raise UserError(f"{state_path} is missing: " + (
+            f"the checkpoint at step {step} has {written} state file(s), this run has {dist.world_size} "
+            f"processes: resume with the same count" if written else
+            f"the checkpoint at step {step} has no state files (deleted?): resume from an earlier one"))
     start, end = dist.shard or (0, model.num_parameters)
     state = load_state(state_path, num_parameters=end - start)
     if state["world_size"] != dist.world_size or state["rank"] != dist.rank:
-        raise UserError(f"checkpoint at step {step} was written by {state['world_size']} processes, "
-                        f"this run has {dist.world_size}: resume with the same count")
-    model.load_parameters(flat)
+        raise UserError(f"{state_path}: written by process {state['rank']} of {state['world_size']}, this is "
+                        f"process {dist.rank} of {dist.world_size}: resume with the same number of processes")
     model.load_optimizer_state(state["m"], state["v"], state.get("master"), shard=(start, end))
     train_loader.load_state_dict(state["loader_state"])
-    log(f"resumed from {args.output_dir} at step {step}")
     return step
+
+
+# ---------------------------------------------------------------------------------- signals
+class StopRequest:
+    """SIGINT (Ctrl-C) and SIGTERM (what a scheduler sends before it kills a job): the first finishes
+    the step in flight, writes a checkpoint and exits with 128 + the signal; a second stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, log, saving):
+        self.signum, self.log, self.saving = None, log, saving
+        self.saved_step = None                   # the last step a checkpoint was written at, for the message
+        self.previous = [signal.signal(signum, self.handle) for signum in self.SIGNALS]
+
+    def close(self):
+        """The handlers from before, once the loop is over (a signal now meets a program that is ending)."""
+        for signum, handler in zip(self.SIGNALS, self.previous):
+            signal.signal(signum, handler)
+
+    def handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            raise Interrupted(f"{name} again: stopped at once; "
+                              + ("nothing was saved (no -o given)" if not self.saving else
+                                 "nothing saved since the start" if self.saved_step is None else
+                                 f"nothing saved after the checkpoint at step {self.saved_step}"), signum)
+        self.signum = signum
+        self.log(f"\n{name}: finishing this step, then " + ("writing a checkpoint" if self.saving else
+                 "stopping; nothing will be saved (no -o given)") + f"; {name} again stops at once", flush=True)
 
 
 # -------------------------------------------------------------------------------------- main
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # check_finite catches NaN and inf
+        return train(args)
+
+
+def train(args):
     from llmnp.data import DataLoader, default_corpus
     from llmnp.distributed import Distributed
     dist = Distributed(args.device)
     log = print if dist.rank == 0 else (lambda *a, **k: None)
 
-    # --- data
+    # --- everything that can be checked is checked here, before step 1
+    checkpoint = prepare_output_dir(args) if args.output_dir else None
+    if args.resume and checkpoint is None:
+        log(f"-y 1: no complete checkpoint (DONE_* file) in {args.output_dir}, starting from step 0")
     train_pattern, val_pattern = args.train, args.val
     if train_pattern is None and val_pattern is None and not os.path.exists(LLMC_TRAIN):
         train_pattern, val_pattern = default_corpus()
@@ -271,18 +407,22 @@ def main(argv=None):
     if args.overfit_single_batch:
         train_pattern = val_pattern
     B, T = args.batch_size, args.seq_len
-    if B <= 0 or T <= 0:
-        raise UserError(f"-b and -t must be positive (got B={B}, T={T})")
     tokens_per_micro_step = B * T * dist.world_size
     total_batch = args.total_batch if args.total_batch > 0 else tokens_per_micro_step
     if total_batch % tokens_per_micro_step != 0:
         raise UserError(f"-d {total_batch} is not a multiple of B*T*processes = {B}*{T}*{dist.world_size} "
                         f"= {tokens_per_micro_step}")
     grad_accum_steps = total_batch // tokens_per_micro_step
-    model = load_model(args, dist, log)
-    if T > model.config.max_seq_len:
-        raise UserError(f"-t {T} exceeds the model's max_seq_len {model.config.max_seq_len}")
-    V = model.config.vocab_size
+    model = load_model(args, log, checkpoint)
+    c = model.config
+    if T > c.max_seq_len:
+        raise UserError(f"-t {T} exceeds the model's max_seq_len {c.max_seq_len}")
+    dist.setup_zero(model, args.zero_stage)
+    require(training_bytes(c, B, T, model.dtype, model.state_dtype, args.recompute,
+                           dist.world_size if dist.shard else 1) - model_bytes(c, model.dtype, model.state_dtype),
+            args.device, f"training this model at B={B} T={T} (gradients, AdamW state, activations)",
+            "lower -b (with -d to keep the tokens per step)")
+    V = c.vocab_size
     train_loader = DataLoader(train_pattern, B, T, rank=dist.rank, world_size=dist.world_size,
                               shuffle=bool(args.shuffle) and not args.overfit_single_batch,
                               seed=42, vocab_size=V)   # the loader adds the rank, as llm.c
@@ -292,126 +432,150 @@ def main(argv=None):
         raise UserError(f"the training data ({train_loader.num_tokens} tokens) is smaller than one step "
                         f"of {total_batch} tokens: give -x or a smaller -d")
     val_batches = val_loader.num_batches if args.val_batches < 0 else min(args.val_batches, val_loader.num_batches)
-    c = model.config
+    hellaswag = hellaswag_examples(args, model, B, T, log)
+    start_step = resume(args, dist, model, train_loader, checkpoint) if checkpoint else 0
     log(f"model: L={c.num_layers} NH={c.num_heads} C={c.channels} maxT={c.max_seq_len} V={V} Vp={c.padded_vocab_size}, "
         f"{model.num_parameters:,} parameters, {args.device} {args.dtype}")
     log(f"train: {train_pattern} ({train_loader.num_tokens:,} tokens), val: {val_pattern} ({val_batches} batches)")
     log(f"batch: B={B} T={T} processes={dist.world_size} grad_accum={grad_accum_steps} -> {total_batch} tokens/step, "
         f"{num_steps} steps")
-    dist.setup_zero(model, args.zero_stage)
+    if checkpoint:
+        log(f"resumed from {args.output_dir} at step {start_step}")
     if args.device == "cuda":
         log("the first forward and backward compile the CUDA kernels (NVRTC; CuPy caches them on disk)")
-
-    # --- output dir, resume, the log file
-    start_step = 0
     logfile = None
-    if args.output_dir:
-        os.makedirs(args.output_dir, exist_ok=True)
-        if args.resume:
-            start_step = resume(args, dist, model, train_loader, log)
-        if dist.rank == 0:
-            logfile = open(os.path.join(args.output_dir, "main.log"), "a" if args.resume else "w")
-    elif args.resume:
-        raise UserError("-y 1 needs -o, the directory holding the checkpoints")
+    if args.output_dir and dist.rank == 0:
+        logfile = open(os.path.join(args.output_dir, "main.log"), "a" if args.resume else "w")
 
     def log_line(text):
         if logfile:
             logfile.write(text + "\n")
             logfile.flush()
 
-    hellaswag_file = "dev/data/hellaswag/hellaswag_val.bin"
-    if args.hellaswag and not os.path.exists(hellaswag_file):
-        log(f"-h 1: {hellaswag_file} not found, skipping HellaSwag (python data/hellaswag.py writes it)")
-        args.hellaswag = 0
-    if args.hellaswag:   # HellaSwag runs in the training activations (as llm.c): T must hold every example
-        from llmnp.hellaswag import positions, read_examples
-        longest = max(map(positions, read_examples(hellaswag_file)), default=0)
-        if longest > T:
-            raise UserError(f"-h 1: HellaSwag examples need up to {longest} positions, -t is {T}: "
-                            f"train with -t {longest} or more, or without -h 1")
+    def due(n, step):
+        """Whether a cadence of n steps (0: never) falls on step, the last step included; the resumed
+        step's evaluations were done by the run that wrote its checkpoint."""
+        return n > 0 and (step % n == 0 or step == num_steps) and not (checkpoint and step == start_step)
 
-    # Ctrl-C: finish the step in flight, write a checkpoint, then exit; a second Ctrl-C exits at once
-    interrupted = []
-
-    def on_sigint(signum, frame):
-        if interrupted:
-            raise KeyboardInterrupt
-        interrupted.append(True)
-        log("\ninterrupt: finishing this step" + (", then writing a checkpoint" if args.output_dir else ""))
-    signal.signal(signal.SIGINT, on_sigint)
-
+    stop = StopRequest(log, saving=bool(args.output_dir))
     peak_flops = device_peak_flops(args.device)
     loss_outliers, norm_outliers = OutlierDetector(), OutlierDetector()
     ema_tok_s, step_times = 0.0, []
-    for step in range(start_step, num_steps + 1):
-        if interrupted:
-            if args.output_dir and step > start_step:
+    try:
+        for step in range(start_step, num_steps + 1):
+            last = step == num_steps
+            stopping = dist.any(stop.signum is not None)
+            # 1. checkpoint: every -n steps, at the end, and on a stop request; before any evaluation, so
+            #    nothing that runs after the last step can cost the run its checkpoint
+            if args.output_dir and step > start_step and step != stop.saved_step and (
+                    last or stopping or (args.checkpoint_every > 0 and step % args.checkpoint_every == 0)):
                 save_checkpoint(args, dist, model, train_loader, step, log)
-                log(f"stopped after step {step}: continue with the same flags and -y 1")
-            break
-        last = step == num_steps
-        if step % args.val_every == 0 or last:
-            val_loader.reset()
-            val_loss = 0.0
-            for _ in range(val_batches):
-                x, y = val_loader.next_batch()
-                val_loss += float(model.forward(x, y))
-            val_loss = dist.average(val_loss / max(val_batches, 1))
-            log(f"val loss {val_loss:f}")
-            log_line(f"s:{step} tel:{val_loss:.4f}")
-        if args.hellaswag and ((step > 0 and step % args.val_every == 0) or last):
-            from llmnp.hellaswag import evaluate
-            correct, total = evaluate(model, hellaswag_file, B=B, rank=dist.rank, world_size=dist.world_size,
-                                      allreduce=dist.sum)
-            log(f"HellaSwag: {correct}/{total} = {correct / total:f}")
-            log_line(f"s:{step} eval:{correct / total:.4f}")
-        if dist.rank == 0 and ((step > 0 and step % args.sample_every == 0) or last):
-            from llmnp.tokenizer import StreamDecoder
-            decoder = StreamDecoder()
-            print("generating:\n---")
-            sample_tokens(model, args.gen_tokens, lambda tok: print(decoder.feed(tok), end="", flush=True))
-            print(decoder.flush() + "\n---", flush=True)
-        if args.output_dir and step > start_step and (last or (args.checkpoint_every > 0 and step % args.checkpoint_every == 0)):
-            save_checkpoint(args, dist, model, train_loader, step, log)
-        if last:
-            break
+                stop.saved_step = step
+            if stopping:
+                signum = stop.signum or signal.SIGINT
+                raise Interrupted(f"stopped after step {step} ({signal.Signals(signum).name}): "
+                                  f"{last_checkpoint_words(args.output_dir)}", signum)
+            # 2. evaluations and a sample
+            if due(args.val_every, step):
+                val_loader.reset()
+                val_loss = 0.0
+                for _ in range(val_batches):
+                    x, y = val_loader.next_batch()
+                    val_loss += float(model.forward(x, y))
+                val_loss = dist.average(val_loss / val_batches)
+                check_finite(step, "val loss", val_loss, args.output_dir)
+                log(f"val loss {val_loss:f}")
+                log_line(f"s:{step} tel:{val_loss:.4f}")
+            if hellaswag and step > 0 and due(args.val_every, step):
+                from llmnp.hellaswag import evaluate_examples
+                correct, total = evaluate_examples(model, hellaswag, B=B, rank=dist.rank, world_size=dist.world_size,
+                                                   allreduce=dist.sum)
+                log(f"HellaSwag: {correct}/{total} = {correct / total:f}")
+                log_line(f"s:{step} eval:{correct / total:.4f}")
+            if dist.rank == 0 and step > 0 and due(args.sample_every, step):
+                from llmnp.tokenizer import StreamDecoder
+                decoder = StreamDecoder()
+                print("generating:\n---")
+                sample_tokens(model, args.gen_tokens, lambda tok: print(decoder.feed(tok), end="", flush=True))
+                print(decoder.flush() + "\n---", flush=True)
+            if last:
+                break
 
-        # --- one optimization step
-        t0 = time.perf_counter()
-        if args.overfit_single_batch:
-            train_loader.reset()
-        model.zero_grad()
-        loss = 0.0
-        for _ in range(grad_accum_steps):
-            x, y = train_loader.next_batch()
-            loss = loss + model.forward(x, y)        # stays on the device until logged
-            model.backward(grad_accum_steps=grad_accum_steps)
-        dist.reduce_gradients(model)
-        norm = dist.grad_norm(model)
-        lr = get_lr(step, num_steps, args.lr, args.warmup, args.final_lr_frac, args.schedule)
-        grad_scale = 1.0 / norm if norm > 1.0 else 1.0          # clip the global norm at 1.0
-        model.update(lr, 0.9, 0.95, 1e-8, args.weight_decay, step + 1, grad_scale=grad_scale, shard=dist.shard)
-        dist.after_update(model)
-        loss = dist.average(float(loss) / grad_accum_steps)     # float(): the one host read of the step
-        dt = time.perf_counter() - t0
-        step_times.append(dt)
+            # 3. one optimization step
+            t0 = time.perf_counter()
+            if args.overfit_single_batch:
+                train_loader.reset()
+            model.zero_grad()
+            loss = 0.0
+            for _ in range(grad_accum_steps):
+                x, y = train_loader.next_batch()
+                loss = loss + model.forward(x, y)        # stays on the device until logged
+                model.backward(grad_accum_steps=grad_accum_steps)
+            dist.reduce_gradients(model)
+            norm = dist.grad_norm(model)
+            check_finite(step + 1, "gradient norm", norm, args.output_dir)   # before the update touches the weights
+            lr = get_lr(step, num_steps, args.lr, args.warmup, args.final_lr_frac, args.schedule)
+            model.update(lr, 0.9, 0.95, 1e-8, args.weight_decay, step + 1, grad_scale=clip_scale(norm), shard=dist.shard)
+            dist.after_update(model)
+            loss = dist.average(float(loss) / grad_accum_steps)     # float(): the one host read of the step
+            check_finite(step + 1, "loss", loss, args.output_dir)
+            dt = time.perf_counter() - t0
+            step_times.append(dt)
 
-        # tok/s: the first step (allocation, compilation) alone, then a bias-corrected EMA of the rest
-        tok_s = total_batch / dt
-        if len(step_times) > 1:
-            ema_tok_s = 0.95 * ema_tok_s + 0.05 * tok_s
-            tok_s = ema_tok_s / (1 - 0.95 ** (len(step_times) - 1))
-        mfu = "n/a" if peak_flops is None else f"{100 * model.flops_per_token * total_batch / dist.world_size / dt / peak_flops:.1f}%"
-        zl, zn = loss_outliers.update(loss), norm_outliers.update(norm)
-        log(f"step {step + 1:4d}/{num_steps} | loss {loss:7.6f} ({zl:+.2f}z)| norm {norm:6.4f} ({zn:+.2f}z)| "
-            f"lr {lr:.2e} | {dt * 1000:.2f} ms | {mfu} bf16 MFU | {tok_s:.0f} tok/s", flush=True)
-        log_line(f"s:{step} trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}")
+            # 4. the log line. tok/s: the first step (allocation, compilation) alone, then a bias-corrected EMA
+            tok_s = total_batch / dt
+            if len(step_times) > 1:
+                ema_tok_s = 0.95 * ema_tok_s + 0.05 * tok_s
+                tok_s = ema_tok_s / (1 - 0.95 ** (len(step_times) - 1))
+            mfu = "n/a" if peak_flops is None else f"{100 * model.flops_per_token * total_batch / dist.world_size / dt / peak_flops:.1f}%"
+            zl, zn = loss_outliers.update(loss), norm_outliers.update(norm)
+            log(f"step {step + 1:4d}/{num_steps} | loss {loss:7.6f} ({zl:+.2f}z)| norm {norm:6.4f} ({zn:+.2f}z)| "
+                f"lr {lr:.2e} | {dt * 1000:.2f} ms | {mfu} bf16 MFU | {tok_s:.0f} tok/s", flush=True)
+            log_line(f"s:{step} trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}")
+    finally:
+        stop.close()
     if step_times:
         timed = step_times[1:] or step_times
         log(f"total average iteration time: {1000 * sum(timed) / len(timed):f} ms")
     if logfile:
         logfile.close()
     dist.finish()
+    return 0
+
+
+def clip_scale(norm, max_norm=1.0):
+    """The factor the gradients are multiplied by to clip their global norm at max_norm."""
+    return max_norm / norm if norm > max_norm else 1.0
+
+
+def check_finite(step, what, value, output_dir):
+    """Stop the run (one line, exit 1) at the first NaN or inf loss or gradient norm, before the weights
+    take an update from it."""
+    if not math.isfinite(value):
+        raise UserError(f"step {step}: the {what} is {value} (training diverged; a lower -l or more -u "
+                        f"warmup usually helps): {last_checkpoint_words(output_dir)}")
+
+
+def hellaswag_examples(args, model, B, T, log):
+    """-h 1: the HellaSwag examples, checked against the model and (B, T) now rather than at the first
+    evaluation; None without -h 1 or when the file is missing (said once)."""
+    path = "dev/data/hellaswag/hellaswag_val.bin"
+    if not args.hellaswag:
+        return None
+    if not os.path.exists(path):
+        log(f"-h 1: {path} not found, skipping HellaSwag (python data/hellaswag.py writes it)")
+        return None
+    from llmnp.hellaswag import NUM_COMPLETIONS, check_fits, positions, read_examples
+    if B < NUM_COMPLETIONS:
+        raise UserError(f"-h 1 needs -b {NUM_COMPLETIONS} or more (an example's {NUM_COMPLETIONS} endings "
+                        f"are scored in one batch), -b is {B}")
+    examples = read_examples(path)
+    check_fits(model, examples, path)
+    longest = max(map(positions, examples), default=0)
+    if longest > T:   # HellaSwag runs in the training activations (as llm.c): T must hold every example
+        raise UserError(f"-h 1: HellaSwag examples need up to {longest} positions, -t is {T}: "
+                        f"train with -t {longest} or more, or without -h 1")
+    return examples
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ import re
 
 import numpy as np
 
-from llmnp.data import write_shard
+from llmnp.data import start_shards, write_shard
 from llmnp.errors import UserError, run_cli
+from llmnp.fileio import check_creatable
 from llmnp.tokenizer import EOT, encode
 
 # (B, T) settings the summary counts batches for: the CPU default, and GPU runs
@@ -117,6 +118,7 @@ def main(argv=None):
 
     from tqdm import tqdm
     texts, empty = {}, []
+    check_creatable(args.out_dir, "output folder")           # before the tokenizing, not after
     for path in find_files(args.inputs):                 # every file decoded before any work starts
         text = read_text(path)
         if text:
@@ -132,6 +134,7 @@ def main(argv=None):
     if args.val_fraction > 0 and not 2 <= n_val <= len(tokens) - 2:
         raise UserError(f"{len(tokens)} tokens are too few to split {args.val_fraction:g} of them off for "
                         f"val: give more text, or --val-fraction 0")
+    start_shards(args.out_dir, args.prefix)
     splits = {"train": write_split(tokens[n_val:], args.out_dir, args.prefix, "train", args.shard_size),
               "val": write_split(tokens[:n_val], args.out_dir, args.prefix, "val", args.shard_size)}
 

@@ -38,7 +38,7 @@ import struct
 import numpy as np
 
 from llmnp.config import GPT2Config, pad_vocab
-from llmnp.data import HEADER_BYTES, MT19937, new_header, open_file, read_header
+from llmnp.data import HEADER_BYTES, MT19937, file_size, new_header, open_file, read_header
 from llmnp.errors import UserError
 from llmnp.fileio import make_dir, write_atomic
 from llmnp.params import num_parameters, parameter_specs
@@ -84,25 +84,25 @@ def save_model(path, config, flat, dtype="float32"):
 
 
 def load_model(path):
-    """(GPT2Config, flat float32 parameters in parameter_specs order) from an llm.c model file."""
+    """(GPT2Config, flat float32 parameters in parameter_specs order) from an llm.c model file; its
+    header, its size and its values (all finite) checked."""
     with open_file(path, "model file") as f:
         header = read_header(f, path, MODEL_MAGIC, (MODEL_VERSION_UNPADDED, 3, 5), "model file")
-    version = int(header[1])
-    maxT, V, L, NH, C, Vp = (int(v) for v in header[2:8])
-    if version == MODEL_VERSION_UNPADDED:
-        Vp = V                                   # the file holds V rows; padded below
-    config = _config(path, maxT, V, Vp, L, NH, C)
-    itemsize = 2 if version == 5 else 4
-    n = num_parameters(config)
-    _expect_size(path, HEADER_BYTES + n * itemsize,
-                 f"its header (maxT={maxT} V={V} Vp={Vp} L={L} NH={NH} C={C}) means {n:,} parameters")
-    if version == 5:
-        flat = bf16_bits_to_float32(np.fromfile(path, dtype="<u2", count=n, offset=HEADER_BYTES))
-    else:
-        flat = np.fromfile(path, dtype="<f4", count=n, offset=HEADER_BYTES).astype(np.float32)
+        version = int(header[1])
+        maxT, V, L, NH, C, Vp = (int(v) for v in header[2:8])
+        if version == MODEL_VERSION_UNPADDED:
+            Vp = V                               # the file holds V rows; padded below
+        config = _config(path, maxT, V, Vp, L, NH, C)
+        itemsize = 2 if version == 5 else 4
+        n = num_parameters(config)
+        _expect_size(path, file_size(f), HEADER_BYTES + n * itemsize,
+                     f"its header (maxT={maxT} V={V} Vp={Vp} L={L} NH={NH} C={C}) means {n:,} parameters")
+        raw = _read_array(f, path, "<u2" if version == 5 else "<f4", n)
+    flat = bf16_bits_to_float32(raw) if version == 5 else raw.astype(np.float32)
     if version == MODEL_VERSION_UNPADDED:
         config = _config(path, maxT, V, pad_vocab(V), L, NH, C)
         flat = np.concatenate([flat[:V * C], np.zeros((config.padded_vocab_size - V) * C, np.float32), flat[V * C:]])
+    _check_finite_parameters(path, config, flat)
     return config, flat
 
 
@@ -116,11 +116,45 @@ def _config(path, maxT, V, Vp, L, NH, C):
         raise UserError(f"{path}: {e}") from None
 
 
-def _expect_size(path, expected, why):
-    size = os.path.getsize(path)
+def _expect_size(path, size, expected, why):
     if size != expected:
         raise UserError(f"{path}: {why}, so {expected:,} bytes, but the file has {size:,}: "
                         f"{'truncated, or ' if size < expected else ''}its shapes disagree with its header")
+
+
+def _read_array(f, path, dtype, count):
+    """count values of dtype from the open file f at its position (the size was checked before)."""
+    a = np.fromfile(f, dtype=dtype, count=count)
+    if a.size != count:
+        raise UserError(f"{path}: the file ended after {a.size:,} of {count:,} values (changed while read?)")
+    return a
+
+
+UNSTACKED_PARAMETERS = ("wte", "wpe", "lnfw", "lnfb")     # the others are (L, ...): one slice per layer
+
+
+def _nonfinite(values):
+    """(index of the first NaN / inf in a flat array, "NaN" or "inf"), or None when all are finite."""
+    if np.isfinite(values).all():
+        return None
+    i = int(np.flatnonzero(~np.isfinite(values))[0])
+    return i, "NaN" if np.isnan(values[i]) else "inf"
+
+
+def _check_finite_parameters(path, config, flat):
+    """One line naming the first parameter tensor (and layer) of flat that holds NaN or inf."""
+    if _nonfinite(flat) is None:
+        return
+    offset = 0
+    for name, shape in parameter_specs(config):
+        n = int(np.prod(shape))
+        found = _nonfinite(flat[offset:offset + n])
+        if found is not None:
+            i, kind = found
+            layer = "" if name in UNSTACKED_PARAMETERS else f" of layer {i // (n // shape[0])}"
+            raise UserError(f"{path}: parameter {name}{layer} holds {kind}: the weights are corrupt or "
+                            f"from a diverged run (use an earlier checkpoint)")
+        offset += n
 
 
 # ---------------------------------------------------------------------------------- debug state
@@ -146,20 +180,23 @@ def write_debug_state(path, inputs, targets, logits, loss, grads_flat, config):
 def read_debug_state(path, config=None):
     """dict(B, T, inputs, targets (int32 (B,T)), logits (float32 (B,T,V)), loss (float), grads (flat
     float32)). The file does not record the model: V comes from config (GPT-2's 50257 without one),
-    and with a config the gradients must be exactly that model's."""
+    and with a config the gradients must be exactly that model's. (NaN in it is left to the comparison,
+    which never counts NaN as within tolerance.)"""
     with open_file(path, "debug state") as f:
         header = read_header(f, path, DEBUG_MAGIC, (DEBUG_VERSION,), "debug state")
         B, T = int(header[2]), int(header[3])
+        if B <= 0 or T <= 0:
+            raise UserError(f"{path}: corrupt debug state header (B={B} T={T})")
         V = config.vocab_size if config is not None else 50257
         fixed = 8 * B * T + 4 * B * T * V + 4
-        size = os.path.getsize(path) - HEADER_BYTES
+        size = file_size(f)
         if config is not None:
-            _expect_size(path, HEADER_BYTES + fixed + 4 * num_parameters(config),
+            _expect_size(path, size, HEADER_BYTES + fixed + 4 * num_parameters(config),
                          f"B={B} T={T} and the model's V={V}, {num_parameters(config):,} parameters mean")
-        elif B <= 0 or T <= 0 or size <= fixed or (size - fixed) % 4:
-            raise UserError(f"{path}: {size + HEADER_BYTES:,} bytes do not fit a debug state of B={B} T={T} "
-                            f"V={V} (truncated?)")
-        raw = np.frombuffer(f.read(), dtype=np.uint8)
+        elif size - HEADER_BYTES <= fixed or (size - HEADER_BYTES - fixed) % 4:
+            raise UserError(f"{path}: {size:,} bytes do not fit a debug state of B={B} T={T} V={V} "
+                            f"(truncated?)")
+        raw = _read_array(f, path, np.uint8, size - HEADER_BYTES)
     ints = raw[:8 * B * T].view("<i4")
     floats = raw[8 * B * T:].view("<f4")
     return {"B": B, "T": T,
@@ -215,63 +252,123 @@ def load_state(path, num_parameters=None):
     """The fields save_state wrote: dict(step, world_size, rank, should_shuffle, rng_state,
     rng_state_last_update, m, v, master (None without master weights), loader_state (for
     DataLoader.load_state_dict)). num_parameters (this process's share) is optional: the file does
-    not record it, so without it the layout is worked out from the file size."""
+    not record it, so without it the layout is worked out from the file size; with it, a file laid
+    out for another count is refused with both counts. Every error names the file."""
     with open_file(path, "training state") as f:
         header = read_header(f, path, STATE_MAGIC, (STATE_VERSION,), "training state")
         raw = f.read()
     u64 = np.frombuffer(struct.pack("<256i", *header.tolist()), dtype="<u8")
+    world_size, rank, step = int(header[2]), int(header[3]), int(header[10])
+    if world_size < 1 or not 0 <= rank < world_size or header[4] not in (0, 1) or header[5] not in (0, 1) \
+            or step < 0:
+        raise UserError(f"{path}: corrupt training-state header (processes={world_size} rank={rank} "
+                        f"master weights={header[4]} shuffle={header[5]} step={step})")
     use_master, shuffle = bool(header[4]), bool(header[5])
     n_arrays = 3 if use_master else 2
-    P = num_parameters if num_parameters is not None else _state_num_parameters(path, raw, n_arrays, shuffle)
+    arrays = "m, v and master weights" if use_master else "m and v"
+    P = num_parameters
+    if P is None or not _state_fits(raw, 4 * P * n_arrays, shuffle):
+        found = _state_num_parameters(raw, n_arrays, shuffle)
+        if P is not None and found is not None:
+            raise UserError(f"{path}: holds AdamW state ({arrays}) for {found:,} parameters, this run's "
+                            f"model has {P:,}: the state belongs to a different model (or another -z)")
+        if P is None and found is None:
+            raise UserError(f"{path}: {len(raw) + HEADER_BYTES:,} bytes do not fit a training state with "
+                            f"{arrays}{' and a data-loader state' if shuffle else ''}: truncated or corrupt")
+        P = P if P is not None else found
     end = 4 * P * n_arrays
     if len(raw) < end:
-        raise UserError(f"{path}: truncated training state ({len(raw) + HEADER_BYTES:,} bytes, "
-                        f"{n_arrays} arrays of {P:,} floats need more)")
+        raise UserError(f"{path}: truncated training state ({len(raw) + HEADER_BYTES:,} bytes; {arrays} "
+                        f"of {P:,} floats each need {end + HEADER_BYTES:,})")
     floats = np.frombuffer(raw[:end], dtype="<f4").astype(np.float32)
-    loader_state = {"num_processes": int(header[2]), "rank": int(header[3]), "should_shuffle": int(shuffle),
+    m, v, master = floats[:P], floats[P:2 * P], floats[2 * P:] if use_master else None
+    for name, a in (("AdamW m", m), ("AdamW v", v), ("master weights", master)):
+        found = _nonfinite(a) if a is not None else None
+        if found is not None:
+            raise UserError(f"{path}: {name} holds {found[1]} (first at parameter {found[0]:,} of {P:,}): "
+                            f"the state is corrupt or from a diverged run (resume from an earlier checkpoint)")
+    loader_state = {"num_processes": world_size, "rank": rank, "should_shuffle": int(shuffle),
                     "current_shard_idx": int(u64[15]), "current_sample_idx": int(u64[16])}
     if shuffle:
+        section = _loader_section(raw, end)
+        if section is None:
+            raise UserError(f"{path}: truncated or corrupt data-loader state after the optimizer state")
+        shards, intra, rng_raw = section
         try:
-            n = struct.unpack_from("<Q", raw, end)[0]
-            shards = np.frombuffer(raw, "<i4", n, end + 8).tolist()
-            k = struct.unpack_from("<Q", raw, end + 8 + 4 * n)[0]
-            intra = np.frombuffer(raw, "<i4", k, end + 16 + 4 * n).tolist()
-            rng = MT19937.from_bytes(raw[end + 16 + 4 * n + 4 * k:])
-        except (struct.error, ValueError):
-            raise UserError(f"{path}: truncated or corrupt data-loader state") from None
+            rng = MT19937.from_bytes(rng_raw)
+        except UserError as e:
+            raise UserError(f"{path}: corrupt data-loader state ({e})") from None
+        if loader_state["current_shard_idx"] >= len(shards) or loader_state["current_sample_idx"] > len(intra):
+            raise UserError(f"{path}: corrupt data-loader state (shard {loader_state['current_shard_idx']} "
+                            f"of {len(shards)}, sample {loader_state['current_sample_idx']} of {len(intra)})")
         loader_state.update(shard_indices=shards, intra_shard_indices=intra, rng=rng.state_dict())
     elif len(raw) != end:
-        raise UserError(f"{path}: {len(raw) - end} unexpected bytes after the optimizer state")
-    return {"step": int(header[10]), "world_size": int(header[2]), "rank": int(header[3]),
+        raise UserError(f"{path}: {len(raw) - end:,} unexpected bytes after the optimizer state ({arrays} "
+                        f"of {P:,} floats each)")
+    return {"step": step, "world_size": world_size, "rank": rank,
             "should_shuffle": shuffle, "rng_state": int(u64[10]), "rng_state_last_update": int(u64[11]),
-            "m": floats[:P], "v": floats[P:2 * P], "master": floats[2 * P:] if use_master else None,
-            "loader_state": loader_state}
+            "m": m, "v": v, "master": master, "loader_state": loader_state}
 
 
-def _state_num_parameters(path, raw, n_arrays, shuffle):
-    """P from the payload size. With a shuffle state after the floats, walk back from the end: the
-    mt19937 struct, then the sample order (u64 k, k int32), then the shard order (u64 n, n int32)."""
+def _loader_section(raw, end):
+    """(shard order, sample order, mt19937 bytes) of the data-loader state starting at byte `end`:
+    u64 n, n int32 (a permutation of 0..n-1), u64 k, k int32 (a permutation), the mt19937 struct;
+    None when it does not parse so."""
+    try:
+        n = struct.unpack_from("<Q", raw, end)[0]
+        shards = np.frombuffer(raw, "<i4", n, end + 8)
+        k = struct.unpack_from("<Q", raw, end + 8 + 4 * n)[0]
+        intra = np.frombuffer(raw, "<i4", k, end + 16 + 4 * n)
+    except (struct.error, ValueError):
+        return None
+    rng_raw = raw[end + 16 + 4 * n + 4 * k:]
+    if len(rng_raw) != MT19937.STRUCT_BYTES or not _is_permutation(shards) or not _is_permutation(intra):
+        return None
+    return shards.tolist(), intra.tolist(), rng_raw
+
+
+def _is_permutation(order):
+    return np.array_equal(np.sort(order), np.arange(len(order)))
+
+
+def _state_fits(raw, end, shuffle):
+    """Whether the payload is `end` bytes of floats, then (with shuffle) a data-loader state."""
+    return _loader_section(raw, end) is not None if shuffle else len(raw) == end
+
+
+def _state_num_parameters(raw, n_arrays, shuffle):
+    """P from the payload size, or None when no P fits. With a shuffle state after the floats, walk
+    back from the end: the mt19937 struct, then the sample order (u64 k, k int32), then the shard
+    order (u64 n, n int32)."""
     end = len(raw)
     if shuffle:
         end -= MT19937.STRUCT_BYTES
         for _ in range(2):
-            end = _counted_permutation_start(raw, end)
+            end = _counted_permutation_start(raw, end) if end >= 8 else None
             if end is None:
-                raise UserError(f"{path}: corrupt or truncated training state (its data-loader state "
-                                f"does not parse)")
+                return None
     if end <= 0 or end % (4 * n_arrays):
-        raise UserError(f"{path}: {len(raw) + HEADER_BYTES:,} bytes do not fit a training state (truncated?)")
+        return None
     return end // (4 * n_arrays)
 
 
 def _counted_permutation_start(raw, end):
     """Where [u64 k][k int32, a permutation of 0..k-1] ending at `end` starts (k >= 1), or None.
-    Unambiguous: a shorter false match would need 0 twice in the permutation."""
-    for k in range(1, (end - 8) // 4 + 1):
-        pos = end - 4 * k - 8
-        if struct.unpack_from("<Q", raw, pos)[0] == k:
-            order = np.frombuffer(raw, "<i4", k, pos + 8)
-            if np.array_equal(np.sort(order), np.arange(k)):
+    Unambiguous: a shorter false match would need 0 twice in the permutation. The candidates (a u64
+    equal to its distance from `end` in int32s) are found with whole-array comparisons, a chunk of
+    positions at a time from the end, so a large file that does not parse is refused quickly."""
+    r = end % 4
+    words = np.frombuffer(raw, "<u4", (end - r) // 4, r)      # words[j] starts at byte r + 4j
+    J = (end - 8 - r) // 4                                    # [u64 k] at word j holds k = J - j
+    chunk = 1 << 22
+    for hi_j in range(J, 0, -chunk):                          # j in [lo_j, hi_j): small k first
+        lo_j = max(0, hi_j - chunk)
+        j = np.arange(lo_j, hi_j)
+        match = (words[lo_j:hi_j] == (J - j)) & (words[lo_j + 1:hi_j + 1] == 0)
+        for jj in np.flatnonzero(match)[::-1]:
+            pos = r + 4 * (lo_j + int(jj))
+            k = J - (lo_j + int(jj))
+            if _is_permutation(np.frombuffer(raw, "<i4", k, pos + 8)):
                 return pos
     return None
 
@@ -281,31 +378,69 @@ SAFETENSORS_DTYPES = {"F32": "<f4", "F64": "<f8", "F16": "<f2", "BF16": "<u2"}
 
 
 def read_safetensors(path):
-    """{name: float32 array} of a .safetensors file (F32, F64, F16 or BF16 tensors)."""
+    """{name: float32 array} of a .safetensors file (F32, F64, F16 or BF16 tensors). The header is
+    checked entry by entry, and the tensors must tile the data exactly (no overlap, no gap, nothing
+    after the last), as the format requires."""
     with open_file(path, "safetensors file") as f:
+        size = file_size(f)
         head = f.read(8)
         n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-        try:
-            header = json.loads(f.read(n)) if 0 < n < 100_000_000 else None
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            header = None
-    if not isinstance(header, dict):
-        raise UserError(f"{path}: not a safetensors file")
-    size = os.path.getsize(path)
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info.get("dtype") not in SAFETENSORS_DTYPES:
-            raise UserError(f"{path}: tensor {name} has dtype {info.get('dtype')}, not a float type")
-        begin, end = info["data_offsets"]
-        dtype = np.dtype(SAFETENSORS_DTYPES[info["dtype"]])
-        count = int(np.prod(info["shape"], dtype=np.int64))
-        if 8 + n + end > size or end - begin != count * dtype.itemsize:
-            raise UserError(f"{path}: tensor {name} lies outside the file (truncated?)")
-        a = np.fromfile(path, dtype=dtype, count=count, offset=8 + n + begin).reshape(info["shape"])
-        tensors[name] = bf16_bits_to_float32(a) if info["dtype"] == "BF16" else a.astype(np.float32)
+        header = None
+        if 0 < n < 100_000_000 and 8 + n <= size:
+            try:
+                header = json.loads(f.read(n))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                pass
+        if not isinstance(header, dict):
+            raise UserError(f"{path}: not a safetensors file (no JSON object after its 8-byte header length)")
+        data_size = size - 8 - n
+        entries = sorted((_safetensors_entry(path, name, info, data_size) + (name,)
+                          for name, info in header.items() if name != "__metadata__"), key=lambda e: e[:2])
+        pos, previous = 0, None
+        for begin, end, _, _, name in entries:
+            if begin < pos:
+                raise UserError(f"{path}: tensors {previous} and {name} overlap (data bytes {begin:,} to {pos:,})")
+            if begin > pos:
+                raise UserError(f"{path}: data bytes {pos:,} to {begin:,} belong to no tensor: a corrupt file")
+            pos, previous = end, name
+        if pos != data_size:
+            raise UserError(f"{path}: {data_size - pos:,} bytes after the last tensor's data: a corrupt file")
+        tensors = {}
+        for begin, end, dtype, shape, name in entries:
+            f.seek(8 + n + begin)
+            a = _read_array(f, path, SAFETENSORS_DTYPES[dtype], int(np.prod(shape, dtype=np.int64))).reshape(shape)
+            tensors[name] = bf16_bits_to_float32(a) if dtype == "BF16" else a.astype(np.float32)
     return tensors
+
+
+def _safetensors_entry(path, name, info, data_size):
+    """(begin, end, dtype, shape) of one tensor's header entry, each field checked."""
+    def bad(what):
+        return UserError(f"{path}: tensor {name}: {what} (a corrupt safetensors header)")
+
+    def counts(x, n=None):
+        return isinstance(x, list) and (n is None or len(x) == n) and \
+            all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in x)
+    if not isinstance(info, dict):
+        raise bad(f"its entry is {type(info).__name__} {info!r:.40}, not a JSON object")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype is None or shape is None or offsets is None:
+        raise bad("its entry lacks " + ", ".join(k for k in ("dtype", "shape", "data_offsets") if info.get(k) is None))
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+        raise UserError(f"{path}: tensor {name} has dtype {dtype!r:.40}, not a float type "
+                        f"({', '.join(SAFETENSORS_DTYPES)})")
+    if not counts(shape):
+        raise bad(f"shape {shape!r:.40} is not a list of non-negative integers")
+    if not counts(offsets, 2) or offsets[0] > offsets[1]:
+        raise bad(f"data_offsets {offsets!r:.40} is not [begin, end] with 0 <= begin <= end")
+    begin, end = offsets
+    nbytes = int(np.prod(shape, dtype=object)) * np.dtype(SAFETENSORS_DTYPES[dtype]).itemsize
+    if end - begin != nbytes:
+        raise bad(f"shape {shape} of {dtype} takes {nbytes:,} bytes, its data_offsets span {end - begin:,}")
+    if end > data_size:
+        raise UserError(f"{path}: tensor {name} lies outside the file (its data ends at byte {end:,}, the "
+                        f"file holds {data_size:,}): truncated?")
+    return begin, end, dtype, tuple(shape)
 
 
 def write_safetensors(path, tensors, metadata=None):
@@ -342,19 +477,45 @@ def _hf_files(path):
     """(model.safetensors path, config.json path or None) for a file or a folder."""
     if os.path.isdir(path):
         weights = os.path.join(path, "model.safetensors")
-        if not os.path.exists(weights):
+        if not os.path.lexists(weights):
             raise UserError(f"{path}: no model.safetensors in this folder (llmnp reads HF GPT-2 weights "
                             f"in safetensors form only)")
     else:
         weights = path
     config_json = os.path.join(os.path.dirname(weights), "config.json")
-    return weights, config_json if os.path.exists(config_json) else None
+    return weights, config_json if os.path.lexists(config_json) else None
+
+
+HF_CONFIG_FIELDS = ("vocab_size", "n_positions", "n_ctx", "n_layer", "n_embd", "n_head")
+
+
+def _read_hf_config(path):
+    """The sizes config.json gives ({field: positive int}, only the fields present), checked."""
+    with open_file(path, "HF config file") as f:
+        raw = f.read()
+    try:
+        cfg = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not valid JSON (not UTF-8 text)") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path}: holds a JSON {type(cfg).__name__}, not an object of GPT-2 settings")
+    sizes = {}
+    for key in HF_CONFIG_FIELDS:
+        if key in cfg:
+            value = cfg[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise UserError(f"{path}: {key} is {value!r:.40}, not a positive integer")
+            sizes[key] = value
+    return sizes
 
 
 def load_hf(path):
     """(GPT2Config, flat float32 parameters) from Hugging Face GPT-2 weights of any size: a
     model.safetensors file, or a folder holding one (and config.json; without it the sizes come from
-    the tensor shapes, with 64-wide heads as in every GPT-2)."""
+    the tensor shapes, with 64-wide heads as in every GPT-2). Shapes, names and values (finite) are
+    checked."""
     weights, config_json = _hf_files(path)
     raw = read_safetensors(weights)
     tensors = {}
@@ -362,26 +523,31 @@ def load_hf(path):
         key = key[len("transformer."):] if key.startswith("transformer.") else key
         if not key.endswith(HF_BUFFERS):
             tensors[key] = a
-    if "wte.weight" not in tensors or "wpe.weight" not in tensors:
-        raise UserError(f"{weights}: no wte.weight / wpe.weight: not GPT-2 weights")
+    for key in ("wte.weight", "wpe.weight"):
+        if key not in tensors:
+            raise UserError(f"{weights}: no {key}: not GPT-2 weights")
+        if tensors[key].ndim != 2:
+            raise UserError(f"{weights}: {key} has shape {tensors[key].shape}, expected 2-D (rows, channels)")
     V, C = tensors["wte.weight"].shape
     maxT = tensors["wpe.weight"].shape[0]
     L = len({k.split(".")[1] for k in tensors if k.startswith("h.")})
     NH = C // GPT2_HEAD_SIZE
     if config_json is not None:
-        with open(config_json, encoding="utf-8") as f:
-            cfg = json.load(f)
+        cfg = _read_hf_config(config_json)
         NH = cfg.get("n_head", NH)
         given = (cfg.get("vocab_size", V), cfg.get("n_positions", cfg.get("n_ctx", maxT)),
                  cfg.get("n_layer", L), cfg.get("n_embd", C))
         if given != (V, maxT, L, C):
             raise UserError(f"{config_json} says V, maxT, L, C = {given}, the weights have {(V, maxT, L, C)}")
+        if NH <= 0 or C % NH:
+            raise UserError(f"{config_json}: n_head={NH} does not divide n_embd={C}")
     elif C % GPT2_HEAD_SIZE:
         raise UserError(f"{weights}: C={C} is not a multiple of 64 and there is no config.json to give "
                         f"the number of heads")
     config = _config(weights, maxT, V, pad_vocab(V), L, NH, C)
     if "lm_head.weight" in tensors:
         head = tensors.pop("lm_head.weight")
+        _check_finite_tensor(weights, "lm_head.weight", head)
         if not np.array_equal(head, tensors["wte.weight"]):
             raise UserError(f"{weights}: lm_head.weight differs from wte.weight; llmnp's GPT-2 ties them")
     parts = []
@@ -396,12 +562,19 @@ def load_hf(path):
             a = tensors.pop(k)
             if a.shape != stored:
                 raise UserError(f"{weights}: {k} has shape {a.shape}, expected {stored}")
+            _check_finite_tensor(weights, k, a)
             parts.append((a.T if conv1d else a).ravel())
         if name == "wte":
             parts.append(np.zeros((config.padded_vocab_size - V) * C, np.float32))   # padded rows
     if tensors:
         raise UserError(f"{weights}: unexpected tensors {sorted(tensors)[:3]}: not a GPT-2 checkpoint?")
     return config, np.concatenate(parts).astype(np.float32)
+
+
+def _check_finite_tensor(path, name, a):
+    found = _nonfinite(a.ravel())
+    if found is not None:
+        raise UserError(f"{path}: {name} holds {found[1]}: the weights are corrupt or from a diverged run")
 
 
 def save_hf(out_dir, config, flat):

@@ -15,12 +15,16 @@ and default_corpus(), the offline corpus the README's first command trains on.
 
 Not here: tokenization (tokenizer.py), reading and scoring HellaSwag files (hellaswag.py).
 """
+import contextlib
 import glob
 import os
+import re
+import stat
 
 import numpy as np
 
 from llmnp.errors import UserError
+from llmnp.fileio import check_writable, io_error, make_dir, write_atomic
 
 HEADER_INTS = 256
 HEADER_BYTES = 4 * HEADER_INTS
@@ -36,13 +40,39 @@ TINYSHAKESPEARE_VAL_TOKENS = 32768
 
 # ------------------------------------------------------------------------- headers (all formats)
 def open_file(path, what):
-    """open(path, "rb") with one clear line for a missing file."""
+    """open(path, "rb") for a reader of a user's file, or one UserError line saying why not: missing,
+    a folder, a named pipe, device or socket (reading one can block forever: it is refused before it
+    is opened, and opened without blocking in case it was swapped in meanwhile), no permission.
+    Every reader goes through here and takes sizes from the open file (file_size), not the path."""
     try:
-        return open(path, "rb")
+        st = os.stat(path)
+        if stat.S_ISREG(st.st_mode):
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                os.close(fd)
     except FileNotFoundError:
         raise UserError(f"{what} not found: {path}") from None
-    except IsADirectoryError:
-        raise UserError(f"{what} {path} is a directory, not a file") from None
+    except OSError as e:
+        raise io_error(path, e, f"read the {what}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UserError(f"{what} {path} is a directory, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{what} {path} is {_file_kind(st.st_mode)}, not a regular file: give the file itself")
+    return os.fdopen(fd, "rb")
+
+
+def _file_kind(mode):
+    for test, kind in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a plain file"
+
+
+def file_size(f):
+    """Size in bytes of the open file f (from open_file)."""
+    return os.fstat(f.fileno()).st_size
 
 
 def read_header(f, path, magic, versions, what):
@@ -74,28 +104,41 @@ def write_shard(path, tokens):
         raise ValueError(f"a shard holds a 1-D array of fewer than 2^31 tokens, got shape {tokens.shape}")
     if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
         raise ValueError("token ids must fit in uint16 (0..65535)")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(new_header(DATA_MAGIC, DATA_VERSION, tokens.size).tobytes())
-        f.write(tokens.astype("<u2").tobytes())
+    write_atomic(path, new_header(DATA_MAGIC, DATA_VERSION, tokens.size), tokens.astype("<u2"))
 
 
 def shard_num_tokens(path):
-    """N from a shard's header, after checking magic, version and file size."""
+    """N from a shard's header, after checking magic, version, N and the file size."""
+    with open_shard(path) as (_, ntok):
+        return ntok
+
+
+@contextlib.contextmanager
+def open_shard(path):
+    """`with open_shard(path) as (f, ntok)`: the shard open (open_file) just after its header, with
+    its token count checked against the file size; every reader of a shard goes through here."""
     with open_file(path, "token shard") as f:
         header = read_header(f, path, DATA_MAGIC, (DATA_VERSION,), "token shard")
-    ntok = int(header[2])
-    size = os.path.getsize(path)
-    if ntok <= 0 or size != HEADER_BYTES + 2 * ntok:
-        raise UserError(f"{path}: header says {ntok} tokens, so {HEADER_BYTES + 2 * ntok} bytes, "
-                        f"but the file has {size} (truncated or not a token shard)")
-    return ntok
+        ntok = int(header[2])
+        if ntok <= 0:
+            raise UserError(f"{path}: the header says {ntok} tokens: an empty or corrupt token shard")
+        size, expected = file_size(f), HEADER_BYTES + 2 * ntok
+        if size < expected:
+            raise UserError(f"{path}: the header says {ntok:,} tokens, so {expected:,} bytes, but the file "
+                            f"has {size:,}: truncated (or not a token shard)")
+        if size > expected:
+            raise UserError(f"{path}: {size - expected:,} bytes after the {ntok:,} tokens its header "
+                            f"announces: corrupt (or not a token shard)")
+        yield f, ntok
 
 
 def read_shard(path):
     """All tokens of a shard as a uint16 array."""
-    ntok = shard_num_tokens(path)
-    return np.fromfile(path, dtype="<u2", offset=HEADER_BYTES, count=ntok).astype(np.uint16)
+    with open_shard(path) as (f, ntok):
+        tokens = np.fromfile(f, dtype="<u2", count=ntok)
+    if tokens.size != ntok:
+        raise UserError(f"{path}: the file ended after {tokens.size:,} of {ntok:,} tokens (changed while read?)")
+    return tokens.astype(np.uint16)
 
 
 # --------------------------------------------------------------------------- llm.c's mt19937
@@ -203,12 +246,28 @@ class DataLoader:
                                 f"{self.window + 1}: use a smaller batch size or sequence length")
         self.num_tokens = sum(self.shard_tokens)
         self.num_batches = sum((n - 1) // self.window for n in self.shard_tokens)
-        self._checked = set()                        # shards whose tokens were checked against V
+        self._check_token_ids()
         self._tokens = None
         self.rng = MT19937(seed + rank) if self.shuffle else None
         self.shard_indices = list(range(len(self.files)))
         self.intra_shard_indices = None
         self.reset()
+
+    def _check_token_ids(self, block=1 << 26):
+        """Every token of every shard below vocab_size, checked now, so that data made for another
+        tokenizer stops a run before its first step, not when a later shard comes up."""
+        from tqdm import tqdm
+        with tqdm(total=self.num_tokens, unit="tok", unit_scale=True, desc=f"checking token ids < {self.vocab_size}",
+                  disable=self.num_tokens < 20 * block or self.rank != 0) as bar:
+            for path, ntok in zip(self.files, self.shard_tokens):
+                with open_shard(path) as (f, _):
+                    tokens = np.memmap(f, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(ntok,))
+                    for start in range(0, ntok, block):
+                        top = int(tokens[start:start + block].max())
+                        if top >= self.vocab_size:
+                            raise UserError(f"{path} holds token id {top}, not below the model's vocabulary "
+                                            f"size {self.vocab_size} (data made for another tokenizer?)")
+                        bar.update(min(block, ntok - start))
 
     # -- llm.c's dataloader_reset / _advance / _load_shard / next_batch
     def reset(self):
@@ -234,13 +293,11 @@ class DataLoader:
     def _load_shard(self, shard_idx):
         file_idx = self.shard_indices[shard_idx] if self.shuffle else shard_idx
         path, ntok = self.files[file_idx], self.shard_tokens[file_idx]
-        self._tokens = np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(ntok,))
-        if file_idx not in self._checked:
-            top = int(self._tokens.max())
-            if top >= self.vocab_size:
-                raise UserError(f"{path} holds token id {top}, not below the vocabulary size "
-                                f"{self.vocab_size} (data made for another tokenizer?)")
-            self._checked.add(file_idx)
+        with open_shard(path) as (f, ntok_now):
+            if ntok_now != ntok:
+                raise UserError(f"{path} now holds {ntok_now:,} tokens, {ntok:,} when training started: "
+                                f"the shard changed during the run")
+            self._tokens = np.memmap(f, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(ntok,))
         self.shard_num_samples = (ntok - 1) // self.window
 
     def _prepare_intra_shard_indices(self):
@@ -301,12 +358,32 @@ class DataLoader:
 
 
 # ------------------------------------------------------------------------ for the data/ scripts
+def shard_paths(out_dir, prefix):
+    """The llm.c-named shards {prefix}_{val|train}_NNNNNN.bin already in out_dir, sorted."""
+    pattern = re.compile(re.escape(prefix) + r"_(val|train)_\d{6}\.bin")
+    return sorted(os.path.join(out_dir, f) for f in os.listdir(out_dir) if pattern.fullmatch(f)) \
+        if os.path.isdir(out_dir) else []
+
+
+def start_shards(out_dir, prefix):
+    """Make out_dir ready for a new set of {prefix}_* shards: created and writable, and the shards of an
+    earlier run with that prefix removed (saying so), so a training glob never mixes the two sets."""
+    check_writable(out_dir, "shard folder")
+    old = shard_paths(out_dir, prefix)
+    for path in old:
+        os.remove(path)
+    if old:
+        print(f"replaced {len(old)} earlier {prefix}_* shard{'s' * (len(old) != 1)} in {out_dir}")
+
+
 class ShardWriter:
     """Packs documents' tokens back to back into shards of shard_size tokens, a document straddling
     two shards where it falls; shard 0 is the val split, the others train (llm.c's fineweb.py):
-    {out_dir}/{prefix}_{val|train}_{index:06d}.bin. add() takes each document's tokens."""
+    {out_dir}/{prefix}_{val|train}_{index:06d}.bin. add() takes each document's tokens. Earlier
+    {prefix}_* shards in out_dir are removed first (start_shards)."""
 
     def __init__(self, out_dir, prefix, shard_size=10**8, progress=True):
+        start_shards(out_dir, prefix)
         self.out_dir, self.prefix, self.shard_size = out_dir, prefix, int(shard_size)
         self.buffer = np.empty(self.shard_size, dtype=np.uint16)
         self.count = 0
@@ -394,7 +471,7 @@ def download_file(url, path):
     """Fetch url to path with a progress bar; offline, one clear line."""
     import urllib.request
     from tqdm import tqdm
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    make_dir(os.path.dirname(os.path.abspath(path)), "download folder")
     tmp = path + ".part"
     try:
         with urllib.request.urlopen(url, timeout=30) as resp, open(tmp, "wb") as f:
@@ -436,7 +513,4 @@ def write_eval_file(path, examples):
         stream += s
     if longest == 0:
         raise ValueError("no examples to write")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(new_header(EVAL_MAGIC, EVAL_VERSION, len(examples), longest).tobytes())
-        f.write(np.array(stream, dtype="<u2").tobytes())
+    write_atomic(path, new_header(EVAL_MAGIC, EVAL_VERSION, len(examples), longest), np.array(stream, dtype="<u2"))

@@ -89,6 +89,10 @@ class Distributed:
     def sum(self, x):
         return x if self.comm is None else self.comm.allreduce(x)
 
+    def any(self, flag):
+        """Whether flag is true on any process (a stop request one process received, say)."""
+        return bool(flag) if self.comm is None else bool(self.comm.allreduce(int(bool(flag)), op=self.MPI.MAX))
+
     def barrier(self):
         if self.comm is not None:
             self.comm.Barrier()

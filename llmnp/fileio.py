@@ -89,7 +89,9 @@ def write_atomic(path, *chunks):
     rename it over path. Any failure (full disk, permissions, a signal) removes the temporary file and,
     for OSErrors, raises one UserError naming path and cause; path is then as it was before."""
     folder = os.path.dirname(os.path.abspath(path))
-    make_dir(folder, "folder of " + os.path.basename(path))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"cannot write {path}: {folder} is a file, not a folder")
+    make_dir(folder, "folder")
     if os.path.isdir(path):
         raise UserError(f"cannot write {path}: it is a folder")
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")

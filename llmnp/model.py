@@ -104,6 +104,11 @@ class GPT2:
             return self.to_host(self.master_memory)
         return self.to_host(self.params_memory)
 
+    def is_finite(self):
+        """Whether every parameter (and master weight) is a finite number: a diverged model is not."""
+        arrays = [self.params_memory] + ([] if self.master_memory is None else [self.master_memory])
+        return all(bool(self.xp.isfinite(a).all()) for a in arrays)
+
     def to_host(self, a):
         """A NumPy array of one of this model's arrays (a copy from the GPU; the array itself on the CPU)."""
         return a if self.xp is np else self.xp.asnumpy(a)

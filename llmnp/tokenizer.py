@@ -118,13 +118,18 @@ def write_tokenizer_file(path):
 
 
 def read_tokenizer_file(path):
-    """(list of token byte strings, EOT id) from llm.c's tokenizer file (version 1 or 2)."""
+    """(list of token byte strings, EOT id) from llm.c's tokenizer file (version 1 or 2): n > 0 tokens,
+    each 1..255 bytes, nothing after the last, and (version 2) an EOT id among them."""
     from llmnp.data import open_file, read_header
     with open_file(path, "tokenizer file") as f:
         header = read_header(f, path, TOKENIZER_MAGIC, (1, 2), "tokenizer file")
         data = f.read()
     n = int(header[2])
+    if n <= 0:
+        raise UserError(f"{path}: the header says {n} tokens: a corrupt tokenizer file")
     eot = int(header[3]) if header[1] == 2 else EOT      # version 1 has no EOT field
+    if header[1] == 2 and not 0 <= eot < n:
+        raise UserError(f"{path}: EOT id {eot} is not one of its {n:,} tokens: a corrupt tokenizer file")
     tokens, pos = [], 0
     for i in range(n):
         length = data[pos] if pos < len(data) else 0
@@ -132,4 +137,7 @@ def read_tokenizer_file(path):
             raise UserError(f"{path}: truncated or corrupt tokenizer file at token {i} of {n}")
         tokens.append(data[pos + 1:pos + 1 + length])
         pos += 1 + length
+    if pos != len(data):
+        raise UserError(f"{path}: {len(data) - pos:,} bytes after the {n:,} tokens its header announces: "
+                        f"a corrupt tokenizer file")
     return tokens, eot
