@@ -37,6 +37,7 @@ def render(source):
 def execute(nb):
     """Runs nb in a fresh python3 kernel from this folder, filling in its outputs."""
     import nbclient
+    os.environ.pop("MPLBACKEND", None)       # the kernel's own inline backend, so that figures are kept
     nbclient.NotebookClient(nb, kernel_name="python3", timeout=300,
                             resources={"metadata": {"path": HERE}}).execute()
 
