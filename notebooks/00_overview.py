@@ -63,9 +63,9 @@ print(tiny)
 # loss   = mean over (b,t) of -log softmax(logits[b,t,:V])[targets[b,t]]   07 classifier
 # ```
 #
-# The indented lines are one *transformer block*; below, under "Running it", they are written out with
-# `llmnp`'s layer functions and checked against the model, and `GPT2.forward` in
-# [llmnp/model.py](../llmnp/model.py) is described against them.
+# The indented lines are one *transformer block*. Further down ("One transformer block, written out")
+# they become code with `llmnp`'s layer functions, checked against the model, and `GPT2.forward` in
+# [llmnp/model.py](../llmnp/model.py) is set against them.
 # `x` is called the *residual stream*: each block reads it through a layernorm and adds its result
 # back. Weights are stored (out, in), as PyTorch's `nn.Linear` and llm.c store them, so a linear layer
 # is `x @ W^T`.
@@ -184,9 +184,10 @@ print("logits", model.logits.shape)
 # %% [markdown]
 # ## One transformer block, written out
 #
-# The list above with `llmnp`'s NumPy layers, one call per line. Each layer writes into arrays its
-# caller allocates (outputs first, then inputs, then weights: llm.c's convention), so a buffer is made
-# before the call that fills it. `p["qkvw"][l]` is layer l's (3C, C) slice of the stacked weights.
+# The forward pass listed at the top, with `llmnp`'s NumPy layers, one call per line. Each layer
+# writes into arrays its caller allocates (outputs first, then inputs, then weights: llm.c's
+# convention), so a buffer is made before the call that fills it. `p["qkvw"][l]` is layer l's (3C, C)
+# slice of the stacked weights.
 
 # %%
 from llmnp.attention import attention_forward
