@@ -350,7 +350,10 @@ def resume(args, dist, model, train_loader, checkpoint):
         raise UserError(f"{state_path}: written by process {state['rank']} of {state['world_size']}, this is "
                         f"process {dist.rank} of {dist.world_size}: resume with the same number of processes")
     model.load_optimizer_state(state["m"], state["v"], state.get("master"), shard=(start, end))
-    train_loader.load_state_dict(state["loader_state"])
+    try:
+        train_loader.load_state_dict(state["loader_state"])
+    except UserError as e:
+        raise UserError(f"{state_path}: {e} (resume with the -i, -b, -t and -sh of the run that wrote it)") from None
     return step
 
 
