@@ -12,9 +12,12 @@ the number of endings (4), the context length and tokens, then for each ending i
 Scoring (llm.c's dataloader.h and train_gpt2.cu): each ending makes one row, context + ending; the loss
 of a row is the mean cross-entropy over the ending's tokens only (the context's last token predicts the
 ending's first); the prediction is the ending of lowest loss (ties: the first); accuracy = right picks /
-examples (HellaSwag's acc_norm, as llm.c reports it). B rows per forward pass (B/4 examples), padded to
-the longest row of that batch. With several processes, rank r takes the contiguous block of
-ceil(N / world_size) examples starting at r * that; allreduce sums the counts.
+examples (HellaSwag's acc_norm, as llm.c reports it). Batched scoring: B rows per forward pass (B/4
+examples), the examples taken longest first so that each batch is padded only to its own longest row,
+and the per-position losses come from the model's fused classifier (forward with targets: each row's
+tokens shifted by one), so no (B, T, V) log-softmax is made; a row's loss is its masked mean, summed
+on the device. With several processes, rank r takes the contiguous block of ceil(N / world_size)
+examples starting at r * that; allreduce sums the counts.
 Not here: writing the .bin from HellaSwag's jsonl (data/hellaswag.py), few-shot prompts.
 """
 import argparse
@@ -104,37 +107,50 @@ def positions(ex):
 
 
 def make_batch(examples, shape=None):
-    """inputs (4E, T) int32 with each row context + ending (its last token dropped: it predicts nothing
-    that is scored) zero-padded to the longest row, or to `shape` (rows, T) if given; and the scored
-    positions: for every ending token i, row, position len(context) - 1 + i, target token.
-    (E = len(examples); padding rows are never scored.)"""
+    """inputs and targets (4E, T) int32 and weights (4E, T) float64, for E = len(examples): row 4e+k is
+    example e's context + ending k, its last token dropped (it predicts nothing that is scored),
+    zero-padded to the longest row or to `shape` (rows, T) if given; targets are the inputs shifted by
+    one (the context's last token predicts the ending's first); weights are 1/len(ending) at the
+    ending's positions, 0 elsewhere (the padding rows too), so a row's loss is sum(weights * losses)."""
     shape = shape or (NUM_COMPLETIONS * len(examples), max(map(positions, examples)))
     inputs = np.zeros(shape, np.int32)
-    row_idx, pos_idx, targets = [], [], []
+    targets = np.zeros(shape, np.int32)
+    weights = np.zeros(shape, np.float64)
     for e, ex in enumerate(examples):
         c = len(ex.context)
         for k, end in enumerate(ex.endings):
             r = NUM_COMPLETIONS * e + k
-            tokens = (ex.context + end)[:-1]
-            inputs[r, :len(tokens)] = tokens
-            row_idx += [r] * len(end)
-            pos_idx += range(c - 1, c - 1 + len(end))    # context's last token predicts ending token 0
-            targets += end
-    return inputs, np.array(row_idx), np.array(pos_idx), np.array(targets)
+            row = np.array(ex.context + end, np.int32)
+            inputs[r, :len(row) - 1] = row[:-1]
+            targets[r, :len(row) - 1] = row[1:]
+            weights[r, c - 1:c - 1 + len(end)] = 1.0 / len(end)
+    return inputs, targets, weights
 
 
-def completion_losses(model, inputs, row_idx, pos_idx, targets):
-    """The mean cross-entropy of each scored row (4E,) over its positions, as a host float64 array:
-    one forward pass without targets, then a log-softmax over the first V logits of the scored
-    positions only, on the model's device."""
+def completion_losses(model, inputs, targets, weights):
+    """The mean cross-entropy of each row (4E,) over its ending, as a host float64 array."""
+    return to_host(_row_losses(model, inputs, targets, weights))
+
+
+def _row_losses(model, inputs, targets, weights):
+    """completion_losses, left on the device (the GPU may still be computing it). On the GPU: one
+    forward pass with targets, whose fused classifier writes every position's loss (B, T) reading each
+    row of logits once, then each row's weighted sum. On the CPU, where a log-sum-exp over every
+    position costs more than the rest of the pass: a forward pass without targets and the log-softmax
+    of the scored positions only (the same numbers)."""
     xp, V = model.xp, model.config.vocab_size
+    B, T = inputs.shape
+    if xp is not np:
+        model.forward(inputs, targets)
+        losses = model.acts["losses"][:B, :T]                                 # (B,T) -log p(target)
+        return (losses * xp.asarray(weights.astype(losses.dtype, copy=False))).sum(axis=1)
     model.forward(inputs)
-    logits = model.logits[xp.asarray(row_idx), xp.asarray(pos_idx), :V]        # (M, V) of (4E, T, Vp)
-    logits = logits.astype(xp.result_type(logits.dtype, np.float32))            # bf16 -> fp32
+    rows, pos = np.nonzero(weights)                                            # the scored positions
+    logits = model.logits[rows, pos, :V].astype(np.result_type(model.logits.dtype, np.float32))   # (M,V)
     m = logits.max(axis=-1)
-    lse = m + xp.log(xp.exp(logits - m[:, None]).sum(axis=-1))
-    nll = lse - logits[xp.arange(len(targets)), xp.asarray(targets)]           # (M,) -log p(target)
-    return np.bincount(row_idx, weights=to_host(nll)) / np.bincount(row_idx)
+    lse = m + np.log(np.exp(logits - m[:, None]).sum(axis=-1))
+    nll = lse - logits[np.arange(len(rows)), targets[rows, pos]]                # (M,) -log p(target)
+    return np.bincount(rows, weights=nll * weights[rows, pos], minlength=B)
 
 
 def evaluate(model, path, B=16, limit=None, rank=0, world_size=1, allreduce=None, progress=False):
@@ -160,18 +176,29 @@ def evaluate_examples(model, examples, B=16, rank=0, world_size=1, allreduce=Non
     if not fresh:
         B = min(B, model.B)
     E = B // NUM_COMPLETIONS
-    batches = [examples[i:i + E] for i in range(0, len(examples), E)]
+    order = sorted(examples, key=positions, reverse=True)     # longest first: little padding per batch
+    batches = [order[i:i + E] for i in range(0, len(order), E)]
     largest = (NUM_COMPLETIONS * E, max(map(positions, examples), default=1))
 
     from tqdm import tqdm
     correct = 0
+
+    def score(batch, losses):                                  # waits for the batch's losses
+        losses = to_host(losses)[:NUM_COMPLETIONS * len(batch)]
+        picks = losses.reshape(len(batch), NUM_COMPLETIONS).argmin(axis=1)   # ties: the first
+        bar.update(len(batch))
+        return int(sum(pick == ex.label for pick, ex in zip(picks, batch)))
+
+    # the next batch is built on the host while the device still computes the one before
     with tqdm(total=len(examples), desc="HellaSwag", unit="ex", disable=not progress or rank != 0) as bar:
+        pending = None
         for k, batch in enumerate(batches):
-            inputs, row_idx, pos_idx, targets = make_batch(batch, largest if k == 0 and fresh else None)
-            losses = completion_losses(model, inputs, row_idx, pos_idx, targets)
-            picks = losses.reshape(len(batch), NUM_COMPLETIONS).argmin(axis=1)   # ties: the first
-            correct += int(sum(pick == ex.label for pick, ex in zip(picks, batch)))
-            bar.update(len(batch))
+            arrays = make_batch(batch, largest if k == 0 and fresh else None)
+            if pending is not None:
+                correct += score(*pending)
+            pending = (batch, _row_losses(model, *arrays))
+        if pending is not None:
+            correct += score(*pending)
     counts = np.array([correct, len(examples)], dtype=np.int64)
     if allreduce is not None:
         counts = np.asarray(allreduce(counts))
@@ -202,15 +229,18 @@ def main(argv=None):
     ap.add_argument("--data", default=DEFAULT_DATA, help=f"llm.c HellaSwag .bin [{DEFAULT_DATA}]")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--limit", type=int, default=None, help="only the first N examples")
-    ap.add_argument("-b", "--batch-size", type=int, default=16, help="rows per forward pass, 4 per example [16]")
+    ap.add_argument("-b", "--batch-size", type=int, default=None,
+                    help="rows per forward pass, 4 per example [512 on the GPU, 16 on the CPU]")
     args = ap.parse_args(argv)
     if args.data == DEFAULT_DATA and not os.path.exists(DEFAULT_DATA):
         raise UserError(f"{DEFAULT_DATA} not found: python data/hellaswag.py writes it (or pass --data FILE)")
     if args.limit is not None and args.limit <= 0:
         raise UserError(f"--limit must be > 0, got {args.limit}")
     examples = read_examples(args.data)[:args.limit]      # a bad file fails before the model loads
-    model = load(args.model, device=pick_device(args.device))
-    correct, total = evaluate_examples(model, examples, B=args.batch_size, progress=True, path=args.data)
+    device = pick_device(args.device)
+    model = load(args.model, device=device)
+    B = args.batch_size or (512 if device == "cuda" else 16)
+    correct, total = evaluate_examples(model, examples, B=B, progress=True, path=args.data)
     print(f"HellaSwag: {correct}/{total} = {correct / total:f}")
 
 
