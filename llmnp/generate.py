@@ -41,6 +41,7 @@ import time
 import numpy as np
 
 from llmnp.errors import UserError, run_cli
+from llmnp.layers import matmul_forward  # noqa: F401  the decode step's products on the CPU: the model's own
 
 # ------------------------------------------------------------------------------------ loading
 
@@ -169,7 +170,8 @@ def sample_step(out, tok, pos, done, logits, prompt, prompt_len, key, V, tempera
 
 
 def decode_backend(device):
-    """The three decode steps of a device: this module's NumPy ones, or llmnp.cuda.decode's kernels."""
+    """The three decode steps of a device (and the step's matmul_forward): this module's NumPy ones,
+    or llmnp.cuda.decode's kernels."""
     if device == "cuda":
         from llmnp.cuda import decode
         return decode
@@ -266,18 +268,18 @@ class Decoder:
         dec.encoder_step(x, self.tok, self.pos, p["wte"], p["wpe"])
         ops.layernorm_forward(ln, mean, rstd, x, p["ln1w"][0], p["ln1b"][0])
         for l in range(L):
-            ops.matmul_forward(self.qkv, ln, p["qkvw"][l], p["qkvb"][l])                  # (B,1,3C)
+            dec.matmul_forward(self.qkv, ln, p["qkvw"][l], p["qkvb"][l])                  # (B,1,3C)
             dec.attention_step(self.atty, self.kv[l], self.qkv, self.pos)
-            ops.matmul_forward(res, self.atty, p["attprojw"][l], None)
+            dec.matmul_forward(res, self.atty, p["attprojw"][l], None)
             # res = x + attproj + attprojb, then ln = layernorm(res)
             ops.residual_layernorm_forward(res, ln, mean, rstd, x, res, p["attprojb"][l], p["ln2w"][l], p["ln2b"][l])
-            ops.matmul_forward(self.fch, ln, p["fcw"][l], None)                           # (B,1,4C)
+            dec.matmul_forward(self.fch, ln, p["fcw"][l], None)                           # (B,1,4C)
             ops.bias_gelu_forward(self.fch_gelu, self.fch, p["fcb"][l])
-            ops.matmul_forward(x, self.fch_gelu, p["fcprojw"][l], None)
+            dec.matmul_forward(x, self.fch_gelu, p["fcprojw"][l], None)
             # x = res + fcproj + fcprojb, then the next layernorm: layer l+1's ln1, or lnf
             w, b = (p["ln1w"][l + 1], p["ln1b"][l + 1]) if l + 1 < L else (p["lnfw"], p["lnfb"])
             ops.residual_layernorm_forward(x, ln, mean, rstd, res, x, p["fcprojb"][l], w, b)
-        ops.matmul_forward(self.logits, ln, p["wte"], None)                               # (B,1,Vp), tied wte
+        dec.matmul_forward(self.logits, ln, p["wte"], None)                               # (B,1,Vp), tied wte
         dec.sample_step(self.out, self.tok, self.pos, self.done, self.logits, self.prompt, self.prompt_len,
                         self.key, *self.settings)
 
@@ -288,21 +290,21 @@ class Decoder:
         if not self.use_graph:
             self._launch()
             return np.array(self.model.to_host(self.out))
-        cp = self.model.xp
-        from cupy_backends.cuda.libs import cublas
         if self.graph is None:
-            stream = self.stream = getattr(self, "stream", None) or cp.cuda.Stream()
-            handle = cp.cuda.device.get_cublas_handle()
-            cublas.setStream(handle, stream.ptr)        # cuBLAS launches onto the captured stream
-            try:
-                with stream:
-                    if self.steps == 1:                 # the first step runs as it is: kernels compile,
-                        self._launch()                  # cuBLAS picks its algorithms
-                    else:
+            stream = self.stream = getattr(self, "stream", None) or self.model.xp.cuda.Stream()
+            with stream:                                # a graph is captured from a stream of its own
+                if self.steps == 1:                     # the first step runs as it is: kernels compile,
+                    self._launch()                      # cuBLAS picks its algorithms
+                else:
+                    try:
                         self.graph = self._capture(stream)
+                    except Exception as e:              # decoding still works, one launch at a time
+                        self.use_graph = False
+                        print(f"[decoding without a CUDA graph: capturing the step failed "
+                              f"({type(e).__name__}: {e})]", file=sys.stderr)
+                        self._launch()
+                    else:
                         self.graph.launch(stream)
-            finally:
-                cublas.setStream(handle, cp.cuda.get_current_stream().ptr)
         else:
             self.graph.launch(self.stream)
         return self.out.get(stream=self.stream)

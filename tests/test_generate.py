@@ -53,6 +53,8 @@ def decoded_logits(model, prompts, max_new_tokens, graph=True, **knobs):
         done = to_host(dec.done)
         out = dec.step()
         logits = to_host(dec.logits[:, 0, :V])
+        if graph and model.device == "cuda" and dec.steps >= 2:
+            assert dec.graph is not None, "the step was not captured as a CUDA graph"
         for b in range(len(prompts)):
             if not done[b] and new[b] < max_new_tokens:
                 seen[b].setdefault(pos[b], logits[b])

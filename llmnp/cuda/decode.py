@@ -5,6 +5,9 @@ Shapes: B rows, C channels, NH heads, hs = C/NH, Tc cache positions, Vp padded v
 x (B,1,C), kv (2,B,NH,Tc,hs), qkv (B,1,3C), logits (B,1,Vp); tok, pos, done, out, prompt_len int32 (B,),
 prompt int32 (B,Tc), key uint64 (B,).
 """
+import ctypes
+import functools
+
 import numpy as np
 
 from llmnp.cuda.runtime import blocks, check, kernel
@@ -48,3 +51,59 @@ def sample_step(out, tok, pos, done, logits, prompt, prompt_len, key, V, tempera
     k((B,), (block_size,), (out, tok, pos, done, logits, prompt, prompt_len, key, np.int32(Vp), np.int32(V),
                             np.int32(Tc), np.float32(temperature), np.int32(top_k), np.float32(top_p),
                             np.int32(eot)))
+
+
+# --------------------------------------------------------------------- products inside a graph
+# CuPy's cuBLAS wrappers refuse to run while a stream is being captured (their check comes before they
+# bind the handle to the current stream), though cuBLAS itself captures fine. So the decode step calls
+# cublasSetStream and cublasGemmEx of the library CuPy has loaded, through ctypes. The product is
+# runtime.gemm's: same arguments, same fp32 accumulation.
+_ALPHA_BETA = {0.0: np.array([1.0, 0.0], np.float32), 1.0: np.array([1.0, 1.0], np.float32)}
+
+
+@functools.lru_cache(maxsize=None)
+def _cublas_gemm_ex():
+    """cublasGemmEx, cublasSetStream_v2 and cublasSetPointerMode_v2 of the libcublas this process has loaded."""
+    from llmnp.cuda.runtime import cupy
+    from cupy_backends.cuda.libs import cublas  # noqa: F401  loads libcublas
+    cupy()
+    with open("/proc/self/maps") as f:
+        paths = {line.split()[-1] for line in f if "/libcublas.so" in line}
+    if not paths:
+        raise RuntimeError("libcublas is not loaded in this process")
+    lib = ctypes.CDLL(sorted(paths)[0])
+    fn = lib.cublasGemmEx
+    p, i = ctypes.c_void_p, ctypes.c_int
+    fn.argtypes = [p, i, i, i, i, i, p, p, i, i, p, i, i, p, p, i, i, i, i]
+    fn.restype = i
+    lib.cublasSetStream_v2.argtypes = [p, p]
+    lib.cublasSetPointerMode_v2.argtypes = [p, i]
+    lib.cublasSetStream_v2.restype = lib.cublasSetPointerMode_v2.restype = i
+    return fn, lib.cublasSetStream_v2, lib.cublasSetPointerMode_v2
+
+
+def matmul_forward(out, inp, weight, bias):
+    """out (B,1,OC) <- inp (B,1,C), weight (OC,C), bias (OC,) or None: runtime.gemm's product, callable
+    while the stream is captured (the bias as matmul.py's launcher adds it: out = bias, then += product)."""
+    from llmnp.cuda.runtime import _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT, _CUDA_R_16BF, _CUDA_R_32F, \
+        cupy, pack, storage_is_bf16
+    OC, C = weight.shape
+    N = inp.size // C
+    check(out.dtype, out=out, inp=inp, weight=weight)
+    if bias is not None:
+        check(out.dtype, bias=bias)
+        block_size = 256
+        k = kernel("matmul", "matmul_forward_kernel1", out.dtype)
+        k((blocks(N * OC, block_size * pack(out.dtype)),), (block_size,), (out, bias, np.int32(N), np.int32(OC)))
+    gemm_ex, set_stream, set_pointer_mode = _cublas_gemm_ex()
+    cp = cupy()
+    handle = cp.cuda.device.get_cublas_handle()
+    set_stream(handle, cp.cuda.get_current_stream().ptr)
+    set_pointer_mode(handle, 0)                             # CUBLAS_POINTER_MODE_HOST
+    dtype = _CUDA_R_16BF if storage_is_bf16(out.dtype) else _CUDA_R_32F
+    ab = _ALPHA_BETA[0.0 if bias is None else 1.0]
+    # out_cm (OC x N) = W_cm^T (W_cm: C x OC) @ inp_cm (C x N), as matmul.py explains
+    status = gemm_ex(handle, 1, 0, OC, N, C, ab.ctypes.data, weight.data.ptr, dtype, C, inp.data.ptr, dtype, C,
+                     ab.ctypes.data + 4, out.data.ptr, dtype, OC, _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT)
+    if status != 0:
+        raise RuntimeError(f"cublasGemmEx failed with status {status}")
