@@ -21,7 +21,7 @@ def test_ipynb_match_sources():
     result = subprocess.run([sys.executable, os.path.join(NOTEBOOK_DIR, "build.py"), "--check"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert len(SOURCES) == 12
+    assert len(SOURCES) == 13
 
 
 def test_gradcheck_cell_is_the_same_everywhere():
