@@ -6,11 +6,23 @@ update (t = 1, 2, ...; all in place):
     param -= lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * param)
 Weight decay is decoupled (AdamW, not L2) and the model applies it only to the 2-D matrices
 (params.DECAYED_PARAMETERS), as llm.c's GPU trainer and PyTorch's "dim >= 2" group do.
+
+On the CPU the buffers hold 124M floats at d12, so the update is written for memory traffic: each
+thread takes one part of the buffers and walks it in cache-sized blocks, doing every operation of the
+update in place on a block before moving on, so param, grad, m and v are each read and written once
+per step and no temporary is larger than one block (parallel.py).
 Not here: the learning-rate schedule (schedule.py).
 """
+import math
+
 import numpy as np
 
-CHUNK = 1 << 16   # elements per pass: the temporary stays in the L2 cache
+from llmnp.parallel import BLOCK, blocks, parallel_for
+
+BETA1, BETA2, EPS = 0.9, 0.95, 1e-8      # llm.c's (and GPT-2 training's) AdamW constants, used everywhere
+
+CHUNK = 1 << 16                  # elements per block (tests cross block boundaries with it)
+NORM_CHUNK = 1 << 20             # elements per dot product in the norm (OpenBLAS threads each one)
 
 
 def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, t, grad_scale=1.0, master=None):
@@ -23,32 +35,38 @@ def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, t, gr
         return
     bc1 = 1.0 - beta1 ** t
     bc2 = 1.0 - beta2 ** t
-    tmp = np.empty(min(CHUNK, params.size), dtype=params.dtype)
-    for i in range(0, params.size, CHUNK):
-        p, g, mi, vi = params[i:i + CHUNK], grads[i:i + CHUNK], m[i:i + CHUNK], v[i:i + CHUNK]
-        s = tmp[:p.size]
-        np.multiply(g, grad_scale * (1.0 - beta1), out=s)
-        mi *= beta1
-        mi += s                                   # m = beta1 m + (1 - beta1) g
-        np.multiply(g, g, out=s)
-        s *= grad_scale * grad_scale * (1.0 - beta2)
-        vi *= beta2
-        vi += s                                   # v = beta2 v + (1 - beta2) g^2
-        np.divide(vi, bc2, out=s)
-        np.sqrt(s, out=s)
-        s += eps                                  # sqrt(v_hat) + eps
-        np.divide(mi, s, out=s)
-        s *= 1.0 / bc1                            # m_hat / (sqrt(v_hat) + eps)
-        if weight_decay != 0.0:
-            s += weight_decay * p
-        s *= lr
-        p -= s
+    # the bias corrections folded into two scalars:
+    # lr * m_hat / (sqrt(v_hat) + eps) = step_size * m / (sqrt(v) + eps_hat)
+    step_size = lr * math.sqrt(bc2) / bc1
+    eps_hat = eps * math.sqrt(bc2)
+    decay = 1.0 - lr * weight_decay   # decoupled weight decay: param -= lr * weight_decay * param
+
+    def update_part(lo, hi):
+        tmp = np.empty(min(CHUNK, hi - lo), dtype=params.dtype)
+        for i, j in blocks(lo, hi, CHUNK):
+            p, g, mi, vi, s = params[i:j], grads[i:j], m[i:j], v[i:j], tmp[:j - i]
+            np.multiply(g, grad_scale * (1.0 - beta1), out=s)
+            mi *= beta1
+            mi += s                                          # m = beta1 m + (1 - beta1) g
+            np.multiply(g, g, out=s)
+            s *= grad_scale * grad_scale * (1.0 - beta2)
+            vi *= beta2
+            vi += s                                          # v = beta2 v + (1 - beta2) g^2
+            np.sqrt(vi, out=s)
+            s += eps_hat
+            np.divide(mi, s, out=s)
+            s *= step_size                                   # lr * m_hat / (sqrt(v_hat) + eps)
+            if weight_decay != 0.0:
+                p *= decay
+            p -= s
+
+    parallel_for(params.size, update_part)
 
 
 def global_norm_squared(grads):
     """sum(g^2) over a flat 1-D buffer: BLAS dot products per chunk, summed in float64."""
     total = 0.0
-    for i in range(0, grads.size, CHUNK):
-        g = grads[i:i + CHUNK]
+    for i, j in blocks(0, grads.size, NORM_CHUNK):
+        g = grads[i:j]
         total += float(np.dot(g, g))
     return total
