@@ -32,6 +32,7 @@ if _LOCAL_PROCS > 1:
 import numpy as np  # noqa: E402
 
 from llmnp import GPT2, GPT2Config  # noqa: E402
+from llmnp.adamw import BETA1, BETA2, EPS  # noqa: E402
 from llmnp.errors import Interrupted, UserError, run_cli  # noqa: E402
 from llmnp.memory import model_bytes, require, training_bytes  # noqa: E402
 from llmnp.schedule import SCHEDULES, get_lr  # noqa: E402
@@ -105,6 +106,8 @@ def parse_args(argv):
                         "[cpu: gpt2_124M.bin, cuda: gpt2_124M_bf16.bin; d12 if absent]")
     g.add_argument("-n", "--checkpoint-every", type=count, default=0, help="steps between checkpoints [0: only at the end]")
     g.add_argument("-nk", "--checkpoints-kept", type=count, default=0, help="keep only the last N checkpoints [0: all]")
+    g.add_argument("-nm", "--major-every", type=count, default=0,
+                   help="steps between major checkpoints, which -nk never deletes [0: none]")
     g.add_argument("-y", "--resume", type=int, default=0, choices=(0, 1), help="resume from the latest checkpoint in -o")
     g = p.add_argument_group("batch / steps")
     g.add_argument("-b", "--batch-size", type=positive_int, default=None, help="micro-batch B per process [cpu 4, cuda 4]")
@@ -120,6 +123,10 @@ def parse_args(argv):
     g.add_argument("-q", "--final-lr-frac", type=fraction, default=1.0, help="final learning rate / peak")
     g.add_argument("-k", "--schedule", default="cosine", choices=SCHEDULES, help="learning rate schedule")
     g.add_argument("-c", "--weight-decay", type=finite_nonneg, default=0.0, help="AdamW weight decay (2-D weights only)")
+    g.add_argument("-sl", "--skip-loss-z", type=finite_nonneg, default=0.0,
+                   help="skip the update when the loss z-score exceeds this [0: never]")
+    g.add_argument("-sg", "--skip-norm-z", type=finite_nonneg, default=0.0,
+                   help="skip the update when the gradient norm z-score exceeds this [0: never]")
     g = p.add_argument_group("evaluation")
     g.add_argument("-v", "--val-every", type=count, default=None, help="steps between val losses, 0: never [cpu 10, cuda 20]")
     g.add_argument("-m", "--val-batches", type=positive_or_all, default=None,
@@ -130,10 +137,24 @@ def parse_args(argv):
     g = p.add_argument_group("system")
     g.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to train: the CPU or a CUDA GPU")
     g.add_argument("--dtype", default=None, choices=("fp32", "bf16"), help="[cpu fp32, cuda bf16]")
-    g.add_argument("-r", "--recompute", type=int, default=1, choices=(0, 1),
-                   help="1: recompute GELU in backward instead of storing it (less memory, as llm.c's -r 1)")
+    g.add_argument("-r", "--recompute", type=int, default=1, choices=(0, 1, 2),
+                   help="recompute in backward instead of storing: 1 GELU, 2 GELU and layernorms (less memory)")
+    g.add_argument("-w", "--master-weights", type=int, default=1, choices=(0, 1),
+                   help="bf16: keep fp32 master weights for AdamW (0: update the bf16 weights directly)")
+    g.add_argument("-f", "--tf32", type=int, default=1, choices=(0, 1), help="fp32 on the GPU: TF32 tensor-core products")
+    g.add_argument("-ge", "--gelu-fusion", type=int, default=-1, choices=(-1, 0, 1, 2),
+                   help="accepted for llm.c's scripts: llmnp always fuses GELU with the fc bias")
+    g.add_argument("-lg", "--log-gpu-every", type=int, default=-1, help="steps between GPU memory lines [-1: never]")
     g.add_argument("-z", "--zero-stage", type=int, default=0, choices=(0, 1), help="ZeRO stage: 1 shards AdamW state")
     g.add_argument("--seed", type=seed_int, default=42, help="seed of a random init")
+    g = p.add_argument_group("processes started without mpiexec (a cluster scheduler starts each one)")
+    g.add_argument("-pn", "--num-processes", type=positive_int, default=None, help="processes in all [1]")
+    g.add_argument("-pr", "--process-rank", type=count, default=0, help="this process's rank")
+    g.add_argument("-pg", "--gpus-per-node", type=positive_int, default=8, help="GPUs per machine")
+    g.add_argument("-pi", "-pm", "--init-method", default="mpi", choices=("mpi", "tcp", "fs"),
+                   help="how the processes find each other: mpi (mpiexec), tcp (-ps), fs (-pf)")
+    g.add_argument("-pf", "-pp", "--init-folder", default=None, help="fs: a folder every process can read")
+    g.add_argument("-ps", "--init-server", default=None, help="tcp: the address of process 0")
     args = p.parse_args(argv)
     for key, value in DEVICE_DEFAULTS[args.device].items():
         if getattr(args, key) is None:
@@ -168,7 +189,7 @@ def load_model(args, log, checkpoint=None):
     """The model to train: the checkpoint being resumed (whose shape -e, if given, must match), or the
     one -e names: a checkpoint file, HF weights, or a dN descriptor for a random init."""
     dtype = {"fp32": np.float32, "bf16": "bfloat16"}[args.dtype]
-    make = dict(device=args.device, dtype=dtype, recompute=args.recompute)
+    make = dict(device=args.device, dtype=dtype, recompute=args.recompute, master_weights=bool(args.master_weights))
     if checkpoint is not None:
         step, path = checkpoint
         from llmnp.checkpoint import load_model as read_model
@@ -313,6 +334,8 @@ def save_checkpoint(args, dist, model, train_loader, step, log):
         log(f"wrote checkpoint {out}/model_{step:08d}.bin")
         if args.checkpoints_kept > 0 and args.checkpoint_every > 0:
             old = step - args.checkpoints_kept * args.checkpoint_every
+            if args.major_every > 0 and old % args.major_every == 0:
+                return                               # a major checkpoint (-nm): kept
             for pattern in (f"DONE_{old:08d}", f"model_{old:08d}.bin", f"state_{old:08d}_*.bin"):   # DONE first
                 for f in glob.glob(os.path.join(out, pattern)):
                     os.remove(f)
@@ -395,9 +418,22 @@ def main(argv=None):
 
 def train(args):
     from llmnp.data import DataLoader, default_corpus
-    from llmnp.distributed import Distributed
-    dist = Distributed(args.device)
+    from llmnp.distributed import Distributed, Launch
+    launch = None
+    if args.init_method != "mpi" or args.num_processes is not None:
+        launch = Launch(args.num_processes or 1, args.process_rank, args.gpus_per_node, args.init_method,
+                        args.init_folder, args.init_server)
+    dist = Distributed(args.device, launch)
     log = print if dist.rank == 0 else (lambda *a, **k: None)
+    if dist.describe():
+        log(dist.describe())
+    if args.device == "cuda":
+        from llmnp.cuda.runtime import set_tf32
+        set_tf32(bool(args.tf32))                # fp32 products on TF32 tensor cores (llm.c's -f 1)
+    if args.gelu_fusion != -1:
+        log(f"-ge {args.gelu_fusion}: llmnp always adds the fc bias inside its GELU kernel; the flag changes nothing")
+    if args.dtype == "fp32" and not args.master_weights:
+        log("-w 0: fp32 parameters are their own master weights; the flag changes nothing")
 
     # --- everything that can be checked is checked here, before step 1
     checkpoint = prepare_output_dir(args) if args.output_dir else None
@@ -506,22 +542,19 @@ def train(args):
 
             # 3. one optimization step
             t0 = time.perf_counter()
-            if args.overfit_single_batch:
-                train_loader.reset()
-            model.zero_grad()
-            loss = 0.0
-            for _ in range(grad_accum_steps):
-                x, y = train_loader.next_batch()
-                loss = loss + model.forward(x, y)        # stays on the device until logged
-                model.backward(grad_accum_steps=grad_accum_steps)
-            dist.reduce_gradients(model)
-            norm = dist.grad_norm(model)
-            check_finite(step + 1, "gradient norm", norm, args.output_dir)   # before the update touches the weights
+            loss, norm = forward_backward(args, dist, model, train_loader, grad_accum_steps)
+            check_finite(step + 1, "loss", loss, args.output_dir)     # before the update touches the weights
+            check_finite(step + 1, "gradient norm", norm, args.output_dir)
+            zl, zn = loss_outliers.update(loss), norm_outliers.update(norm)
             lr = get_lr(step, num_steps, args.lr, args.warmup, args.final_lr_frac, args.schedule)
-            model.update(lr, 0.9, 0.95, 1e-8, args.weight_decay, step + 1, grad_scale=clip_scale(norm), shard=dist.shard)
-            dist.after_update(model)
-            loss = dist.average(float(loss) / grad_accum_steps)     # float(): the one host read of the step
-            check_finite(step + 1, "loss", loss, args.output_dir)
+            if args.skip_loss_z > 0 and zl > args.skip_loss_z:            # llm.c's -sl / -sg
+                log(f"skipping update due to loss z-score of {zl:f}")
+            elif args.skip_norm_z > 0 and zn > args.skip_norm_z:
+                log(f"skipping update due to grad z-score of {zn:f}")
+            else:
+                model.update(lr, BETA1, BETA2, EPS, args.weight_decay, step + 1, grad_scale=clip_scale(norm),
+                             shard=dist.shard)
+                dist.after_update(model)
             dt = time.perf_counter() - t0
             step_times.append(dt)
 
@@ -531,10 +564,11 @@ def train(args):
                 ema_tok_s = 0.95 * ema_tok_s + 0.05 * tok_s
                 tok_s = ema_tok_s / (1 - 0.95 ** (len(step_times) - 1))
             mfu = "n/a" if peak_flops is None else f"{100 * model.flops_per_token * total_batch / dist.world_size / dt / peak_flops:.1f}%"
-            zl, zn = loss_outliers.update(loss), norm_outliers.update(norm)
             log(f"step {step + 1:4d}/{num_steps} | loss {loss:7.6f} ({zl:+.2f}z)| norm {norm:6.4f} ({zn:+.2f}z)| "
                 f"lr {lr:.2e} | {dt * 1000:.2f} ms | {mfu} bf16 MFU | {tok_s:.0f} tok/s", flush=True)
             log_line(f"s:{step} trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}")
+            if args.device == "cuda" and args.log_gpu_every > 0 and (step + 1) % args.log_gpu_every == 0:
+                log(gpu_memory_line())
     finally:
         stop.close()
     if step_times:
@@ -544,6 +578,30 @@ def train(args):
         logfile.close()
     dist.finish()
     return 0
+
+
+def forward_backward(args, dist, model, train_loader, grad_accum_steps):
+    """Forward and backward over the step's micro-batches, gradients accumulated and averaged over
+    processes: (mean loss, global gradient norm), host floats (the step's two reads from the device)."""
+    if args.overfit_single_batch:
+        train_loader.reset()
+    model.zero_grad()
+    loss = 0.0
+    for _ in range(grad_accum_steps):
+        x, y = train_loader.next_batch()
+        loss = loss + model.forward(x, y)            # stays on the device until read below
+        model.backward(grad_accum_steps=grad_accum_steps)
+    dist.reduce_gradients(model)
+    norm = dist.grad_norm(model)
+    return dist.average(float(loss) / grad_accum_steps), norm
+
+
+def gpu_memory_line():
+    """-lg: the GPU's memory in use, as llm.c logs its GPU state every -lg steps."""
+    import cupy
+    free, total = cupy.cuda.runtime.memGetInfo()
+    pool = cupy.get_default_memory_pool().total_bytes()
+    return f"gpu: {(total - free) / 2**30:.1f} of {total / 2**30:.1f} GiB in use ({pool / 2**30:.1f} GiB by this process's pool)"
 
 
 def clip_scale(norm, max_norm=1.0):

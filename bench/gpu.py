@@ -55,6 +55,7 @@ def time_steps(step, sync, warmup, steps):
 def row_llmnp(dtype, B, T, warmup, steps):
     import cupy
     from llmnp import GPT2, GPT2Config
+    from llmnp.adamw import BETA1, BETA2, EPS
     model = GPT2(GPT2Config.preset("d12"), device="cuda", dtype={"fp32": np.float32, "bf16": "bfloat16"}[dtype], seed=0)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 50257, size=(B, T + 1)).astype(np.int32)
@@ -65,7 +66,7 @@ def row_llmnp(dtype, B, T, warmup, steps):
         model.zero_grad()
         model.backward()
         norm = model.grad_norm()
-        model.update(6e-4, 0.9, 0.95, 1e-8, 0.1, t, grad_scale=min(1.0, 1.0 / max(norm, 1e-12)))
+        model.update(6e-4, BETA1, BETA2, EPS, 0.1, t, grad_scale=min(1.0, 1.0 / max(norm, 1e-12)))
         return float(loss)
 
     sec, peak, loss = time_steps(step, cupy.cuda.Device().synchronize, warmup, steps)
@@ -76,6 +77,8 @@ def row_torch(dtype, B, T, warmup, steps, compile_model):
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
+
+    from llmnp.adamw import BETA1, BETA2, EPS
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     L, NH, C, V, maxT = 12, 12, 768, 50304, 1024
@@ -119,7 +122,7 @@ def row_torch(dtype, B, T, warmup, steps, compile_model):
     decay = [p for p in model.parameters() if p.dim() >= 2]
     other = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
-                            lr=6e-4, betas=(0.9, 0.95), eps=1e-8, fused=True)
+                            lr=6e-4, betas=(BETA1, BETA2), eps=EPS, fused=True)
     fwd = torch.compile(model) if compile_model else model
     x = torch.randint(0, 50257, (B, T), device="cuda")
     y = torch.randint(0, 50257, (B, T), device="cuda")

@@ -23,13 +23,14 @@ import sys
 
 import numpy as np
 
+from llmnp.adamw import BETA1, BETA2, EPS
 from llmnp.checkpoint import load_model, read_debug_state, write_debug_state
 from llmnp.errors import UserError, run_cli
 from llmnp.params import PARAMETER_NAMES, make_views, parameter_specs
 
 TOL_LOGITS, TOL_LOSS, TOL_GRAD, TOL_STEP_LOSS = 1e-2, 1e-2, 2e-2, 1e-2
 STEPS = 10
-LR, BETA1, BETA2, EPS, WEIGHT_DECAY, GRAD_CLIP = 1e-4, 0.9, 0.95, 1e-8, 0.0, 1.0
+LR, WEIGHT_DECAY, GRAD_CLIP = 1e-4, 0.0, 1.0
 # test_gpt2.cu's expected losses for gpt2_124M.bin + gpt2_124M_debug_state.bin (B=4, T=64)
 LLMC_124M_LOSSES = [5.270009, 4.060681, 3.320085, 2.717550, 2.181066, 1.653923, 1.168050, 0.736873,
                     0.401021, 0.187493]

@@ -42,23 +42,24 @@ def backend(device):
 
 
 class GPT2:
-    def __init__(self, config, device="cpu", dtype=np.float32, seed=42, init=True, recompute=0):
+    def __init__(self, config, device="cpu", dtype=np.float32, seed=42, init=True, recompute=0, master_weights=True):
         self.config = config
-        self.recompute = recompute                 # 1: recompute GELU in backward instead of storing it
+        self.recompute = recompute                 # 1: recompute GELU in backward, 2: GELU and layernorms
         self.device = device
         self.dtype = storage_dtype(dtype)          # parameters, gradients, activations
         # statistics, AdamW state and master weights: float32 when the storage is narrower (bf16)
         self.state_dtype = np.dtype(np.float32) if self.dtype.itemsize < 4 else self.dtype
         self.xp, self.ops = backend(device)
-        require(model_bytes(config, self.dtype, self.state_dtype), device,
+        require(model_bytes(config, self.dtype, self.state_dtype if master_weights else self.dtype), device,
                 f"a {config.num_layers}-layer, {config.channels}-channel model ({num_parameters(config):,} parameters)",
                 "choose a smaller model")      # before allocating, so a typo like d2000 is one line
         self.param_specs = parameter_specs(config)
         self.params_memory, self.params = allocate(self.param_specs, self.dtype, self.xp)  # (num_parameters,)
         self.num_parameters = self.params_memory.size
         # the float32 copy AdamW updates when the parameters are stored in bf16 (None otherwise)
+        # (master_weights=False, llm.c's -w 0: AdamW updates the bf16 parameters themselves)
         self.master_memory = (self.xp.zeros(self.num_parameters, dtype=self.state_dtype)
-                              if self.state_dtype != self.dtype else None)
+                              if self.state_dtype != self.dtype and master_weights else None)
         self.shard = (0, self.num_parameters)      # the slice update() owns (ZeRO-1 narrows it)
         if init:
             self.init_weights(seed)
@@ -115,20 +116,20 @@ class GPT2:
 
     # ------------------------------------------------------------------------------- files
     @classmethod
-    def from_checkpoint(cls, path, device="cpu", dtype=np.float32, recompute=0):
+    def from_checkpoint(cls, path, device="cpu", dtype=np.float32, recompute=0, master_weights=True):
         """A model from an llm.c model file (.bin, fp32 version 3 or bf16 version 5)."""
         from llmnp.checkpoint import load_model
         config, flat = load_model(path)
-        model = cls(config, device=device, dtype=dtype, init=False, recompute=recompute)
+        model = cls(config, device=device, dtype=dtype, init=False, recompute=recompute, master_weights=master_weights)
         model.load_parameters(flat)
         return model
 
     @classmethod
-    def from_pretrained(cls, path, device="cpu", dtype=np.float32, recompute=0):
+    def from_pretrained(cls, path, device="cpu", dtype=np.float32, recompute=0, master_weights=True):
         """A model from Hugging Face GPT-2 weights: a model.safetensors file or a folder holding one."""
         from llmnp.checkpoint import load_hf
         config, flat = load_hf(path)
-        model = cls(config, device=device, dtype=dtype, init=False, recompute=recompute)
+        model = cls(config, device=device, dtype=dtype, init=False, recompute=recompute, master_weights=master_weights)
         model.load_parameters(flat)
         return model
 
@@ -179,19 +180,19 @@ class GPT2:
         x[...] = self.xp.asarray(inputs)
         self.x = x
         ops.encoder_forward(a["encoded"], x, p["wte"], p["wpe"])
-        ops.layernorm_forward(a["ln1"][0], a["ln1_mean"][0], a["ln1_rstd"][0], a["encoded"],
+        ops.layernorm_forward(self._ln(1, 0), a["ln1_mean"][0], a["ln1_rstd"][0], a["encoded"],
                               p["ln1w"][0], p["ln1b"][0])
         # the projections leave their bias out: the residual add after them puts it in, in one call with
         # the layernorm that follows; the fc bias goes in with GELU
         for l in range(cfg.num_layers):
             residual = a["encoded"] if l == 0 else a["residual3"][l - 1]    # (B,T,C); ln1[l] is its layernorm
-            ops.matmul_forward(a["qkv"][l], a["ln1"][l], p["qkvw"][l], p["qkvb"][l])             # (B,T,3C)
+            ops.matmul_forward(a["qkv"][l], self._ln(1, l), p["qkvw"][l], p["qkvb"][l])           # (B,T,3C)
             ops.attention_forward(a["atty"][l], a["att_lse"][l], a["qkv"][l])                     # (B,T,C)
             ops.matmul_forward(a["residual2"][l], a["atty"][l], p["attprojw"][l], None)
             # residual2 = residual + attproj + attprojb, then ln2 = layernorm(residual2)
-            ops.residual_layernorm_forward(a["residual2"][l], a["ln2"][l], a["ln2_mean"][l], a["ln2_rstd"][l],
+            ops.residual_layernorm_forward(a["residual2"][l], self._ln(2, l), a["ln2_mean"][l], a["ln2_rstd"][l],
                                            residual, a["residual2"][l], p["attprojb"][l], p["ln2w"][l], p["ln2b"][l])
-            ops.matmul_forward(a["fch"][l], a["ln2"][l], p["fcw"][l], None)                       # (B,T,4C)
+            ops.matmul_forward(a["fch"][l], self._ln(2, l), p["fcw"][l], None)                    # (B,T,4C)
             fch_gelu = self._fch_gelu(l)                                                         # (B,T,4C)
             ops.bias_gelu_forward(fch_gelu, a["fch"][l], p["fcb"][l])                             # gelu(fch + fcb)
             ops.matmul_forward(a["residual3"][l], fch_gelu, p["fcprojw"][l], None)
@@ -218,8 +219,22 @@ class GPT2:
         a, p = self.acts, self.params
         if l + 1 < self.config.num_layers:
             n = l + 1
-            return a["ln1"][n], a["ln1_mean"][n], a["ln1_rstd"][n], p["ln1w"][n], p["ln1b"][n]
+            return self._ln(1, n), a["ln1_mean"][n], a["ln1_rstd"][n], p["ln1w"][n], p["ln1b"][n]
         return a["lnf"], a["lnf_mean"], a["lnf_rstd"], p["lnfw"], p["lnfb"]
+
+    def _ln(self, which, l):
+        """Layer l's ln1 or ln2 output (which = 1 or 2): its own slice, or with recompute 2 the one shared
+        (B,T,C) buffer, which backward refills (_recompute_ln) before it reads it."""
+        buf = self.acts[f"ln{which}"]
+        return buf if self.recompute >= 2 else buf[l]
+
+    def _recompute_ln(self, which, l, inp):
+        """recompute 2: layer l's ln1 or ln2 again from its input (mean and rstd come out as they were)."""
+        if self.recompute >= 2:
+            a, p = self.acts, self.params
+            self.ops.layernorm_forward(self._ln(which, l), a[f"ln{which}_mean"][l], a[f"ln{which}_rstd"][l], inp,
+                                       p[f"ln{which}w"][l], p[f"ln{which}b"][l])
+        return self._ln(which, l)
 
     def _fch_gelu(self, l):
         """Layer l's GELU output: its own slice, or with recompute the one shared (B,T,4C) buffer."""
@@ -263,12 +278,14 @@ class GPT2:
                 ops.bias_gelu_forward(fch_gelu, a["fch"][l], p["fcb"][l])
             ops.matmul_backward(d["dfch_gelu"], g["fcprojw"][l], g["fcprojb"][l], dres, fch_gelu, p["fcprojw"][l])
             ops.bias_gelu_backward(d["dfch"], g["fcb"][l], d["dfch_gelu"], a["fch"][l], p["fcb"][l])
-            ops.matmul_backward(d["dln"], g["fcw"][l], None, d["dfch"], a["ln2"][l], p["fcw"][l])   # fcb: above
+            ln2 = self._recompute_ln(2, l, a["residual2"][l])
+            ops.matmul_backward(d["dln"], g["fcw"][l], None, d["dfch"], ln2, p["fcw"][l])   # fcb: above
             ops.layernorm_backward(dres, g["ln2w"][l], g["ln2b"][l], d["dln"], a["residual2"][l], p["ln2w"][l], a["ln2_mean"][l], a["ln2_rstd"][l])
             # forward: residual2 = residual + attproj; likewise
             ops.matmul_backward(d["datty"], g["attprojw"][l], g["attprojb"][l], dres, a["atty"][l], p["attprojw"][l])
             ops.attention_backward(d["dqkv"], d["datty"], a["qkv"][l], a["atty"][l], a["att_lse"][l])
-            ops.matmul_backward(d["dln"], g["qkvw"][l], g["qkvb"][l], d["dqkv"], a["ln1"][l], p["qkvw"][l])
+            ln1 = self._recompute_ln(1, l, residual)
+            ops.matmul_backward(d["dln"], g["qkvw"][l], g["qkvb"][l], d["dqkv"], ln1, p["qkvw"][l])
             ops.layernorm_backward(dres, g["ln1w"][l], g["ln1b"][l], d["dln"], residual, p["ln1w"][l], a["ln1_mean"][l], a["ln1_rstd"][l])
         ops.encoder_backward(g["wte"], g["wpe"], dres, self.x)
         self.mean_loss = None                                       # model.logits now hold dlogits

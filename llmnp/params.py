@@ -45,6 +45,8 @@ def activation_specs(config, B, T, recompute=0):
 
     recompute >= 1 (llm.c's -r 1): GELU's output is not kept per layer; one layer's buffer is reused
     and backward recomputes it from fch, saving (L-1) * B*T*4C values for one GELU per layer.
+    recompute >= 2 (llm.c's -r 2): the layernorm outputs ln1 and ln2 are not kept per layer either;
+    backward recomputes each from its input and the kept mean and rstd, saving 2(L-1) * B*T*C values.
 
     Attention keeps only its output and the softmax log-sum-exp (B, NH, T) per row; the backward
     pass recomputes the (T, T) probabilities from q, k and that statistic (flash-attention style), so
@@ -57,16 +59,17 @@ def activation_specs(config, B, T, recompute=0):
     backward writes dlogits over the logits.
     """
     L, C, NH, Vp = config.num_layers, config.channels, config.num_heads, config.padded_vocab_size
+    ln = (B, T, C) if recompute >= 2 else (L, B, T, C)
     return [
         ("encoded", (B, T, C)),          # wte[token] + wpe[position]
-        ("ln1", (L, B, T, C)),
+        ("ln1", ln),
         ("ln1_mean", (L, B, T)),
         ("ln1_rstd", (L, B, T)),
         ("qkv", (L, B, T, 3 * C)),
         ("atty", (L, B, T, C)),          # attention output, heads concatenated
         ("att_lse", (L, B, NH, T)),      # log-sum-exp of each softmax row
         ("residual2", (L, B, T, C)),     # residual + attproj
-        ("ln2", (L, B, T, C)),
+        ("ln2", ln),
         ("ln2_mean", (L, B, T)),
         ("ln2_rstd", (L, B, T)),
         ("fch", (L, B, T, 4 * C)),       # fc product, before its bias and GELU

@@ -78,7 +78,7 @@ def test_resume_with_another_process_count_says_so(shards, tmp_path):
 @pytest.mark.parametrize("zero", ["0", "1"])
 def test_two_processes_sharing_one_gpu_match_one(shards, zero):
     """On one GPU, two processes reduce through the host (NCCL refuses two ranks on one GPU)."""
-    gpu = ["--device", "cuda", "--dtype", "fp32"]
+    gpu = ["--device", "cuda", "--dtype", "fp32", "-f", "0"]       # exact fp32 products (no TF32)
     one = train(shards, 1, "-d", "64", "-m", "4", *gpu)
     two = train(shards, 2, "-d", "64", "-m", "2", "-z", zero, *gpu)
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr

@@ -23,6 +23,7 @@ def main():
     args = p.parse_args()
     import cupy as cp
     from llmnp import GPT2, GPT2Config
+    from llmnp.adamw import BETA1, BETA2, EPS
     from llmnp import cuda as ops
     from llmnp.cuda import matmul, runtime
     model = GPT2(GPT2Config.preset(args.e), device="cuda", dtype={"fp32": np.float32, "bf16": "bfloat16"}[args.dtype])
@@ -74,7 +75,7 @@ def main():
         model.zero_grad()
         model.backward()
         norm = model.grad_norm()
-        model.update(6e-4, 0.9, 0.95, 1e-8, 0.1, t, grad_scale=min(1.0, 1.0 / norm))
+        model.update(6e-4, BETA1, BETA2, EPS, 0.1, t, grad_scale=min(1.0, 1.0 / norm))
         return float(loss)
 
     for t in range(1, 4):

@@ -150,6 +150,14 @@ def scratch(name, n, dtype=np.float32):
 # ----------------------------------------------------------------------------------------- cuBLAS
 _CUDA_R_32F, _CUDA_R_16BF = 0, 14
 _CUBLAS_COMPUTE_32F = 68          # fp32 accumulation; for fp32 data, no TF32
+_CUBLAS_COMPUTE_32F_FAST_TF32 = 77  # fp32 data multiplied on TF32 tensor cores, fp32 accumulation
+_fp32_compute = [_CUBLAS_COMPUTE_32F]
+
+
+def set_tf32(enabled):
+    """fp32 products on TF32 tensor cores (llm.c's -f 1, its default for fp32 builds) or in full fp32
+    (-f 0; the library's default, which matches the CPU to ~1e-5). bf16 products are unaffected."""
+    _fp32_compute[0] = _CUBLAS_COMPUTE_32F_FAST_TF32 if enabled else _CUBLAS_COMPUTE_32F
 _CUBLAS_GEMM_DEFAULT = -1
 _OP = {False: 0, True: 1}         # CUBLAS_OP_N, CUBLAS_OP_T
 _ALPHA_BETA = {}
@@ -160,7 +168,8 @@ def gemm(c, a, b, m, n, k, transa, transb, lda, ldb, ldc, beta=0.0):
     The row-major launchers in matmul.py say how their shapes map onto this."""
     cp = cupy()
     from cupy_backends.cuda.libs import cublas
-    dtype = _CUDA_R_16BF if storage_is_bf16(c.dtype) else _CUDA_R_32F
+    bf16 = storage_is_bf16(c.dtype)
+    dtype, compute = (_CUDA_R_16BF, _CUBLAS_COMPUTE_32F) if bf16 else (_CUDA_R_32F, _fp32_compute[0])
     handle = cp.cuda.device.get_cublas_handle()
     cublas.setPointerMode(handle, 0)      # CUBLAS_POINTER_MODE_HOST: alpha, beta below are host floats
     key = (1.0, float(beta))
@@ -169,7 +178,7 @@ def gemm(c, a, b, m, n, k, transa, transb, lda, ldb, ldc, beta=0.0):
     ab = _ALPHA_BETA[key]
     cublas.gemmEx(handle, _OP[transa], _OP[transb], m, n, k,
                   ab.ctypes.data, a.data.ptr, dtype, lda, b.data.ptr, dtype, ldb,
-                  ab.ctypes.data + 4, c.data.ptr, dtype, ldc, _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT)
+                  ab.ctypes.data + 4, c.data.ptr, dtype, ldc, compute, _CUBLAS_GEMM_DEFAULT)
 
 
 def compile_check(family, bf16, defines=(), arch="sm_90"):
