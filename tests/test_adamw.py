@@ -8,7 +8,7 @@ from llmnp.params import DECAYED_PARAMETERS, PARAMETER_NAMES
 
 def test_two_steps_match_hand_computation():
     rng = np.random.default_rng(0)
-    n = CHUNK + 123                                   # crosses a chunk boundary
+    n = CHUNK + 123                                   # crosses a chunk boundary (and two threads)
     p0, g1, g2 = rng.standard_normal(n), rng.standard_normal(n), rng.standard_normal(n)
     lr, b1, b2, eps, wd, scale = 1e-2, 0.9, 0.95, 1e-8, 0.1, 0.5
     p, m, v = p0.copy(), np.zeros(n), np.zeros(n)
@@ -46,3 +46,24 @@ def test_model_decays_only_the_matrices():
 def test_global_norm():
     g = np.random.default_rng(2).standard_normal(3 * CHUNK + 5).astype(np.float32)
     assert abs(global_norm_squared(g) - float(np.sum(g.astype(np.float64) ** 2))) < 1e-6 * g.size
+
+
+def test_update_is_the_same_in_one_piece_and_over_threads(monkeypatch):
+    """The update is elementwise: cutting the buffers into parts per thread and blocks per part must not
+    change a single bit."""
+    import llmnp.adamw
+    rng = np.random.default_rng(3)
+    n = 3 * CHUNK + 77
+    p0, g = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    results = []
+    for threads, chunk in (("1", n), ("2", CHUNK), ("3", 1000)):
+        monkeypatch.setenv("LLMNP_NUM_THREADS", threads)
+        monkeypatch.setattr(llmnp.adamw, "CHUNK", chunk)
+        p, m, v = p0.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)
+        for t in (1, 2):
+            adamw_update(p, g, m, v, 1e-2, 0.9, 0.95, 1e-8, 0.1, t, 0.5)
+        results.append((p, m, v))
+    for p, m, v in results[1:]:
+        np.testing.assert_array_equal(p, results[0][0])
+        np.testing.assert_array_equal(m, results[0][1])
+        np.testing.assert_array_equal(v, results[0][2])
