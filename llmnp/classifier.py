@@ -13,9 +13,16 @@ logits buffer itself (the model does that, so after backward its logits hold dlo
 The padded columns V..Vp-1 exist only so that matmuls have nice shapes: they never enter the softmax or
 the loss, their probabilities and dlogits are 0, so the padded rows of wte get no gradient.
 
+On the CPU the loss and its backward walk the (B*T, Vp) rows in blocks of a few rows, split over the
+cores (parallel.py): one pass over the logits each, and no (B,T,V) temporary.
+
 Shapes: B batch, T time, V vocab, Vp padded vocab. targets int32 (B,T).
 """
 import numpy as np
+
+from llmnp.parallel import as_rows, blocks, parallel_for
+
+ROWS = 4          # rows of the (N, Vp) logits per block: under 1 MB, in the L2 cache
 
 
 def softmax_forward(probs, logits, V):
@@ -32,11 +39,16 @@ def softmax_forward(probs, logits, V):
 def crossentropy_forward(losses, lse, logits, targets, V):
     """losses (B,T) <- lse - logits[b, t, targets[b, t]], lse (B,T) <- logsumexp(logits[b, t, :V]);
     logits (B,T,Vp) are only read."""
-    x = logits[..., :V]
-    m = x.max(axis=-1, keepdims=True)                       # (B,T,1), so that exp never overflows
-    e = x - m                                               # (B,T,V) temporary
-    np.exp(e, out=e)
-    lse[...] = np.log(e.sum(axis=-1)) + m[..., 0]
+    x, lse_rows = as_rows(logits)[:, :V], lse.reshape(-1)                      # (N,V), (N,)
+
+    def part(lo, hi):
+        for i, j in blocks(lo, hi, ROWS):
+            m = x[i:j].max(axis=-1)                          # (rows,), so that exp never overflows
+            e = np.subtract(x[i:j], m[:, None])              # (rows,V) block temporary
+            np.exp(e, out=e)
+            np.add(np.log(e.sum(axis=-1)), m, out=lse_rows[i:j])
+
+    parallel_for(x.shape[0], part, grain=ROWS)
     z = np.take_along_axis(logits, targets[..., None].astype(np.intp), axis=-1)[..., 0]
     np.subtract(lse, z, out=losses)
 
@@ -44,11 +56,17 @@ def crossentropy_forward(losses, lse, logits, targets, V):
 def crossentropy_softmax_backward(dlogits, logits, lse, targets, dloss, V):
     """dlogits (B,T,Vp) <- (exp(logits[..., :V] - lse) - onehot(targets)) * dloss, 0 in the padded columns,
     lse (B,T) from crossentropy_forward; overwritten, and dlogits may be logits itself."""
-    p = dlogits[..., :V]
-    np.subtract(logits[..., :V], lse[..., None], out=p)     # log softmax: no max or sum over the row again
-    np.exp(p, out=p)                                        # p, recomputed: the forward kept none
-    p *= dloss
-    dlogits[..., V:] = 0.0
+    x, dx, lse_rows = as_rows(logits)[:, :V], as_rows(dlogits), lse.reshape(-1)
+
+    def part(lo, hi):
+        for i, j in blocks(lo, hi, ROWS):
+            p = dx[i:j, :V]
+            np.subtract(x[i:j], lse_rows[i:j, None], out=p)  # log softmax: no max or sum over the row again
+            np.exp(p, out=p)                                 # p, recomputed: the forward kept none
+            p *= dloss
+            dx[i:j, V:] = 0.0
+
+    parallel_for(x.shape[0], part, grain=ROWS)
     B, T = targets.shape
     b, t = np.meshgrid(np.arange(B), np.arange(T), indexing="ij")
     dlogits[b, t, targets] -= dloss

@@ -5,13 +5,17 @@ backward: dinp = dout * d out / d x   (overwritten: GELU's input is a matmul out
 bias_gelu: out = gelu(inp + bias), bias (OC,) broadcast over the rows: the fc layer's bias, added here
           rather than by the matmul before it (one pass over the (B,T,4C) product fewer on the GPU).
           Its backward writes dinp (overwritten) and adds the bias gradient, dinp summed over (B,T),
-          into dbias (+=).
+          into dbias (+=). These two are the model's (its (B,T,4C) tensors are the largest elementwise
+          work of a CPU step), so they are the fast form of the plain gelu_forward/backward above: the
+          same arithmetic, in place on cache-sized blocks of rows, spread over the cores.
 
 Shapes: any; in GPT-2, (B, T, 4C). bias_gelu: inp (B,T,OC), bias (OC,).
 """
 import math
 
 import numpy as np
+
+from llmnp.parallel import BLOCK, as_rows, blocks, parallel_for
 
 # a Python float: a NumPy float64 scalar would silently promote float32 arrays to float64
 GELU_SCALE = math.sqrt(2.0 / math.pi)
@@ -36,11 +40,57 @@ def gelu_backward(dinp, inp, dout):
 
 
 def bias_gelu_forward(out, inp, bias):
-    """out (B,T,OC) <- gelu(inp + bias), inp (B,T,OC) a product without its bias (OC,)."""
-    gelu_forward(out, inp + bias)
+    """out (B,T,OC) <- gelu(inp + bias), inp (B,T,OC) a product without its bias (OC,).
+    gelu_forward's arithmetic, done in place on blocks of rows spread over the cores (parallel.py):
+    the model's (B,T,4C) tensors are the largest elementwise work of a step."""
+    x_rows, out_rows = as_rows(inp), as_rows(out)                # (N,OC)
+    rows = max(1, BLOCK // x_rows.shape[1])
+
+    def part(lo, hi):
+        for i, j in blocks(lo, hi, rows):
+            x = np.add(x_rows[i:j], bias)                        # (rows,OC) block of inp + bias
+            t = x * x
+            t *= 0.044715 * GELU_SCALE
+            t += GELU_SCALE
+            t *= x                                               # u = s (x + 0.044715 x^3)
+            np.tanh(t, out=t)
+            t += 1.0
+            t *= x
+            np.multiply(t, 0.5, out=out_rows[i:j])               # 0.5 x (1 + tanh u)
+
+    parallel_for(x_rows.shape[0], part, grain=rows)
 
 
 def bias_gelu_backward(dinp, dbias, dout, inp, bias):
-    """dinp (B,T,OC) <- dout * gelu'(inp + bias), overwritten; adds into dbias (OC,) dinp summed over (B,T)."""
-    gelu_backward(dinp, inp + bias, dout)
-    dbias += dinp.reshape(-1, dinp.shape[-1]).sum(axis=0)
+    """dinp (B,T,OC) <- dout * gelu'(inp + bias), overwritten; adds into dbias (OC,) dinp summed over (B,T).
+    gelu_backward's arithmetic in blocks of rows over the cores, as bias_gelu_forward."""
+    x_rows, dout_rows, dinp_rows = as_rows(inp), as_rows(dout), as_rows(dinp)   # (N,OC)
+    rows = max(1, BLOCK // x_rows.shape[1])
+    sums = []                                                    # each part's dbias
+
+    def part(lo, hi):
+        dbias_part = np.zeros(x_rows.shape[1], dtype=dinp.dtype)
+        for i, j in blocks(lo, hi, rows):
+            x = np.add(x_rows[i:j], bias)                        # (rows,OC) block of inp + bias
+            x2 = x * x
+            th = x2 * (0.044715 * GELU_SCALE)
+            th += GELU_SCALE
+            th *= x                                              # u = s (x + 0.044715 x^3)
+            np.tanh(th, out=th)
+            x2 *= 3.0 * 0.044715 * GELU_SCALE
+            x2 += GELU_SCALE                                     # du/dx = s (1 + 3 * 0.044715 x^2)
+            # gelu' = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) du/dx = 0.5 (1 + tanh u) (1 + x (1 - tanh u) du/dx)
+            g = np.subtract(1.0, th)
+            g *= x
+            g *= x2
+            g += 1.0
+            th += 1.0
+            g *= th
+            g *= 0.5
+            dx = np.multiply(g, dout_rows[i:j], out=dinp_rows[i:j])
+            dbias_part += dx.sum(axis=0)
+        sums.append(dbias_part)
+
+    parallel_for(x_rows.shape[0], part, grain=rows)
+    for dbias_part in sums:
+        dbias += dbias_part

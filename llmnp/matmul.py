@@ -3,13 +3,20 @@
 forward:  out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias (OC,); weight.T is a view, so BLAS reads
           the (out, in) layout directly, without a copy.
 backward: dinp = dout @ weight          (overwritten: a matmul's input is never the residual stream)
-          dweight += dout^T @ inp        (accumulates, for gradient accumulation over micro-steps)
+          dweight += dout^T @ inp        (accumulates, for gradient accumulation over micro-steps;
+                                          the product goes through a scratch of at most 4M elements,
+                                          a block of rows at a time, so the tied classifier's (Vp, C)
+                                          gradient needs no (Vp, C) temporary: 154 MB at d12)
           dbias += dout summed over N    (accumulates)
 bias and dbias may be None (the tied classifier has no bias); dinp may be None (nothing to send).
 
 Shapes: N = B*T rows (any leading shape is flattened), C in channels, OC out channels.
 """
 import numpy as np
+
+from llmnp.parallel import blocks
+
+DWEIGHT_BLOCK = 1 << 22          # elements of dweight per product (16 MB in float32): fits the L3 cache
 
 
 def matmul_forward(out, inp, weight, bias):
@@ -27,6 +34,12 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight):
     dout2 = dout.reshape(-1, OC)                # (N,OC)
     if dinp is not None:
         np.matmul(dout2, weight, out=dinp.reshape(-1, C))
-    dweight += dout2.T @ inp.reshape(-1, C)     # (OC,N) @ (N,C)
+    inp2 = inp.reshape(-1, C)                   # (N,C)
+    rows = max(1, DWEIGHT_BLOCK // C)
+    scratch = np.empty((min(rows, OC), C), dtype=dweight.dtype)
+    for i, j in blocks(0, OC, rows):
+        part = scratch[:j - i]
+        np.matmul(dout2[:, i:j].T, inp2, out=part)   # (rows,N) @ (N,C): dout2.T is a view BLAS reads as is
+        dweight[i:j] += part
     if dbias is not None:
         dbias += dout2.sum(axis=0)

@@ -1,8 +1,14 @@
 """Every NumPy layer: forward against an independent one-line oracle, backward against float64 finite
-differences for every input and parameter, and the accumulate-or-overwrite rule of its docstring."""
+differences for every input and parameter, and the accumulate-or-overwrite rule of its docstring.
+The layers that split their rows over threads and walk them in blocks run twice: as one block on one
+thread, and cut into blocks of a few rows over two threads (the `split` fixture)."""
 import numpy as np
 import pytest
 
+import llmnp.classifier
+import llmnp.gelu
+import llmnp.layernorm
+import llmnp.matmul
 from gradcheck import assert_grad
 from llmnp.attention import attention_backward, attention_forward
 from llmnp.classifier import crossentropy_forward, crossentropy_softmax_backward, softmax_forward
@@ -18,6 +24,20 @@ B, T, C, NH, V, Vp = 2, 5, 8, 2, 11, 16
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(params=["one thread, one block", "two threads, small blocks"])
+def split(request, monkeypatch):
+    """Run a test with the layers' work in one piece, then cut into blocks of 3-5 rows over 2 threads."""
+    if request.param.startswith("one"):
+        monkeypatch.setenv("LLMNP_NUM_THREADS", "1")
+    else:
+        monkeypatch.setenv("LLMNP_NUM_THREADS", "2")
+        monkeypatch.setattr(llmnp.gelu, "BLOCK", 3 * 4 * C)          # 3 rows of (B*T, 4C)
+        monkeypatch.setattr(llmnp.layernorm, "ROWS", 3)
+        monkeypatch.setattr(llmnp.classifier, "ROWS", 3)
+        monkeypatch.setattr(llmnp.matmul, "DWEIGHT_BLOCK", 5 * C)    # dweight in blocks of 5 rows
+    return request.param
 
 
 # ----------------------------------------------------------------------------------- encoder
@@ -39,7 +59,7 @@ def test_encoder(rng):
 
 
 # --------------------------------------------------------------------------------- layernorm
-def test_layernorm(rng):
+def test_layernorm(rng, split):
     inp = rng.standard_normal((B, T, C)) * 3 + 1
     w, b = rng.standard_normal(C), rng.standard_normal(C)
     out, mean, rstd = np.empty((B, T, C)), np.empty((B, T)), np.empty((B, T))
@@ -60,7 +80,7 @@ def test_layernorm(rng):
 
 # ------------------------------------------------------------------------------------ matmul
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_matmul(rng, with_bias):
+def test_matmul(rng, with_bias, split):
     OC = 12
     inp, w = rng.standard_normal((B, T, C)), rng.standard_normal((OC, C))
     bias = rng.standard_normal(OC) if with_bias else None
@@ -99,7 +119,7 @@ def attention_oracle(qkv, NH):
     return out
 
 
-def test_attention(rng):
+def test_attention(rng, split):
     qkv = rng.standard_normal((B, T, 3 * C))
     out, lse = np.empty((B, T, C)), np.empty((B, NH, T))
     attention_forward(out, lse, qkv)
@@ -135,7 +155,7 @@ def test_gelu(rng):
     assert_grad(f, inp, dinp, rng, name="inp")
 
 
-def test_bias_gelu(rng):
+def test_bias_gelu(rng, split):
     """gelu(inp + bias): the same oracle on the biased input; dbias accumulates, dinp is overwritten."""
     inp, bias = rng.standard_normal((B, T, 4 * C)) * 2, rng.standard_normal(4 * C)
     out = np.empty_like(inp)
@@ -165,7 +185,7 @@ def test_residual(rng):
     assert_grad(f, b, db - 1, rng, name="inp2")
 
 
-def test_residual_layernorm():
+def test_residual_layernorm(split):
     """The fused op is its composition: inp + proj + proj_bias, then layernorm; residual may be proj."""
     rng = np.random.default_rng(1)
     inp, proj = rng.standard_normal((B, T, C)), rng.standard_normal((B, T, C))
@@ -185,7 +205,7 @@ def test_residual_layernorm():
 
 
 # -------------------------------------------------------------------------------- classifier
-def test_classifier(rng):
+def test_classifier(rng, split):
     logits = rng.standard_normal((B, T, Vp)) * 3
     logits[..., V:] += 50.0                                      # padding: would dominate if it counted
     targets = rng.integers(0, V, size=(B, T)).astype(np.int32)
