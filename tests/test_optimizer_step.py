@@ -1,0 +1,143 @@
+"""What the trainer hands the optimizer. One step of train_gpt2.py from a zero AdamW state on a small
+model whose gradient is computed here: the logged norm is the L2 norm of that gradient, the clip factor
+is min(1, 1/norm), and the state file's m and v and the model file's weights are AdamW's formulas
+(LLMC_FACTS: beta1 0.9, beta2 0.95, eps 1e-8, t = step + 1, bias-corrected, weight decay on the 2-D
+tensors only) applied to the clipped gradient, with the warmup learning rate lr * (step + 1) / W.
+Every other trainer test compares the trainer with itself (resume, accumulation, processes), which a
+swapped beta or an inverted clip passes."""
+import math
+import re
+
+import numpy as np
+import pytest
+
+import train_gpt2
+from llmnp import GPT2, GPT2Config
+from llmnp.checkpoint import load_model, load_state
+from llmnp.data import write_shard
+from llmnp.params import PARAMETER_NAMES
+from test_data import RefMT
+
+CONFIG = GPT2Config(max_seq_len=24, vocab_size=61, padded_vocab_size=64, num_layers=2, num_heads=4, channels=12)
+B, T = 2, 16
+LR, WARMUP, WD = 1e-2, 4, 0.1
+DECAYED = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")       # llm.c's tensors 0, 1, 4, 6, 10, 12
+
+
+def test_clip_scale():
+    assert train_gpt2.clip_scale(4.0) == 0.25
+    assert train_gpt2.clip_scale(1.25) == 0.8
+    assert train_gpt2.clip_scale(1.0) == 1.0                    # at the threshold: unchanged
+    assert train_gpt2.clip_scale(0.5) == 1.0                    # below it: never scaled up
+    assert train_gpt2.clip_scale(0.0) == 1.0
+    assert train_gpt2.clip_scale(3.0, max_norm=6.0) == 1.0
+    assert train_gpt2.clip_scale(8.0, max_norm=2.0) == 0.25
+    assert train_gpt2.clip_scale(2.0 + 1e-12) < 1.0 / 2.0 + 1e-12 and train_gpt2.clip_scale(1.0 + 1e-9) < 1.0
+
+
+def test_weight_decay_groups_are_the_2d_tensors():
+    from llmnp.params import DECAYED_PARAMETERS, parameter_specs
+    assert set(DECAYED_PARAMETERS) == set(DECAYED)
+    # as PyTorch's "dim >= 2" group, counted on the per-layer shape (the stacked L axis aside)
+    stacked = {"wte", "wpe", "lnfw", "lnfb"}
+    two_d = {n for n, s in parameter_specs(CONFIG) if len(s) - (n not in stacked) >= 2}
+    assert two_d == set(DECAYED)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Two model files, one whose first gradient norm is below 1 and one far above it, and a shard."""
+    d = tmp_path_factory.mktemp("optimizer_step")
+    rng = np.random.default_rng(5)
+    paths = {}
+    for name, wte_scale in (("small", 0.05), ("large", 100.0)):
+        model = GPT2(CONFIG, seed=1)
+        for p in PARAMETER_NAMES:                           # nonzero biases, layernorm weights off 1
+            model.params[p][...] += 0.05 * rng.standard_normal(model.params[p].shape)
+        model.params["wte"][...] *= wte_scale
+        model.params["wte"][CONFIG.vocab_size:] = 0.0
+        paths[name] = str(d / f"{name}.bin")
+        model.save_checkpoint(paths[name])
+    tokens = np.random.default_rng(0).integers(0, CONFIG.vocab_size, size=2000)
+    write_shard(str(d / "train.bin"), tokens)
+    write_shard(str(d / "val.bin"), tokens[:200])
+    return paths, str(d / "train.bin"), str(d / "val.bin"), tokens
+
+
+def one_step(files, which, tmp_path, capsys, accum, shuffle):
+    paths, train, val, _ = files
+    out = str(tmp_path / "run")
+    train_gpt2.main(["-e", paths[which], "-i", train, "-j", val, "-b", str(B), "-t", str(T), "-d", str(accum * B * T),
+                     "-x", "1", "-sh", str(int(shuffle)), "-v", "0", "-s", "0", "-o", out, "-l", str(LR), "-u", str(WARMUP),
+                     "-c", str(WD), "-k", "cosine", "-q", "0.1"])
+    stdout = capsys.readouterr().out
+    line = next(l for l in stdout.splitlines() if l.startswith("step "))
+    norm = float(re.search(r"\| norm (\S+) ", line).group(1))
+    loss = float(re.search(r"\| loss (\S+) ", line).group(1))
+    lr = float(re.search(r"\| lr (\S+) ", line).group(1))
+    log = open(f"{out}/main.log").read()
+    logged = re.search(r"s:0 trl:(\S+) lr:(\S+) norm:(\S+)", log)
+    state = load_state(f"{out}/state_00000001_00000.bin")
+    _, params = load_model(f"{out}/model_00000001.bin")
+    return dict(norm=norm, loss=loss, lr=lr, log_loss=float(logged.group(1)), log_lr=float(logged.group(2)),
+                log_norm=float(logged.group(3)), m=state["m"], v=state["v"], step=state["step"], params=params)
+
+
+def sample_order(num_samples, shuffle):
+    """The order the step reads the shard's samples in: as stored, or shuffled as llm.c's loader with
+    seed 42 + rank 0 (one shard: its permutation draws nothing, then the samples are permuted)."""
+    order = list(range(num_samples))
+    if shuffle:
+        rng = RefMT(42)
+        for i in range(num_samples - 1, 0, -1):
+            j = rng.randint32() % (i + 1)
+            order[i], order[j] = order[j], order[i]
+    return order
+
+
+def gradient(files, which, accum, shuffle):
+    """The mean gradient of the step's accum micro-batches, and their mean loss, from the model file
+    as the trainer reads it."""
+    paths, _, _, tokens = files
+    model = GPT2.from_checkpoint(paths[which])
+    model.zero_grad()
+    losses = []
+    order = sample_order((len(tokens) - 1) // (B * T), shuffle)
+    for i in range(accum):
+        start = order[i] * B * T
+        buf = tokens[start:start + B * T + 1].astype(np.int32)
+        losses.append(float(model.forward(buf[:-1].reshape(B, T), buf[1:].reshape(B, T))))
+        model.backward(grad_accum_steps=accum)
+    return model.params_memory.astype(np.float64), model.grads_memory.astype(np.float64), sum(losses) / accum
+
+
+@pytest.mark.parametrize("which, accum, shuffle, clipped", [
+    ("small", 1, False, False), ("large", 1, False, True), ("large", 2, False, True), ("small", 2, True, False)])
+def test_first_step_hands_adamw_the_clipped_gradient(files, tmp_path, capsys, which, accum, shuffle, clipped):
+    p0, g, loss = gradient(files, which, accum, shuffle)
+    got = one_step(files, which, tmp_path, capsys, accum, shuffle)
+    norm = math.sqrt(float(np.sum(g * g)))
+    assert (norm > 1.5) if clipped else (norm < 0.9), norm            # the case this parametrization is for
+    assert abs(got["norm"] - norm) <= 5e-5 + 1e-6 * norm                # printed with 4 decimals
+    assert abs(got["log_norm"] - norm) <= 5e-3                          # main.log: 2 decimals
+    assert abs(got["loss"] - loss) <= 5e-7 + 1e-6 * loss and abs(got["log_loss"] - loss) <= 5e-5
+    lr = LR * 1 / WARMUP                                                # step 0 of a 4-step warmup
+    assert got["lr"] == float(f"{lr:.2e}") and got["log_lr"] == float(f"{lr:.6f}")
+    assert got["step"] == 1
+
+    scale = 1.0 / norm if norm > 1.0 else 1.0
+    gc = g * scale                                                      # the gradient AdamW sees
+    m = (1 - 0.9) * gc                                                  # from m = v = 0
+    v = (1 - 0.95) * gc * gc
+    np.testing.assert_allclose(got["m"], m, rtol=1e-6, atol=1e-30)
+    np.testing.assert_allclose(got["v"], v, rtol=1e-6, atol=1e-30)
+
+    m_hat, v_hat = m / (1 - 0.9 ** 1), v / (1 - 0.95 ** 1)
+    offsets = np.cumsum([0] + [math.prod(s) for s in (GPT2(CONFIG, init=False).params[n].shape for n in PARAMETER_NAMES)])
+    decay = np.zeros_like(p0)
+    for name, lo, hi in zip(PARAMETER_NAMES, offsets, offsets[1:]):
+        decay[lo:hi] = WD if name in DECAYED else 0.0
+    p1 = p0 - lr * (m_hat / (np.sqrt(v_hat) + 1e-8) + decay * p0)
+    np.testing.assert_allclose(got["params"], p1, rtol=1e-6, atol=1e-9)
+    moved = np.abs(got["params"] - p0)
+    assert np.median(moved[g != 0]) > 0.5 * lr                          # Adam's first step: ~lr per weight
