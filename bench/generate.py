@@ -9,7 +9,8 @@ Each model is a random llm.c-initialized GPT-2 (speed does not depend on the wei
 llmnp.export's writer (checkpoint.save_hf) and read by AutoModelForCausalLM, so both sides run the same
 numbers. Greedy decoding of a fixed number of new tokens after an 8-token prompt (no stopping at EOT on
 either side: min_new_tokens for transformers, eot=-1 for llmnp); the time of a whole call, prompt
-included, after a warm-up call; ms/token = time / new tokens, tokens/s = rows * new tokens / time.
+included, after a warm-up call of the same length (transformers' bf16 attention goes to cuDNN, which
+builds a plan for each new sequence length: the first call at a length is several times slower); ms/token = time / new tokens, tokens/s = rows * new tokens / time.
 'agree' is how many of the first 32 greedy tokens of row 0 are the same on both sides (bf16 rounding
 can make random weights' near-ties go either way).
 Not here: sampling speed (llmnp samples on the GPU too; transformers' sampler differs), long prompts.
@@ -39,7 +40,7 @@ def time_llmnp(model, rows, new, sync):
     ps = prompts(rows)
     run = (lambda n: [list(generate(model, ps[0], n, temperature=0, eot=-1))]) if rows == 1 else \
         (lambda n: generate_many(model, ps, n, temperature=0, eot=-1))
-    run(4)                                                     # warm-up: kernels compile
+    run(new)                                                   # warm-up: kernels compile
     sync()
     t0 = time.perf_counter()
     out = run(new)
@@ -56,7 +57,7 @@ def time_transformers(hf, rows, new, device, sync):
         with torch.no_grad():
             return hf.generate(x, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                pad_token_id=50256)
-    run(4)
+    run(new)                          # warm-up at every length: cuDNN's attention builds a plan per length
     sync()
     t0 = time.perf_counter()
     out = run(new)

@@ -199,7 +199,7 @@ def test_cli_streams_the_same_text_from_every_kind_of_model_path(model_paths, ca
 
 def test_cli_says_when_it_stops_at_max_seq_len(model_paths, capsys):
     _, paths = model_paths
-    main(["--model", str(paths["bin"]), "-n", "100", "--temperature", "0"])
+    main(["--model", str(paths["bin"]), "-n", "100", "--temperature", "0", "--device", "cpu"])
     err = capsys.readouterr().err.splitlines()
     assert re.fullmatch(r"\[1 sample, 16 tokens in [0-9.]+ s: [0-9,.]+ tokens/s, cpu float32\]", err[0]), err
     assert err[1:] == ["[stopped after 16 tokens: the model reads at most 16 positions]"]
