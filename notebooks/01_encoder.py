@@ -55,21 +55,33 @@ print("out[1, 2] is row 6 of wte plus row 2 of wpe:", np.allclose(out[1, 2], wte
 # 3. **Same for positions.** $W^{pe}_{t,c}$ appears in $\text{out}_{b,t,c}$ for every sequence $b$:
 #    $$\frac{\partial L}{\partial W^{pe}_{t,c}} = \sum_{b} \text{dout}_{b,t,c}$$
 #
-# In code, each position sends its `dout` row back to the two rows it read:
+# %% [markdown]
+# ### Exercise: write it yourself
+#
+# Fill in the body below from the three steps, then run the cell after it. `check_backward`
+# ([llmnp/exercises.py](../llmnp/exercises.py)) feeds your function a random `dout`, compares every
+# gradient it returns with finite differences of the forward (the check of the section below, element
+# by element) and says which gradient is wrong and where. Left as it is, the body raises
+# `NotImplementedError` and the checker takes the solution, [solutions/encoder.py](solutions/encoder.py),
+# instead: the rest of the notebook uses whichever passed.
+#
+# A hint: in code, each position sends its `dout` row back to the two rows it read.
 
 # %%
-def encoder_backward_scratch(dout, inp, Vp, maxT):
-    B, T, C = dout.shape
-    dwte, dwpe = np.zeros((Vp, C)), np.zeros((maxT, C))
-    for b in range(B):
-        for t in range(T):
-            dwte[inp[b, t]] += dout[b, t]     # the token row this position read
-            dwpe[t] += dout[b, t]             # the position row it read
-    return dwte, dwpe
+def encoder_backward_scratch(dout, inp, wte, wpe):
+    """dwte (Vp,C) and dwpe (maxT,C), from dout (B,T,C). The tables are passed for their shapes."""
+    raise NotImplementedError("your code here")
 
 
+# %%
+from llmnp.exercises import check_backward
+from solutions import encoder as solution
+
+encoder_backward_scratch = check_backward(encoder_forward_scratch, encoder_backward_scratch,
+                                          dict(inp=inp, wte=wte, wpe=wpe), ("wte", "wpe"),
+                                          solution=solution.encoder_backward_scratch)
 dout = rng.normal(size=(B, T, C))
-dwte, dwpe = encoder_backward_scratch(dout, inp, Vp, maxT)
+dwte, dwpe = encoder_backward_scratch(dout, inp, wte, wpe)
 
 # %% [markdown]
 # ### A trap: `+=` with repeated indices

@@ -71,11 +71,71 @@ plt.show()
 
 
 # %% [markdown]
-# ## Backward, step by step
+# ## Backward, node by node
 #
 # Backward gets `dout` $= \partial L/\partial y$ (B, T, C) and must produce $\partial L/\partial x$,
-# $\partial L/\partial w$, $\partial L/\partial b$. Write $dz$ for $\partial L/\partial z$. Work on one
-# row; the rows of different positions do not interact (except through $w$ and $b$, step 1).
+# $\partial L/\partial w$, $\partial L/\partial b$. Write $dz$ for $\partial L/\partial z$.
+#
+# The safest way through is to write the forward as a chain of small steps, each one line, and undo
+# them one at a time from the end. Every intermediate gets its gradient, and every one of those can be
+# checked on its own: nudge that intermediate (and let the rest of the forward run on from it), see
+# how $L = \sum y \odot \text{dout}$ moves. `nudge` below does that.
+
+# %%
+def layernorm_chain(x, w, b, nudge={}, eps=1e-5):
+    """The forward, one named intermediate per line; nudge = {name: array} adds to that intermediate
+    as soon as it is computed, so everything after it sees the change."""
+    v = {}
+
+    def node(name, value):
+        v[name] = value + nudge.get(name, 0.0)
+        return v[name]
+
+    mu = node("mu", x.mean(axis=-1, keepdims=True))                # (B,T,1)
+    xc = node("xc", x - mu)                                        # (B,T,C) centred
+    var = node("var", (xc ** 2).mean(axis=-1, keepdims=True))      # (B,T,1)
+    rstd = node("rstd", (var + eps) ** -0.5)                       # (B,T,1)
+    norm = node("norm", xc * rstd)                                 # (B,T,C)
+    node("y", norm * w + b)                                        # (B,T,C)
+    return v
+
+
+v = layernorm_chain(x, w, b)
+dout = rng.normal(size=(B, T, C))
+
+# backward, the forward lines read from the bottom up
+d = {"y": dout}
+dw_nodes = (dout * v["norm"]).sum(axis=(0, 1))               # y = norm * w + b: w and b serve every (b, t)
+db_nodes = dout.sum(axis=(0, 1))
+d["norm"] = dout * w
+d["rstd"] = (d["norm"] * v["xc"]).sum(-1, keepdims=True)     # norm = xc * rstd: one rstd for the whole row
+d["var"] = d["rstd"] * -0.5 * (v["var"] + 1e-5) ** -1.5      # rstd = (var + eps)^(-1/2)
+d["xc"] = d["norm"] * v["rstd"] + d["var"] * 2 * v["xc"] / C  # xc feeds norm and var: the two add
+d["mu"] = -d["xc"].sum(-1, keepdims=True)                    # xc = x - mu
+d["x"] = d["xc"] + d["mu"] / C                               # x feeds xc and mu = mean(x): the two add
+
+# the check, at every intermediate: nudge it along a random direction r, both ways
+print(f"{'node':>6} {'numeric':>14} {'analytic':>14} {'error':>9}")
+for name in ["y", "norm", "rstd", "var", "xc", "mu", "x"]:
+    r = rng.normal(size=d[name].shape)
+    if name == "x":
+        L = lambda s: np.sum(layernorm_chain(x + s * r, w, b)["y"] * dout)   # noqa: E731
+    else:
+        L = lambda s: np.sum(layernorm_chain(x, w, b, {name: s * r})["y"] * dout)   # noqa: E731
+    numeric, analytic = (L(1e-6) - L(-1e-6)) / 2e-6, np.sum(d[name] * r)
+    print(f"{name:>6} {numeric:14.8f} {analytic:14.8f} {abs(numeric - analytic):9.1e}")
+    assert abs(numeric - analytic) < 1e-7 * max(1, abs(analytic))
+
+# %% [markdown]
+# Two lines do the real work, and both are the rule "a value read in two places gets the sum of both
+# gradients": `xc` is read by `norm` and by `var`, and `x` by `xc` and by `mu`. Forget either sum and
+# the check above flags that node and every one below it.
+#
+# ## The simplification: one formula
+#
+# Seven lines and five temporaries per row is a lot to run for every position of every layer. The same
+# derivative, worked on paper into one expression, needs only $\hat{x}$ (`norm`) and two means per row.
+# Work on one row; the rows of different positions do not interact (except through $w$ and $b$, step 1).
 #
 # **Step 1, the affine part** $y_i = w_i \hat{x}_i + b_i$. Each $w_i$ and $b_i$ is used at every
 # position, so their gradients sum over all (b, t):
@@ -104,20 +164,35 @@ plt.show()
 # $x$, $w$ and the saved $\mu$, $r$. (Stretching changes $\hat{x}$ a tiny bit through $\epsilon$, so that
 # second component is small rather than exactly zero: a cosine of order $\epsilon/\sigma^2$.)
 
+# %% [markdown]
+# ### Exercise: write it yourself
+#
+# Fill in the body below from step 3's formula (the node-by-node version above is a way to check it, not the answer), then run the cell after it. `check_backward`
+# ([llmnp/exercises.py](../llmnp/exercises.py)) feeds your function a random `dout`, compares every
+# gradient it returns with finite differences of the forward (the check of the section below, element
+# by element) and says which gradient is wrong and where. Left as it is, the body raises
+# `NotImplementedError` and the checker takes the solution, [solutions/layernorm.py](solutions/layernorm.py),
+# instead: the rest of the notebook uses whichever passed.
+
 # %%
-def layernorm_backward_scratch(dout, x, w, mean, rstd):
-    norm = (x - mean[..., None]) * rstd[..., None]       # x hat, from the saved statistics
-    db = dout.sum(axis=(0, 1))                           # step 1
-    dw = (dout * norm).sum(axis=(0, 1))
-    dnorm = dout * w
-    dx = rstd[..., None] * (dnorm                        # step 3
-                            - dnorm.mean(axis=-1, keepdims=True)
-                            - norm * (dnorm * norm).mean(axis=-1, keepdims=True))
-    return dx, dw, db
+def layernorm_backward_scratch(dout, x, w, b):
+    """dx (B,T,C), dw (C,), db (C,) from dout (B,T,C), by the one formula."""
+    mean = x.mean(axis=-1, keepdims=True)                 # the statistics forward saved, recomputed
+    rstd = 1 / np.sqrt(((x - mean) ** 2).mean(axis=-1, keepdims=True) + 1e-5)
+    norm = (x - mean) * rstd                              # x hat
+    raise NotImplementedError("your code here")
 
 
-dout = rng.normal(size=(B, T, C))
-dx, dw, db = layernorm_backward_scratch(dout, x, w, mean, rstd)
+# %%
+from llmnp.exercises import check_backward
+from solutions import layernorm as solution
+
+layernorm_backward_scratch = check_backward(lambda x, w, b: layernorm_forward_scratch(x, w, b)[0],
+                                            layernorm_backward_scratch, dict(x=x, w=w, b=b), ("x", "w", "b"),
+                                            solution=solution.layernorm_backward_scratch)
+dx, dw, db = layernorm_backward_scratch(dout, x, w, b)
+print("the formula = the node-by-node backward:", np.allclose(dx, d["x"]), np.allclose(dw, dw_nodes),
+      np.allclose(db, db_nodes))
 
 
 def unit(v):

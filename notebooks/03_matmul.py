@@ -58,17 +58,30 @@ print("one element by the formula:", np.isclose(y[1, 2, 3], sum(x[1, 2, c] * W[3
 # multiply $dY$ (N, OC) with the other operand to get it. The sums over $n$ are why a weight's
 # gradient grows with the batch: the same weight serves every position.
 
+# %% [markdown]
+# ### Exercise: write it yourself
+#
+# Fill in the body below from the three formulas, then run the cell after it. `check_backward`
+# ([llmnp/exercises.py](../llmnp/exercises.py)) feeds your function a random `dout`, compares every
+# gradient it returns with finite differences of the forward (the check of the section below, element
+# by element) and says which gradient is wrong and where. Left as it is, the body raises
+# `NotImplementedError` and the checker takes the solution, [solutions/matmul.py](solutions/matmul.py),
+# instead: the rest of the notebook uses whichever passed.
+
 # %%
-def matmul_backward_scratch(dout, x, W):
-    dout2, x2 = dout.reshape(-1, W.shape[0]), x.reshape(-1, W.shape[1])   # (N,OC), (N,C)
-    dx = dout2 @ W                   # (N,OC) @ (OC,C)
-    dW = dout2.T @ x2                # (OC,N) @ (N,C)
-    db = dout2.sum(axis=0)           # (OC,)
-    return dx.reshape(x.shape), dW, db
+def matmul_backward_scratch(dout, x, W, b):
+    """dx (B,T,C), dW (OC,C), db (OC,) from dout (B,T,OC). Flatten (B,T) to N rows first."""
+    raise NotImplementedError("your code here")
 
 
+# %%
+from llmnp.exercises import check_backward
+from solutions import matmul as solution
+
+matmul_backward_scratch = check_backward(matmul_forward_scratch, matmul_backward_scratch, dict(x=x, W=W, b=b),
+                                         ("x", "W", "b"), solution=solution.matmul_backward_scratch)
 dout = rng.normal(size=(B, T, OC))
-dx, dW, db = matmul_backward_scratch(dout, x, W)
+dx, dW, db = matmul_backward_scratch(dout, x, W, b)
 print("dx[1,2,3] by the formula:", np.isclose(dx[1, 2, 3], sum(dout[1, 2, o] * W[o, 3] for o in range(OC))))
 
 

@@ -129,23 +129,35 @@ plt.show()
 # **Step 5, $S = q k^\top / \sqrt{hs}$.** Another matrix product:
 # $$dq = dS\, k / \sqrt{hs}, \qquad dk = dS^\top q / \sqrt{hs}$$
 
-# %%
-def attention_head_backward_scratch(dy, q, k, v, P):
-    hs = q.shape[1]
-    dv = P.T @ dy                                          # step 1
-    dP = dy @ v.T
-    y = P @ v
-    dS = P * (dP - (dy * y).sum(axis=1, keepdims=True))    # steps 2 and 3
-    dq = dS @ k / np.sqrt(hs)                              # step 5
-    dk = dS.T @ q / np.sqrt(hs)
-    return dq, dk, dv
+# %% [markdown]
+# ### Exercise: write it yourself
+#
+# Fill in the body below from steps 1 to 5, then run the cell after it. `check_backward`
+# ([llmnp/exercises.py](../llmnp/exercises.py)) feeds your function a random `dout`, compares every
+# gradient it returns with finite differences of the forward (the check of the section below, element
+# by element) and says which gradient is wrong and where. Left as it is, the body raises
+# `NotImplementedError` and the checker takes the solution, [solutions/attention.py](solutions/attention.py),
+# instead: the rest of the notebook uses whichever passed.
 
+# %%
+def attention_head_backward_scratch(dy, q, k, v):
+    """dq, dk, dv (T,hs) from dy (T,hs)."""
+    y, P = attention_head_scratch(q, k, v)                # forward again, for P (the model keeps only lse)
+    raise NotImplementedError("your code here")
+
+
+# %%
+from llmnp.exercises import check_backward
+from solutions import attention as solution
 
 T, hs = 5, 4
 q, k, v = rng.normal(size=(3, T, hs))
+attention_head_backward_scratch = check_backward(lambda q, k, v: attention_head_scratch(q, k, v)[0],
+                                                 attention_head_backward_scratch, dict(q=q, k=k, v=v),
+                                                 ("q", "k", "v"), solution=solution.attention_head_backward_scratch)
 y, P = attention_head_scratch(q, k, v)
 dy = rng.normal(size=(T, hs))
-dq, dk, dv = attention_head_backward_scratch(dy, q, k, v, P)
+dq, dk, dv = attention_head_backward_scratch(dy, q, k, v)
 print("step 3's shortcut equals the full row sum:", np.allclose((P * (dy @ v.T)).sum(axis=1), (dy * y).sum(axis=1)))
 print("the last value is read only by the last query, so its gradient is P[-1,-1] dy[-1]:",
       np.allclose(dv[-1], P[-1, -1] * dy[-1]))
@@ -246,7 +258,7 @@ for b in range(B):
     for h in range(NH):
         _, P = attention_head_scratch(q[b, h], k[b, h], v[b, h])
         dy = dout[b, :, h * hs:(h + 1) * hs]
-        for i, g in enumerate(attention_head_backward_scratch(dy, q[b, h], k[b, h], v[b, h], P)):
+        for i, g in enumerate(attention_head_backward_scratch(dy, q[b, h], k[b, h], v[b, h])):
             expected[b, :, i, h] = g                 # i = 0, 1, 2: the Q, K, V blocks
 print("backward matches:", np.allclose(dqkv, expected.reshape(B, T, 3 * C)))
 

@@ -57,11 +57,29 @@ print("largest difference between the tanh form and the exact GELU on [-4, 4]:",
 # Together:
 # $$\text{GELU}'(x) = \tfrac12 (1 + \tanh u) + \tfrac12\, x\, (1 - \tanh^2 u)\, \sqrt{2/\pi}\,(1 + 3\cdot 0.044715\,x^2)$$
 
+# %% [markdown]
+# ### Exercise: write it yourself
+#
+# Fill in the body below from the formula, then run the cell after it. `check_backward`
+# ([llmnp/exercises.py](../llmnp/exercises.py)) feeds your function a random `dout`, compares every
+# gradient it returns with finite differences of the forward (the check of the section below, element
+# by element) and says which gradient is wrong and where. Left as it is, the body raises
+# `NotImplementedError` and the checker takes the solution, [solutions/gelu.py](solutions/gelu.py),
+# instead: the rest of the notebook uses whichever passed.
+
 # %%
 def gelu_backward_scratch(dout, x):
-    th = np.tanh(S * (x + 0.044715 * x**3))
-    du = S * (1 + 3 * 0.044715 * x**2)
-    return dout * (0.5 * (1 + th) + 0.5 * x * (1 - th * th) * du)
+    """dx = dout * GELU'(x), elementwise."""
+    raise NotImplementedError("your code here")
+
+
+# %%
+from llmnp.exercises import check_backward
+from solutions import gelu as solution
+
+gelu_backward_scratch = check_backward(gelu_scratch, gelu_backward_scratch,
+                                       dict(x=np.random.default_rng(1).normal(size=(4, 6))), "x",
+                                       solution=solution.gelu_backward_scratch)
 
 
 # %% [markdown]

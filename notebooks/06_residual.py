@@ -121,28 +121,46 @@ lnw, lnb = 1 + 0.1 * rng.normal(size=C), 0.1 * rng.normal(size=C)
 W, bias = rng.normal(size=(C, C)), rng.normal(size=C)
 
 
-def block_forward(x):
+def block_forward(x, lnw, lnb, W, bias):
     ln, mean, rstd = np.empty_like(x), np.empty((B, T)), np.empty((B, T))
     layernorm_forward(ln, mean, rstd, x, lnw, lnb)
     y = np.empty_like(x)
     matmul_forward(y, ln, W, bias)                     # the branch
     residual_forward(y, x, y)                          # y = x + branch, in place
-    return y, ln, mean, rstd
+    return y
 
 
-y, ln, mean, rstd = block_forward(x)
-dy = rng.normal(size=y.shape)
+# %% [markdown]
+# ### Exercise: write it yourself
+#
+# Fill in the body below from the three steps, with `llmnp`'s `matmul_backward` and `layernorm_backward`, then run the cell after it. `check_backward`
+# ([llmnp/exercises.py](../llmnp/exercises.py)) feeds your function a random `dout`, compares every
+# gradient it returns with finite differences of the forward (the check of the section below, element
+# by element) and says which gradient is wrong and where. Left as it is, the body raises
+# `NotImplementedError` and the checker takes the solution, [solutions/residual.py](solutions/residual.py),
+# instead: the rest of the notebook uses whichever passed.
+#
+# (Both add into the parameter gradients; `layernorm_backward` adds into `dinp` too, which is the point.)
 
-dx = dy.copy()                                         # 1: the identity path
-dln = np.empty_like(ln)
-dW, dbias = np.zeros_like(W), np.zeros_like(bias)
-dlnw, dlnb = np.zeros_like(lnw), np.zeros_like(lnb)
-matmul_backward(dln, dW, dbias, dy, ln, W)             # 2: the branch's dout is dy
-layernorm_backward(dx, dlnw, dlnb, dln, x, lnw, mean, rstd)   # 3: adds into dx
+# %%
+def branch_backward(dy, x, lnw, lnb, W, bias):
+    """dx, dlnw, dlnb, dW, dbias from dy (B,T,C)."""
+    raise NotImplementedError("your code here")
+
+
+# %%
+from llmnp.exercises import check_backward
+from solutions import residual as solution
+
+inputs = dict(x=x, lnw=lnw, lnb=lnb, W=W, bias=bias)
+branch_backward = check_backward(block_forward, branch_backward, inputs, ("x", "lnw", "lnb", "W", "bias"),
+                                 solution=solution.branch_backward)
+dy = rng.normal(size=x.shape)
+dx, dlnw, dlnb, dW, dbias = branch_backward(dy, **inputs)
 
 
 def loss():
-    return float(np.sum(block_forward(x)[0] * dy))
+    return float(np.sum(block_forward(**inputs) * dy))
 
 
 worst = gradcheck_table(loss, {"x": (x, dx), "W": (W, dW), "lnw": (lnw, dlnw)})

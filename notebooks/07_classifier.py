@@ -80,16 +80,36 @@ print("max-subtracted ->", softmax_scratch(big, 3).round(4))
 # code (and by $1/\text{steps}$ more when several micro-batches are averaged, notebook 09).
 # Padded columns $i \ge V$ do not appear in $\ell$: their gradient is 0.
 
+# %% [markdown]
+# ### Exercise: write it yourself
+#
+# Fill in the body below from prediction minus truth, then run the cell after it. `check_backward`
+# ([llmnp/exercises.py](../llmnp/exercises.py)) feeds your function a random `dout`, compares every
+# gradient it returns with finite differences of the forward (the check of the section below, element
+# by element) and says which gradient is wrong and where. Left as it is, the body raises
+# `NotImplementedError` and the checker takes the solution, [solutions/classifier.py](solutions/classifier.py),
+# instead: the rest of the notebook uses whichever passed.
+#
+# Here `dloss` is the weight of each position's loss: $1/(B\,T)$ for the mean, and for the checker a
+# random (B, T) array, its `dout`. Position (b, t)'s row of `dlogits` is its $p - \text{onehot}$ times
+# its weight.
+
 # %%
-def crossentropy_softmax_backward_scratch(probs, targets, dloss):
-    dlogits = probs * dloss                           # p_i, and 0 in the padded columns
-    B, T = targets.shape
-    dlogits[np.arange(B)[:, None], np.arange(T), targets] -= dloss   # minus 1 at the target
-    return dlogits
+def crossentropy_softmax_backward_scratch(dloss, logits, targets, V):
+    """dlogits (B,T,Vp) from dloss, a number or (B,T); 0 in the padded columns V..Vp-1."""
+    raise NotImplementedError("your code here")
 
 
+# %%
+from llmnp.exercises import check_backward
+from solutions import classifier as solution
+
+crossentropy_softmax_backward_scratch = check_backward(
+    lambda logits, targets, V: crossentropy_scratch(softmax_scratch(logits, V), targets),
+    crossentropy_softmax_backward_scratch, dict(logits=logits, targets=targets, V=V), "logits",
+    solution=solution.crossentropy_softmax_backward_scratch)
 dloss = 1.0 / (B * T)
-dlogits = crossentropy_softmax_backward_scratch(probs, targets, dloss)
+dlogits = crossentropy_softmax_backward_scratch(dloss, logits, targets, V)
 print("each row of dlogits sums to 0:", np.allclose(dlogits.sum(axis=-1), 0))
 
 # %%

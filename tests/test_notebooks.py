@@ -44,3 +44,31 @@ def test_notebook_executes(path, monkeypatch):
     client.execute()                                     # raises CellExecutionError on the first failing cell
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
     assert code_cells and all(c.execution_count for c in code_cells)
+
+
+EXERCISES = [path for path in SOURCES if os.path.basename(path)[:2] in ("01", "02", "03", "04", "05", "06", "07")]
+
+
+def test_every_layer_notebook_has_an_empty_exercise_with_a_checker():
+    """The exercise cells stay empty in the committed sources: the checker falls back to
+    notebooks/solutions/, which is what the executed notebooks use."""
+    for path in EXERCISES:
+        source = open(path, encoding="utf-8").read()
+        assert 'raise NotImplementedError("your code here")' in source, path
+        assert "check_backward(" in source and "solution=solution." in source, path
+
+
+def test_a_planted_mistake_in_an_exercise_stops_the_notebook(monkeypatch):
+    """05's exercise filled with a wrong derivative (the product rule's second term left out): the
+    notebook stops at the check, which names dx."""
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    path = os.path.join(NOTEBOOK_DIR, "05_gelu.py")
+    nb = jupytext.read(path)
+    cell = next(c for c in nb.cells if "def gelu_backward_scratch(" in c.source)
+    cell.source = cell.source.replace('raise NotImplementedError("your code here")',
+                                      "return dout * 0.5 * (1 + np.tanh(S * (x + 0.044715 * x**3)))")
+    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=300,
+                                     resources={"metadata": {"path": NOTEBOOK_DIR}})
+    with pytest.raises(nbclient.exceptions.CellExecutionError) as failure:
+        client.execute()
+    assert "ExerciseError" in str(failure.value) and "dx wrong" in str(failure.value)
