@@ -14,7 +14,7 @@ Shapes: N = B*T rows (any leading shape is flattened), C in channels, OC out cha
 """
 import numpy as np
 
-from llmnp.parallel import blocks
+from llmnp.parallel import BLOCK, blocks, parallel_for
 
 DWEIGHT_BLOCK = 1 << 22          # elements of dweight per product (16 MB in float32): fits the L3 cache
 
@@ -40,6 +40,8 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight):
     for i, j in blocks(0, OC, rows):
         part = scratch[:j - i]
         np.matmul(dout2[:, i:j].T, inp2, out=part)   # (rows,N) @ (N,C): dout2.T is a view BLAS reads as is
-        dweight[i:j] += part
+        dw = dweight[i:j]
+        parallel_for(j - i, lambda lo, hi: np.add(dw[lo:hi], part[lo:hi], out=dw[lo:hi]),   # dw += part,
+                     grain=max(1, BLOCK // C))                                             # over the cores
     if dbias is not None:
         dbias += dout2.sum(axis=0)

@@ -36,7 +36,8 @@ def split(request, monkeypatch):
         monkeypatch.setattr(llmnp.gelu, "BLOCK", 3 * 4 * C)          # 3 rows of (B*T, 4C)
         monkeypatch.setattr(llmnp.layernorm, "ROWS", 3)
         monkeypatch.setattr(llmnp.classifier, "ROWS", 3)
-        monkeypatch.setattr(llmnp.matmul, "DWEIGHT_BLOCK", 5 * C)    # dweight in blocks of 5 rows
+        monkeypatch.setattr(llmnp.matmul, "DWEIGHT_BLOCK", 5 * C)    # dweight in blocks of 5 rows,
+        monkeypatch.setattr(llmnp.matmul, "BLOCK", 2 * C)            # each added over threads 2 rows at least
     return request.param
 
 
