@@ -10,6 +10,7 @@ Threads: LLMNP_NUM_THREADS, or the cores this process may run on.
 Not here: the products (OpenBLAS threads those itself), anything on the GPU.
 """
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -34,8 +35,11 @@ def _executor():
 
 def parallel_for(n, fn, grain=BLOCK):
     """fn(lo, hi) on contiguous parts of range(n), one part per thread (this thread takes the first),
-    each part at least `grain` long: a small n is one call, on this thread."""
+    each part at least `grain` long: a small n is one call, on this thread, and so is a call from
+    inside a part (the pool's threads are busy with the outer parts)."""
     parts = max(1, min(num_threads(), n // grain))
+    if threading.current_thread().name.startswith("llmnp"):
+        parts = 1
     if parts == 1:
         fn(0, n)
         return
