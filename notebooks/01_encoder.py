@@ -195,10 +195,100 @@ plt.show()
 # ## On the GPU
 #
 # [llmnp/cuda/encoder.cu](../llmnp/cuda/encoder.cu) does the same work with thousands of GPU threads.
-# The forward is a pure lookup. The backward is where repeated tokens bite again: threads handling
-# different positions of one token would add into the same `dwte` row at the same moment. Atomic adds
-# would work, in an order that changes from run to run; `encoder.cu` instead has the launcher sort the
-# positions by token, so that each token's positions are summed by one group of threads, in a fixed
-# order. Notebook 10 reads a kernel line by line.
+# A kernel is the body of a loop: the GPU runs it once per thread, each thread finding its element
+# from its numbers in the grid (notebook 10 reads one kernel line by line). The way to read one is to
+# write the loop it is the body of, in NumPy, with the same flat indices, and check that loop against
+# the layer.
 #
+# **Forward: one thread per output number.** The (B, T, C) output is N·C numbers in a row (N = B·T
+# positions); thread `idx` of the grid works out which position `n`, channel `c` and time `t` it is:
+
+# %%
+def encoder_forward_threads(inp, wte, wpe):
+    B, T = inp.shape
+    N, C = B * T, wte.shape[1]
+    out = np.empty(N * C)                               # flat, as the GPU sees every buffer
+    for idx in range(N * C):                            # the body: thread idx = blockIdx.x * blockDim.x + threadIdx.x
+        n, c = idx // C, idx % C
+        t = n % T
+        out[idx] = wte.ravel()[inp.ravel()[n] * C + c] + wpe.ravel()[t * C + c]
+    return out.reshape(B, T, C)
+
+
+print("the thread loop = the layer:", np.allclose(encoder_forward_threads(inp, wte, wpe), out))
+
+# %% [markdown]
+# **Backward, `dwte`: one block per run of equal tokens.** Threads handling different positions of one
+# token would add into the same `dwte` row at the same moment. Atomic adds would work, in an order that
+# changes from run to run; instead the launcher sorts the positions by token (`order`), and block `i`
+# looks at the i-th position in that order: if it starts a run of equal tokens, it sums the whole run,
+# its threads striding over the C channels; if not, it exits at once. Every row is summed by one block,
+# always in the same order, so the result is the same bit for bit on every run. In NumPy:
+
+# %%
+def encoder_backward_dwte_blocks(dout, inp, Vp, block_dim=2):
+    N, C = inp.size, dout.shape[-1]
+    inp, dout = inp.ravel(), dout.reshape(N, C)
+    order = np.argsort(inp, kind="stable")             # the launcher's sort: positions grouped by token
+    dwte = np.zeros((Vp, C))
+    for i in range(N):                                  # blockIdx.x = i
+        token = inp[order[i]]
+        if i > 0 and inp[order[i - 1]] == token:
+            continue                                    # not the start of a run: this block exits
+        end = i + 1
+        while end < N and inp[order[end]] == token:
+            end += 1
+        for thread in range(block_dim):                 # threadIdx.x, in parallel on the GPU
+            for c in range(thread, C, block_dim):       # each thread strides over the channels
+                dwte[token, c] += sum(dout[order[j], c] for j in range(i, end))
+    return dwte
+
+
+print("the block loop = np.add.at:", np.allclose(encoder_backward_dwte_blocks(dout, inp, Vp), dwte))
+
+# %% [markdown]
+# The kernels, as they stand in the file: forward, then `dwte`'s backward (`dwpe`'s,
+# `encoder_backward_kernel1`, is one thread per (t, c) summing over the batch):
+
+# %%
+from kernels import GPU, compile_kernels, show
+
+show("encoder", "encoder_forward_kernel1(", "out[idx] =")
+print()
+show("encoder", "encoder_backward_kernel2(", "dwte[(long long)token")
+
+# %% [markdown]
+# `toF` / `fromF` convert from and to the storage type (float32, or bf16: notebook 10), and the sums
+# are kept in `float` whatever the storage. NVRTC, CUDA's compiler, builds the file on any machine
+# that has it, GPU or not; the GPU cell after it runs the kernels against the NumPy layer, and without
+# a GPU prints a note.
+
+# %%
+compile_kernels("encoder")
+
+# %%
+if not GPU:
+    print("skipped: no GPU here (CuPy missing or no CUDA device)")
+else:
+    import cupy as cp
+
+    from llmnp import cuda
+
+    g = np.random.default_rng(1)
+    tokens = g.integers(0, 50, size=(8, 64)).astype(np.int32)
+    wte32, wpe32 = g.normal(size=(64, 48)).astype(np.float32), g.normal(size=(64, 48)).astype(np.float32)
+    dout32 = g.normal(size=(8, 64, 48)).astype(np.float32)
+    ref, dwte_ref, dwpe_ref = np.empty((8, 64, 48), np.float32), np.zeros_like(wte32), np.zeros_like(wpe32)
+    encoder_forward(ref, tokens, wte32, wpe32)
+    encoder_backward(dwte_ref, dwpe_ref, dout32, tokens)
+    out_gpu, dwte_gpu, dwpe_gpu = cp.empty(ref.shape, cp.float32), cp.zeros(wte32.shape, cp.float32), cp.zeros(wpe32.shape, cp.float32)
+    cuda.encoder_forward(out_gpu, cp.asarray(tokens), cp.asarray(wte32), cp.asarray(wpe32))
+    cuda.encoder_backward(dwte_gpu, dwpe_gpu, cp.asarray(dout32), cp.asarray(tokens))
+    print(f"max |GPU - NumPy|: out {float(abs(out_gpu.get() - ref).max()):.1e}, "
+          f"dwte {float(abs(dwte_gpu.get() - dwte_ref).max()):.1e}, dwpe {float(abs(dwpe_gpu.get() - dwpe_ref).max()):.1e}")
+    again = cp.zeros(wte32.shape, cp.float32)
+    cuda.encoder_backward(again, cp.zeros(wpe32.shape, cp.float32), cp.asarray(dout32), cp.asarray(tokens))
+    print("dwte the same bit for bit on a second run:", bool((again == dwte_gpu).all()))
+
+# %% [markdown]
 # Next: [02 layernorm](02_layernorm.ipynb), the first layer inside a transformer block.

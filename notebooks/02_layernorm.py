@@ -279,10 +279,86 @@ print("dinp accumulates:", np.allclose(dx_l, 1.0 + dx))  # ... gets the gradient
 # %% [markdown]
 # ## On the GPU
 #
-# [llmnp/cuda/layernorm.cu](../llmnp/cuda/layernorm.cu): each row of C numbers is reduced to two
-# statistics, so a warp (32 threads that run in lockstep) shares one row, each thread summing a strided
-# part of it, and the partial sums are combined across the warp. Backward needs two such reductions per
-# row (the two means in step 3), and `dw`, `db` need a sum over all rows: each block of threads leaves
-# its partial sums in a scratch buffer and a second kernel adds those up, always in the same order.
-#
+# [llmnp/cuda/layernorm.cu](../llmnp/cuda/layernorm.cu) gives each row of C numbers to one **warp**, 32
+# threads that run in lockstep: `row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32`, so a block
+# of 256 threads does 8 rows, and the loop the kernel is the body of is `for row in range(N)`, one warp
+# per row. Inside the row, lane `l` (0..31) sums the PACK = 4 floats at columns `l*PACK ..` of each
+# 128-wide chunk (one 16-byte load each), and then the 32 partial sums are combined **across the warp**
+# without touching memory: `__shfl_xor_sync(mask, v, o)` hands each lane the value of lane `l ^ o`.
+# Five rounds, o = 16, 8, 4, 2, 1, and every lane holds the total (a butterfly). In NumPy, for one row:
+
+# %%
+def warp_sum(v):
+    """v: one number per lane (32,). Each round, lane l adds lane l ^ o's value."""
+    lanes = np.arange(32)
+    for o in (16, 8, 4, 2, 1):
+        v = v + v[lanes ^ o]
+    return v                                          # every lane: the sum of all 32
+
+
+def layernorm_row_warp(x, PACK=4):
+    """mean and rstd of one row x (C,) as one warp of layernorm_forward_kernel1 computes them."""
+    C = x.size
+    part = np.zeros(32)
+    for lane in range(32):                            # in lockstep on the GPU
+        for c in range(lane * PACK, C, 32 * PACK):    # its packs of each 32*PACK-wide chunk
+            part[lane] += x[c:c + PACK].sum()
+    m = warp_sum(part) / C                            # the same value in every lane
+    part = np.zeros(32)
+    for lane in range(32):                            # a second pass over the row: the variance
+        for c in range(lane * PACK, C, 32 * PACK):
+            part[lane] += ((x[c:c + PACK] - m[lane]) ** 2).sum()
+    r = 1 / np.sqrt(warp_sum(part) / C + 1e-5)
+    assert np.all(m == m[0]) and np.all(r == r[0])    # the butterfly leaves all lanes agreeing
+    return m[0], r[0]
+
+
+rows = rng.normal(size=(6, 200)) * 3 + 1              # C = 200: one full 128-chunk and a partial one
+m_ref, r_ref = np.empty(6), np.empty(6)
+layernorm_forward(np.empty_like(rows), m_ref, r_ref, rows, np.ones(200), np.zeros(200))
+warp = np.array([layernorm_row_warp(row) for row in rows])     # for row in range(N): one warp each
+print("warp simulation = layernorm_forward:", np.allclose(warp[:, 0], m_ref), np.allclose(warp[:, 1], r_ref))
+
+# %% [markdown]
+# The kernel: `warp_sum` from `common.cuh`, then the row function (three passes over the row, the
+# last writing the output) and the kernel that picks the row:
+
+# %%
+from kernels import GPU, compile_kernels, show
+
+show("common.cuh", "float warp_sum(", "return v;")
+print()
+show("layernorm", "__device__ __forceinline__ void layernorm_row(", "const float r = ")
+print()
+show("layernorm", "layernorm_forward_kernel1(", "layernorm_row(out + at")
+
+# %% [markdown]
+# The backward has the same shape: one warp per row for `dinp`, with two `warp_sum`s for the two means
+# of step 3. `dweight` and `dbias` are sums over **all** rows, so no one warp can make them: each block
+# writes its rows' partial sums to a scratch row of its own, and a second kernel adds those rows up, in
+# the same order every time (adding floats in another order gives other roundings, so atomic adds
+# would make every run's gradient differ in its last bits).
+
+# %%
+compile_kernels("layernorm")
+
+# %%
+if not GPU:
+    print("skipped: no GPU here (CuPy missing or no CUDA device)")
+else:
+    import cupy as cp
+
+    from llmnp import cuda
+
+    g = np.random.default_rng(1)
+    x32 = (3 * g.normal(size=(4, 64, 768)) + 1).astype(np.float32)
+    w32, b32 = g.normal(size=768).astype(np.float32), g.normal(size=768).astype(np.float32)
+    ref, m_ref, r_ref = np.empty_like(x32), np.empty((4, 64), np.float32), np.empty((4, 64), np.float32)
+    layernorm_forward(ref, m_ref, r_ref, x32, w32, b32)
+    out_gpu, m_gpu, r_gpu = cp.empty(x32.shape, cp.float32), cp.empty((4, 64), cp.float32), cp.empty((4, 64), cp.float32)
+    cuda.layernorm_forward(out_gpu, m_gpu, r_gpu, cp.asarray(x32), cp.asarray(w32), cp.asarray(b32))
+    print(f"max |GPU - NumPy|: out {float(abs(out_gpu.get() - ref).max()):.1e}, "
+          f"mean {float(abs(m_gpu.get() - m_ref).max()):.1e}, rstd {float(abs(r_gpu.get() - r_ref).max()):.1e}")
+
+# %% [markdown]
 # Next: [03 matmul](03_matmul.ipynb), where almost all of the model's arithmetic happens.

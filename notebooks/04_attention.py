@@ -268,8 +268,93 @@ print("backward matches:", np.allclose(dqkv, expected.reshape(B, T, 3 * C)))
 # [llmnp/cuda/attention.cu](../llmnp/cuda/attention.cu) computes the same thing, flash-attention
 # style. The (T, T) scores are the expensive part: two matmuls per head, $QK^\top$ and $PV$, of
 # $T \times T \times hs$ each, and recomputing $S$ in backward adds more. The kernels never write $S$
-# or $P$ to memory at all: the forward walks over tiles of keys keeping a running maximum and sum per
-# query, which is exactly the log-sum-exp above, built up one tile at a time. The backward starts by
-# computing $D_t = dy_t \cdot y_t$ for every row, step 3's shortcut.
+# or $P$ to memory at all.
 #
+# **The online softmax.** In `attention_forward_kernel1`, one thread owns one query $t$ of one head
+# and walks over the keys $0..t$ once, a tile of 32 keys at a time (the block loads each tile of $k$
+# and $v$ into shared memory for its 64 queries). It never has a whole row of scores: it keeps a
+# running maximum $m$, a running sum $l = \sum e^{s - m}$ and a running output $o = \sum e^{s - m} v$.
+# When a new score raises the maximum, the sum and the output so far are rescaled by
+# $e^{m_\text{old} - m_\text{new}}$, so they always read as if $m$ had been the maximum from the start.
+# At the end $y = o / l$ and $\ell = m + \log l$, the log-sum-exp backward needs. In NumPy:
+
+# %%
+def attention_query_online(q, K, V, t):
+    """One thread's loop: query t (hs,) against keys and values K, V (T,hs) up to t. Returns y, lse."""
+    q = q / np.sqrt(q.size)
+    m, l, o = -np.inf, 0.0, np.zeros(q.size)
+    for j in range(t + 1):                       # on the GPU in tiles of 32 keys from shared memory
+        s = q @ K[j]
+        m_new = max(m, s)
+        corr, p = np.exp(m - m_new), np.exp(s - m_new)   # corr rescales what was summed so far
+        l = l * corr + p
+        o = o * corr + p * V[j]
+        m = m_new
+    return o / l, m + np.log(l)
+
+
+# the loop the kernel is the body of: grid (T / 64, B * NH), 64 threads a block, one query each
+qs, ks, vs = split_heads(qkv, NH)
+y_sim, lse_sim = np.empty((B, T, C)), np.empty((B, NH, T))
+for bh in range(B * NH):                         # blockIdx.y
+    b, h = bh // NH, bh % NH
+    for t in range(T):                           # blockIdx.x * 64 + threadIdx.x
+        y_sim[b, t, h * hs:(h + 1) * hs], lse_sim[b, h, t] = attention_query_online(qs[b, h, t], ks[b, h], vs[b, h], t)
+print("online softmax = attention_forward:", np.allclose(y_sim, out), " lse:", np.allclose(lse_sim, lse))
+
+# %% [markdown]
+# The running state of one query, key by key: $m$ only grows, $l$ drops whenever $m$ jumps (the old
+# terms are rescaled) and grows otherwise; the last line is the row's log-sum-exp.
+
+# %%
+q1 = qs[0, 0, T - 1] / np.sqrt(hs)
+m, l = -np.inf, 0.0
+print(f"{'key':>4} {'score':>8} {'m':>8} {'l':>8} {'m + log l':>10}")
+for j in range(T):
+    s = q1 @ ks[0, 0, j]
+    m_new = max(m, s)
+    l = l * np.exp(m - m_new) + np.exp(s - m_new)
+    m = m_new
+    print(f"{j:>4} {s:8.4f} {m:8.4f} {l:8.4f} {m + np.log(l):10.4f}")
+print(f"lse of this row from attention_forward: {lse[0, 0, T - 1]:.4f}")
+
+# %% [markdown]
+# The kernel's inner loop is those lines, in C:
+
+# %%
+from kernels import GPU, compile_kernels, show
+
+show("attention", "attention_forward_kernel1(", "const float scale")
+print("...")
+show("attention", "float m = -INFINITY, l = 0.0f;", "lse[(long long)bh * T + t]")
+
+# %% [markdown]
+# The backward starts by computing $D_t = dy_t \cdot y_t$ for every row (`attention_backward_kernel1`),
+# step 3's shortcut, then recomputes $P = e^{S - \ell}$ tile by tile: one kernel walks the queries for
+# each key tile to make $dk$ and $dv$, another walks the keys for each query tile to make $dq$, so each
+# gradient element is written by exactly one thread. Beside these CUDA-core kernels sit
+# `attention_forward_kernel2` and `attention_backward_kernel4/5`, the same algorithm on the tensor
+# cores (bf16 matrix instructions), tested against them. All compile here; `HS`, the head size, is a
+# compile-time constant, 64 for GPT-2:
+
+# %%
+compile_kernels("attention", HS=64)
+
+# %%
+if not GPU:
+    print("skipped: no GPU here (CuPy missing or no CUDA device)")
+else:
+    import cupy as cp
+
+    from llmnp import cuda
+
+    g = np.random.default_rng(1)
+    qkv32 = g.normal(size=(4, 256, 3 * 768)).astype(np.float32)
+    ref, lse_ref = np.empty((4, 256, 768), np.float32), np.empty((4, 12, 256), np.float32)
+    attention_forward(ref, lse_ref, qkv32)
+    out_gpu, lse_gpu = cp.empty(ref.shape, cp.float32), cp.empty(lse_ref.shape, cp.float32)
+    cuda.attention_forward(out_gpu, lse_gpu, cp.asarray(qkv32))
+    print(f"max |GPU - NumPy|: out {float(abs(out_gpu.get() - ref).max()):.1e}, lse {float(abs(lse_gpu.get() - lse_ref).max()):.1e}")
+
+# %% [markdown]
 # Next: [05 gelu](05_gelu.ipynb), the MLP's nonlinearity.

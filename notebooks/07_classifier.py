@@ -224,12 +224,77 @@ print(f"GPT-2: ln 50257 = {np.log(50257):.2f}")
 # %% [markdown]
 # ## On the GPU
 #
-# [llmnp/cuda/classifier.cu](../llmnp/cuda/classifier.cu): one block of threads per position reduces
-# its row of logits to a maximum and a sum (`block_max`, `block_sum`). The loss kernel reads the row
-# once, each thread keeping a running maximum and a sum it rescales when the maximum grows, and writes
-# two numbers, the loss and the log-sum-exp; the backward kernel reads the row once more and writes
-# `dlogits` over the logits, as here. The (B, T, Vp) logits are the largest activation of the model (notebook 00), so every
-# pass over them counts, and a probabilities buffer beside them would cost as much again (6.6 GB for
-# GPT-2 small at B = 64, T = 1024 in bf16); llm.c's classifier is fused the same way.
-#
+# [llmnp/cuda/classifier.cu](../llmnp/cuda/classifier.cu): one block of threads per position
+# (`row = blockIdx.x`; the loop it is the body of is `for row in range(B * T)`), its threads striding
+# over the row's V logits. The loss kernel reads the row **once**: each thread keeps a running maximum
+# $m$ and a running sum $s = \sum e^{z - m}$ of the columns it has seen, multiplying $s$ by
+# $e^{m_\text{old} - m_\text{new}}$ whenever its maximum grows (attention's online softmax, notebook
+# 04, without the values). Then the block agrees on the row's maximum (`block_max`) and adds the
+# threads' sums, each first brought to that maximum (`block_sum`). In NumPy, for one row and a block of
+# 8 threads:
+
+# %%
+def row_lse_block(z, threads=8):
+    """log-sum-exp of one row z (V,) as crossentropy_forward_kernel2's block computes it."""
+    m, s = np.full(threads, -np.inf), np.zeros(threads)
+    for i in range(threads):                          # threadIdx.x, all at once on the GPU
+        for c in range(i, z.size, threads):           # its columns: i, i + threads, ...
+            if z[c] > m[i]:
+                s[i] *= np.exp(m[i] - z[c])           # rescale what it has summed so far
+                m[i] = z[c]
+            s[i] += np.exp(z[c] - m[i])
+    row_m = m.max()                                   # block_max
+    return row_m + np.log(np.sum(s * np.exp(m - row_m)))   # block_sum of the rescaled sums
+
+
+z = 5 * rng.normal(size=(6, 1000))                     # six positions, V = 1000
+lse_ref = np.empty((1, 6))
+crossentropy_forward(np.empty((1, 6)), lse_ref, z[None], np.zeros((1, 6), np.int32), 1000)
+lse_sim = np.array([row_lse_block(row) for row in z])  # for row in range(N): one block each
+print("block simulation = crossentropy_forward's lse:", np.allclose(lse_sim, lse_ref[0]))
+
+# %% [markdown]
+# The kernel does the same with 16-byte packs (a thread takes PACK columns at a time and updates its
+# maximum once per pack); `block_max` and `block_sum` (in `common.cuh`) are a `warp_sum` per warp
+# (notebook 02), the warps' results passed through shared memory, and a last `warp_sum`:
+
+# %%
+from kernels import GPU, compile_kernels, show
+
+show("classifier", "__device__ __forceinline__ void row_max_sum(", "m = row_m;")
+print()
+show("classifier", "crossentropy_forward_kernel2(", "losses[row] =")
+print()
+show("common.cuh", "float block_sum(float v)", "return warp_sum(v);")
+
+# %% [markdown]
+# The backward kernel, `crossentropy_softmax_backward_kernel3`, reads the row once more and writes
+# `dlogits` over the logits, as here, with $p = e^{z - \text{lse}}$ from the saved `lse`: no maximum
+# or sum over the row again. The (B, T, Vp) logits are the largest activation of the model (notebook
+# 00), so every pass over them counts, and a probabilities buffer beside them would cost as much again
+# (6.6 GB for GPT-2 small at B = 64, T = 1024 in bf16); llm.c's classifier is fused the same way.
+
+# %%
+compile_kernels("classifier")
+
+# %%
+if not GPU:
+    print("skipped: no GPU here (CuPy missing or no CUDA device)")
+else:
+    import cupy as cp
+
+    from llmnp import cuda
+
+    g = np.random.default_rng(1)
+    Vg, Vpg = 50257, 50304
+    logits32 = (3 * g.normal(size=(4, 64, Vpg))).astype(np.float32)
+    targets32 = g.integers(0, Vg, size=(4, 64)).astype(np.int32)
+    losses_ref, lse_ref = np.empty((4, 64), np.float32), np.empty((4, 64), np.float32)
+    crossentropy_forward(losses_ref, lse_ref, logits32, targets32, Vg)
+    losses_gpu, lse_gpu = cp.empty((4, 64), cp.float32), cp.empty((4, 64), cp.float32)
+    cuda.crossentropy_forward(losses_gpu, lse_gpu, cp.asarray(logits32), cp.asarray(targets32), Vg)
+    print(f"max |GPU - NumPy|: losses {float(abs(losses_gpu.get() - losses_ref).max()):.1e}, "
+          f"lse {float(abs(lse_gpu.get() - lse_ref).max()):.1e}")
+
+# %% [markdown]
 # Next: [08 adamw](08_adamw.ipynb), what to do with the gradients.
