@@ -25,13 +25,15 @@ CHUNK = 1 << 16                  # elements per block (tests cross block boundar
 NORM_CHUNK = 1 << 20             # elements per dot product in the norm (OpenBLAS threads each one)
 
 
-def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, t, grad_scale=1.0, master=None):
+def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, t, grad_scale=1.0, master=None,
+                 seed=0, offset=0):
     """One AdamW step on 1-D arrays of one length; grads are multiplied by grad_scale first (clipping).
     master: float32 master weights of low-precision (bf16) params: AdamW updates master, and params
-    receive it rounded to their dtype."""
+    receive it rounded stochastically (stochastic_round_bf16 with seed; params[i] is parameter
+    offset + i of the flat buffer). The CPU trains in float32, where no rounding happens."""
     if master is not None:
         adamw_update(master, grads, m, v, lr, beta1, beta2, eps, weight_decay, t, grad_scale)
-        params[...] = master
+        params[...] = stochastic_round_bf16(master, seed, offset) if params.dtype.itemsize == 2 else master
         return
     bc1 = 1.0 - beta1 ** t
     bc2 = 1.0 - beta2 ** t
@@ -70,3 +72,30 @@ def global_norm_squared(grads):
         g = grads[i:j]
         total += float(np.dot(g, g))
     return total
+
+
+def rounding_bits(index, seed):
+    """16 random bits per index (uint64 array) for a seed: the "lowbias32" integer hash, as common.cuh."""
+    with np.errstate(over="ignore"):
+        x = (index.astype(np.uint32) ^ ((index >> np.uint64(32)).astype(np.uint32) * np.uint32(0x9E3779B9))
+             ^ np.uint32(seed))
+        x ^= x >> np.uint32(16)
+        x *= np.uint32(0x7FEB352D)
+        x ^= x >> np.uint32(15)
+        x *= np.uint32(0x846CA68B)
+        x ^= x >> np.uint32(16)
+    return x & np.uint32(0xFFFF)
+
+
+def stochastic_round_bf16(x, seed, offset=0):
+    """float32 x -> bfloat16, rounding up with probability (dropped 16 bits) / 2^16, so E[result] = x:
+    an AdamW step smaller than half a bf16 step survives on average instead of always vanishing.
+    Element i draws rounding_bits(offset + i, seed). NaN rounds to nearest."""
+    import ml_dtypes
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    index = np.arange(offset, offset + x.size, dtype=np.uint64).reshape(x.shape)
+    bits = ((x.view(np.uint32).astype(np.uint64) + rounding_bits(index, seed)) >> np.uint64(16)).astype(np.uint16)
+    out = bits.view(ml_dtypes.bfloat16)
+    nan = np.isnan(x)
+    out[nan] = x[nan].astype(ml_dtypes.bfloat16)
+    return out

@@ -19,7 +19,7 @@ import numpy as np
 
 from llmnp import layers
 from llmnp.memory import model_bytes, require
-from llmnp.params import (DECAYED_PARAMETERS, STATISTICS, activation_specs, allocate, gradient_scratch_specs,
+from llmnp.params import (DECAYED_PARAMETERS, PARAMETER_NAMES, STATISTICS, activation_specs, allocate, gradient_scratch_specs,
                           make_views, num_elements, num_parameters, parameter_specs)
 
 
@@ -315,7 +315,8 @@ class GPT2:
                 wd = weight_decay if name in DECAYED_PARAMETERS else 0.0
                 master = None if self.master_memory is None else self.master_memory[s]
                 self.ops.adamw_update(self.params_memory[s], self.grads_memory[s], self.m_memory[sm],
-                                      self.v_memory[sm], lr, beta1, beta2, eps, wd, t, grad_scale, master=master)
+                                      self.v_memory[sm], lr, beta1, beta2, eps, wd, t, grad_scale, master=master,
+                                      seed=rounding_seed(t, name), offset=lo)
             offset += n
 
     def optimizer_state_to_host(self):
@@ -343,6 +344,12 @@ class GPT2:
         """llm.c's count for one forward+backward: 6 N + 6 L C T at T = max_seq_len."""
         c = self.config
         return 6 * self.num_parameters + 6 * c.num_layers * c.channels * c.max_seq_len
+
+
+def rounding_seed(t, name):
+    """The stochastic-rounding seed of step t's update of one tensor: a function of both alone, so a
+    resumed run rounds exactly as the uninterrupted one did."""
+    return (t * 0x9E3779B1 + PARAMETER_NAMES.index(name) * 0x85EBCA77) & 0xFFFFFFFF
 
 
 def _split_statistics(specs):

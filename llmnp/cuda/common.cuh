@@ -25,6 +25,24 @@ __device__ __forceinline__ floatX fromF(float x) { return __float2bfloat16_rn(x)
 __device__ __forceinline__ floatX fromF(float x) { return x; }
 #endif
 
+// Stochastic rounding to floatX (llmnp/adamw.py stochastic_round_bf16 is the reference, bit for bit):
+// x rounds up with probability (the dropped 16 bits) / 2^16, so updates smaller than a bf16 step
+// still move the weights on average. bits: 16 random bits, from rounding_bits(index, seed).
+__device__ __forceinline__ unsigned rounding_bits(unsigned long long index, unsigned seed) {
+    unsigned x = (unsigned)index ^ (unsigned)(index >> 32) * 0x9E3779B9u ^ seed;   // "lowbias32" mix
+    x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15; x *= 0x846ca68bu; x ^= x >> 16;
+    return x & 0xFFFFu;
+}
+#if LLMNP_BF16
+__device__ __forceinline__ floatX fromF_stochastic(float x, unsigned bits) {
+    if (isnan(x)) return __float2bfloat16_rn(x);
+    const unsigned u = (__float_as_uint(x) + bits) & 0xFFFF0000u;   // carry into the kept bits = round up
+    return __ushort_as_bfloat16((unsigned short)(u >> 16));
+}
+#else
+__device__ __forceinline__ floatX fromF_stochastic(float x, unsigned) { return x; }
+#endif
+
 // 16-byte packs: PACK elements of floatX moved with one load or store instruction
 #define PACK (16 / (int)sizeof(floatX))
 struct __align__(16) x128 { floatX v[16 / sizeof(floatX)]; };
