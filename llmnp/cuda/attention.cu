@@ -8,7 +8,8 @@
 //           separate kernels, so nothing is accumulated with atomics.
 // Two implementations: kernels 1-3, fp32 arithmetic on CUDA cores, any HS up to 128, fp32 or bf16
 // storage (the fp32 path, and the reference for the other); kernels 2/4/5 (forward 2, backward 4, 5),
-// bf16 tensor cores (mma.sync m16n8k16, fp32 accumulation) for HS a multiple of 16 up to 64.
+// bf16 tensor cores (mma.sync m16n8k16, fp32 accumulation) for HS a multiple of 16 up to 128
+// (GPT-2's 64; GPT-3's 64, 80, 96 and 128).
 // Shapes: B batch, T time, NH heads, HS head size (a -D constant), C = NH*HS; qkv (B,T,3C) = Q | K | V
 // blocks of C; head h holds channels h*HS..(h+1)*HS of each; out, dout (B,T,C).
 #include "common.cuh"
@@ -216,9 +217,13 @@ extern "C" __global__ void attention_backward_kernel3(floatX* dqkv, const floatX
 // 4 g + tig; an fp32 accumulator tile (16 x 8) holds rows g and g+8, columns 2 tig and 2 tig + 1. Two
 // accumulator tiles side by side are exactly the A operand of the next mma.
 
-#if LLMNP_BF16 && HS % 16 == 0 && HS <= 64
+#if LLMNP_BF16 && HS % 16 == 0 && HS <= 128
 #define TILE 64            // rows per block and per shared tile
 #define LDS (HS + 8)       // shared row pitch (bf16): 16-byte aligned rows, ldmatrix without bank conflicts
+#define AT(tiles, i) ((tiles) + (i) * TILE * LDS)   // shared tile i of a run of tiles
+// Shared memory is dynamic (the launcher sets its size: 87 KB for five tiles at HS = 128, past the
+// 48 KB a static array may take): forward 5 tiles (Q, K x2, V x2); backward 4 tiles (+ 4 TILE floats).
+extern __shared__ __align__(16) floatX smem16[];
 
 __device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
 
@@ -297,17 +302,17 @@ __device__ __forceinline__ void load_stat(float* dst, const float* src, int row0
 // Shared: Q, then K/V double-buffered.
 extern "C" __global__ void __launch_bounds__(128) attention_forward_kernel2(floatX* out, float* lse, const floatX* qkv,
                                                                           int B, int T, int NH) {
-    __shared__ __align__(16) floatX qs[TILE * LDS];
-    __shared__ __align__(16) floatX ks[2][TILE * LDS];
-    __shared__ __align__(16) floatX vs[2][TILE * LDS];
+    floatX* qs = smem16;                                          // [TILE * LDS]
+    floatX* ks = AT(smem16, 1);                                   // 2 tiles, double-buffered
+    floatX* vs = AT(smem16, 3);                                   // 2 tiles
     const int C = NH * HS, C3 = 3 * C;
     const int qt = gridDim.x - 1 - blockIdx.x;
     const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
     const floatX* q = qkv + (long long)b * T * C3 + h * HS;
     load_tile(qs, q, qt * TILE, T, C3);
-    load_tile(ks[0], q + C, 0, T, C3);
-    load_tile(vs[0], q + 2 * C, 0, T, C3);
+    load_tile(AT(ks, 0), q + C, 0, T, C3);
+    load_tile(AT(vs, 0), q + 2 * C, 0, T, C3);
     cp_async_commit();
     unsigned qf[HS / 16][4];
     const int r0 = qt * TILE + warp * 16 + g, r1 = r0 + 8;       // this thread's two query rows
@@ -318,8 +323,8 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_kernel2(floa
     for (int kt = 0; kt <= qt; kt++) {
         const int cur = kt & 1;
         if (kt < qt) {
-            load_tile(ks[cur ^ 1], q + C, (kt + 1) * TILE, T, C3);
-            load_tile(vs[cur ^ 1], q + 2 * C, (kt + 1) * TILE, T, C3);
+            load_tile(AT(ks, cur ^ 1), q + C, (kt + 1) * TILE, T, C3);
+            load_tile(AT(vs, cur ^ 1), q + 2 * C, (kt + 1) * TILE, T, C3);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -333,7 +338,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_kernel2(floa
         for (int kk = 0; kk < HS / 16; kk++)
             for (int n2 = 0; n2 < TILE / 16; n2++) {
                 unsigned kb[4];
-                ldsm_b(kb, ks[cur], n2 * 16, kk * 16);
+                ldsm_b(kb, AT(ks, cur), n2 * 16, kk * 16);
                 mma16816(s[2 * n2], qf[kk], kb[0], kb[1]);
                 mma16816(s[2 * n2 + 1], qf[kk], kb[2], kb[3]);
             }
@@ -376,7 +381,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_kernel2(floa
             acc_to_a(pa, s[2 * kk], s[2 * kk + 1]);
             for (int n2 = 0; n2 < HS / 16; n2++) {
                 unsigned vb[4];
-                ldsm_bt(vb, vs[cur], kk * 16, n2 * 16);
+                ldsm_bt(vb, AT(vs, cur), kk * 16, n2 * 16);
                 mma16816(o[2 * n2], pa, vb[0], vb[1]);
                 mma16816(o[2 * n2 + 1], pa, vb[2], vb[3]);
             }
@@ -405,8 +410,9 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_kernel2(floa
 extern "C" __global__ void __launch_bounds__(128) attention_backward_kernel4(floatX* dqkv, const floatX* dout,
                                                                            const floatX* qkv, const float* lse,
                                                                            const float* D, int B, int T, int NH) {
-    __shared__ __align__(16) floatX tiles[4][TILE * LDS];        // [2 cur]: Q, [2 cur + 1]: dO
-    __shared__ float ls[2][TILE], Ds[2][TILE];
+    floatX* tiles = smem16;                                       // 4 tiles: [2 cur]: Q, [2 cur + 1]: dO
+    float* ls = reinterpret_cast<float*>(AT(tiles, 4));           // [2][TILE]
+    float* Ds = ls + 2 * TILE;                                    // [2][TILE]
     const int C = NH * HS, C3 = 3 * C;
     const int kt = blockIdx.x;
     const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
@@ -415,19 +421,19 @@ extern "C" __global__ void __launch_bounds__(128) attention_backward_kernel4(flo
     const floatX* dO = dout + (long long)b * T * C + h * HS;
     const float* lse_bh = lse + (long long)bh * T;
     const float* D_bh = D + (long long)bh * T;
-    load_tile(tiles[2], q + C, kt * TILE, T, C3);                 // K, V into the second pair for now
-    load_tile(tiles[3], q + 2 * C, kt * TILE, T, C3);
-    load_tile(tiles[0], q, kt * TILE, T, C3);                     // the first query tile (the diagonal)
-    load_tile(tiles[1], dO, kt * TILE, T, C);
-    load_stat(ls[0], lse_bh, kt * TILE, T);
-    load_stat(Ds[0], D_bh, kt * TILE, T);
+    load_tile(AT(tiles, 2), q + C, kt * TILE, T, C3);                 // K, V into the second pair for now
+    load_tile(AT(tiles, 3), q + 2 * C, kt * TILE, T, C3);
+    load_tile(AT(tiles, 0), q, kt * TILE, T, C3);                     // the first query tile (the diagonal)
+    load_tile(AT(tiles, 1), dO, kt * TILE, T, C);
+    load_stat(ls, lse_bh, kt * TILE, T);
+    load_stat(Ds, D_bh, kt * TILE, T);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
     unsigned kf[HS / 16][4], vf[HS / 16][4];
     for (int kk = 0; kk < HS / 16; kk++) {
-        ldsm_a(kf[kk], tiles[2], warp * 16, kk * 16);
-        ldsm_a(vf[kk], tiles[3], warp * 16, kk * 16);
+        ldsm_a(kf[kk], AT(tiles, 2), warp * 16, kk * 16);
+        ldsm_a(vf[kk], AT(tiles, 3), warp * 16, kk * 16);
     }
     __syncthreads();                                              // tiles 2, 3 are free for queries now
     const int j0 = kt * TILE + warp * 16 + g, j1 = j0 + 8;       // this thread's two keys
@@ -439,18 +445,18 @@ extern "C" __global__ void __launch_bounds__(128) attention_backward_kernel4(flo
     for (int qt = kt; qt < ntiles; qt++) {
         const int cur = (qt - kt) & 1;
         if (qt + 1 < ntiles) {
-            load_tile(tiles[2 * (cur ^ 1)], q, (qt + 1) * TILE, T, C3);
-            load_tile(tiles[2 * (cur ^ 1) + 1], dO, (qt + 1) * TILE, T, C);
-            load_stat(ls[cur ^ 1], lse_bh, (qt + 1) * TILE, T);
-            load_stat(Ds[cur ^ 1], D_bh, (qt + 1) * TILE, T);
+            load_tile(AT(tiles, 2 * (cur ^ 1)), q, (qt + 1) * TILE, T, C3);
+            load_tile(AT(tiles, 2 * (cur ^ 1) + 1), dO, (qt + 1) * TILE, T, C);
+            load_stat((ls + (cur ^ 1) * TILE), lse_bh, (qt + 1) * TILE, T);
+            load_stat((Ds + (cur ^ 1) * TILE), D_bh, (qt + 1) * TILE, T);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
             cp_async_wait<0>();
         }
         __syncthreads();
-        const floatX* qs = tiles[2 * cur];
-        const floatX* dos = tiles[2 * cur + 1];
+        const floatX* qs = AT(tiles, 2 * cur);
+        const floatX* dos = AT(tiles, 2 * cur + 1);
         float st[TILE / 8][4], dpt[TILE / 8][4];        // S^T and dP^T: rows keys, columns queries
         for (int n = 0; n < TILE / 8; n++)
             for (int e = 0; e < 4; e++) st[n][e] = dpt[n][e] = 0.0f;
@@ -470,9 +476,9 @@ extern "C" __global__ void __launch_bounds__(128) attention_backward_kernel4(flo
                 const int il = n * 8 + 2 * tig + (e & 1), i = qt * TILE + il;
                 const int j = e < 2 ? j0 : j1;
                 const bool visible = !edge || (i >= j && i < T && j < T);
-                const float p = visible ? exp2f(st[n][e] * sl2 - ls[cur][il] * LOG2E) : 0.0f;
+                const float p = visible ? exp2f(st[n][e] * sl2 - ls[cur * TILE + il] * LOG2E) : 0.0f;
                 st[n][e] = p;
-                dpt[n][e] = p * (dpt[n][e] - Ds[cur][il]);
+                dpt[n][e] = p * (dpt[n][e] - Ds[cur * TILE + il]);
             }
         for (int kk = 0; kk < TILE / 16; kk++) {
             unsigned pa[4], da[4];
@@ -512,17 +518,17 @@ extern "C" __global__ void __launch_bounds__(128) attention_backward_kernel4(flo
 extern "C" __global__ void __launch_bounds__(128) attention_backward_kernel5(floatX* dqkv, const floatX* dout,
                                                                            const floatX* qkv, const float* lse,
                                                                            const float* D, int B, int T, int NH) {
-    __shared__ __align__(16) floatX tiles[4][TILE * LDS];        // [2 cur]: K, [2 cur + 1]: V
+    floatX* tiles = smem16;                                       // 4 tiles: [2 cur]: K, [2 cur + 1]: V
     const int C = NH * HS, C3 = 3 * C;
     const int qt = gridDim.x - 1 - blockIdx.x;
     const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
     const floatX* q = qkv + (long long)b * T * C3 + h * HS;
     const floatX* dO = dout + (long long)b * T * C + h * HS;
-    load_tile(tiles[2], q, qt * TILE, T, C3);                     // Q, dO into the second pair for now
-    load_tile(tiles[3], dO, qt * TILE, T, C);
-    load_tile(tiles[0], q + C, 0, T, C3);                         // the first key tile
-    load_tile(tiles[1], q + 2 * C, 0, T, C3);
+    load_tile(AT(tiles, 2), q, qt * TILE, T, C3);                     // Q, dO into the second pair for now
+    load_tile(AT(tiles, 3), dO, qt * TILE, T, C);
+    load_tile(AT(tiles, 0), q + C, 0, T, C3);                         // the first key tile
+    load_tile(AT(tiles, 1), q + 2 * C, 0, T, C3);
     cp_async_commit();
     const int r0 = qt * TILE + warp * 16 + g, r1 = r0 + 8;
     const float lse0 = r0 < T ? lse[(long long)bh * T + r0] * LOG2E : 0.0f;
@@ -533,8 +539,8 @@ extern "C" __global__ void __launch_bounds__(128) attention_backward_kernel5(flo
     __syncthreads();
     unsigned qf[HS / 16][4], df[HS / 16][4];
     for (int kk = 0; kk < HS / 16; kk++) {
-        ldsm_a(qf[kk], tiles[2], warp * 16, kk * 16);
-        ldsm_a(df[kk], tiles[3], warp * 16, kk * 16);
+        ldsm_a(qf[kk], AT(tiles, 2), warp * 16, kk * 16);
+        ldsm_a(df[kk], AT(tiles, 3), warp * 16, kk * 16);
     }
     __syncthreads();                                              // tiles 2, 3 are free for keys now
     const float sl2 = LOG2E / sqrtf((float)HS);
@@ -543,16 +549,16 @@ extern "C" __global__ void __launch_bounds__(128) attention_backward_kernel5(flo
     for (int kt = 0; kt <= qt; kt++) {
         const int cur = kt & 1;
         if (kt < qt) {
-            load_tile(tiles[2 * (cur ^ 1)], q + C, (kt + 1) * TILE, T, C3);
-            load_tile(tiles[2 * (cur ^ 1) + 1], q + 2 * C, (kt + 1) * TILE, T, C3);
+            load_tile(AT(tiles, 2 * (cur ^ 1)), q + C, (kt + 1) * TILE, T, C3);
+            load_tile(AT(tiles, 2 * (cur ^ 1) + 1), q + 2 * C, (kt + 1) * TILE, T, C3);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
             cp_async_wait<0>();
         }
         __syncthreads();
-        const floatX* ks = tiles[2 * cur];
-        const floatX* vs = tiles[2 * cur + 1];
+        const floatX* ks = AT(tiles, 2 * cur);
+        const floatX* vs = AT(tiles, 2 * cur + 1);
         float s[TILE / 8][4], dp[TILE / 8][4];
         for (int n = 0; n < TILE / 8; n++)
             for (int e = 0; e < 4; e++) s[n][e] = dp[n][e] = 0.0f;

@@ -1,6 +1,6 @@
 """Attention launchers (attention.cu; llmnp/attention.py is the reference and states the rules).
 
-bf16 storage with a head size that is a multiple of 16 up to 64 (GPT-2's is 64) runs on the tensor-core
+bf16 storage with a head size that is a multiple of 16 up to 128 (GPT-2's is 64) runs on the tensor-core
 kernels; everything else (fp32 storage, other head sizes up to 128) on the fp32 CUDA-core kernels.
 lse and the backward's D = rowsum(dout * out) are float32 (B,NH,T).
 Shapes: B batch, T time, C channels, NH heads, hs = C/NH; qkv (B,T,3C), out/dout (B,T,C).
@@ -25,9 +25,21 @@ def _shapes(out, lse, qkv):
 
 
 def use_tensor_cores(dtype, hs, *arrays):
-    """The mma kernels need bf16, hs % 16 == 0, hs <= 64 and 16-byte aligned rows."""
-    return (storage_is_bf16(dtype) and hs % 16 == 0 and hs <= 64
+    """The mma kernels need bf16, hs % 16 == 0, hs <= 128 and 16-byte aligned rows."""
+    return (storage_is_bf16(dtype) and hs % 16 == 0 and hs <= 128
             and all(a.data.ptr % 16 == 0 for a in arrays))
+
+
+def tile_smem(hs, tiles, floats=0):
+    """Dynamic shared memory of a tensor-core kernel: `tiles` bf16 tiles of ROWS rows at pitch hs + 8,
+    then `floats` float32 values."""
+    return tiles * ROWS * (hs + 8) * 2 + 4 * floats
+
+
+def tensor_core_kernel(name, dtype, hs, smem):
+    k = kernel("attention", name, dtype, HS=hs)
+    k.max_dynamic_shared_size_bytes = smem          # above 48 KB needs the opt-in (87 KB at hs = 128)
+    return k
 
 
 def attention_forward(out, lse, qkv, tensor_cores=None):
@@ -39,7 +51,9 @@ def attention_forward(out, lse, qkv, tensor_cores=None):
         tensor_cores = use_tensor_cores(out.dtype, hs, out, qkv)
     args = (out, lse, qkv, np.int32(B), np.int32(T), np.int32(NH))
     if tensor_cores:
-        kernel("attention", "attention_forward_kernel2", out.dtype, HS=hs)((blocks(T, ROWS), B * NH), (128,), args)
+        smem = tile_smem(hs, 5)
+        tensor_core_kernel("attention_forward_kernel2", out.dtype, hs, smem)((blocks(T, ROWS), B * NH), (128,), args,
+                                                                           shared_mem=smem)
     else:
         kernel("attention", "attention_forward_kernel1", out.dtype, HS=hs)((blocks(T, ROWS), B * NH), (ROWS,), args)
 
@@ -59,8 +73,9 @@ def attention_backward(dqkv, dout, qkv, out, lse, tensor_cores=None):
     args = (dqkv, dout, qkv, lse, D, np.int32(B), np.int32(T), np.int32(NH))
     grid = (blocks(T, ROWS), B * NH)
     if tensor_cores:
-        kernel("attention", "attention_backward_kernel4", out.dtype, HS=hs)(grid, (128,), args)
-        kernel("attention", "attention_backward_kernel5", out.dtype, HS=hs)(grid, (128,), args)
+        smem4, smem5 = tile_smem(hs, 4, 4 * ROWS), tile_smem(hs, 4)
+        tensor_core_kernel("attention_backward_kernel4", out.dtype, hs, smem4)(grid, (128,), args, shared_mem=smem4)
+        tensor_core_kernel("attention_backward_kernel5", out.dtype, hs, smem5)(grid, (128,), args, shared_mem=smem5)
     else:
         smem = 4 * (2 * ROWS * (hs + 1) + 2 * TILE1 * hs + 2 * TILE1)
         for name in ("attention_backward_kernel2", "attention_backward_kernel3"):
