@@ -98,7 +98,7 @@ class Distributed:
         if self.world_size == 1:
             return None
         how = ("NCCL all-reduce on the GPUs" if self.nccl is not None else
-               "MPI on the host (NCCL needs one GPU per process): slower" if self.device == "cuda" else "MPI")
+               "MPI through the host (NCCL needs one GPU per process): slower" if self.device == "cuda" else "MPI")
         started = f"started with -pi {self.launch.method}" if self.launch else "started by mpiexec"
         return f"{self.world_size} processes ({started}), gradients reduced by {how}"
 
@@ -130,7 +130,6 @@ class Distributed:
 
     def _exchange_nccl_id(self, nccl):
         """Process 0's NCCL id, handed to the others through -pf's folder or a TCP connection."""
-        import json
         import socket
         import time
         launch = self.launch
@@ -139,20 +138,20 @@ class Distributed:
             if self.rank == 0:
                 from llmnp.fileio import write_atomic
                 uid = nccl.get_unique_id()
-                write_atomic(path, json.dumps(list(uid)).encode())
+                write_atomic(path, bytes(uid).hex().encode())
                 return uid
             started = time.time()
             while time.time() - started < EXCHANGE_TIMEOUT_S:
                 # an id file left by an earlier run is older than this process
                 if os.path.exists(path) and os.path.getmtime(path) >= started - 60:
                     with open(path) as f:
-                        return tuple(json.load(f))
+                        return bytes.fromhex(f.read())
                 time.sleep(1)
             raise UserError(f"no NCCL id from process 0 in {path} after {EXCHANGE_TIMEOUT_S} s: is -pf the "
                             f"same folder for every process, and is process 0 running?")
         if self.rank == 0:
             uid = nccl.get_unique_id()
-            blob = json.dumps(list(uid)).encode()
+            blob = bytes(uid)
             try:
                 with socket.create_server((launch.server, NCCL_ID_PORT)) as server:
                     server.settimeout(EXCHANGE_TIMEOUT_S)
@@ -171,7 +170,7 @@ class Distributed:
                     data = b""
                     while chunk := conn.recv(4096):
                         data += chunk
-                return tuple(json.loads(data))
+                return data
             except OSError:
                 if time.time() - started > EXCHANGE_TIMEOUT_S:
                     raise UserError(f"-ps {launch.server}: no NCCL id from process 0 on port {NCCL_ID_PORT} "

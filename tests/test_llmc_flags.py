@@ -177,7 +177,8 @@ def _gpu_count():
 def test_two_processes_started_by_hand_train_together(tiny_run, tmp_path, method):
     """Two processes started without mpiexec (as a scheduler starts them), NCCL id through a folder or
     TCP: the same losses as one process with twice the micro-batch in gradient accumulation."""
-    flags = tiny_run + ["--device", "cuda", "--dtype", "fp32", "-f", "0", "-x", "3", "-v", "0", "-s", "0", "-d", "64"]
+    flags = tiny_run + ["--device", "cuda", "--dtype", "fp32", "-f", "0", "-x", "3", "-v", "0", "-s", "0", "-d", "64",
+                        "-sh", "0"]                       # the same batches as one process reads
     how = ["-pi", "fs", "-pf", str(tmp_path)] if method == "fs" else ["-pi", "tcp", "-ps", "127.0.0.1"]
     procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "train_gpt2.py"), *flags, "-pn", "2", "-pr", str(r),
                                "-pg", "2", *how], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
