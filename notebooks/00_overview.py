@@ -290,6 +290,55 @@ print(inspect.getsource(bias_gelu_forward))
 # backward that also sums `dfcb`.
 
 # %% [markdown]
+# ## A block's dataflow, both ways
+#
+# Forward runs down the left column, reading the residual stream `x` twice per block (through a
+# layernorm, and on the skip path around the branch). Backward runs up the right column, with the
+# same two roads: the residual add hands `dx` unchanged to the skip path and to the branch, and where
+# the branch meets the stream again (at its layernorm), the two gradients add.
+
+# %%
+def draw_block(ax, x0, steps, color, direction, title):
+    """One column of boxes joined by arrows, the residual adds as circles with their skip arcs."""
+    ys = np.arange(len(steps))[::-1] * 1.0
+    for y, (label, kind) in zip(ys, steps):
+        if kind == "add":
+            ax.add_patch(plt.Circle((x0, y), 0.22, fc="white", ec=color, lw=1.5))
+            ax.text(x0, y, "+", ha="center", va="center", fontsize=12, color=color)
+        else:
+            ax.add_patch(plt.Rectangle((x0 - 0.9, y - 0.28), 1.8, 0.56, fc=color, alpha=0.15, ec=color))
+            ax.text(x0, y, label, ha="center", va="center", fontsize=8)
+    for a, b in zip(ys[:-1], ys[1:]):                     # arrows along the column
+        start, end = (a - 0.3, b + 0.3) if direction == "down" else (b + 0.3, a - 0.3)
+        ax.annotate("", (x0, end), (x0, start), arrowprops=dict(arrowstyle="->", color=color))
+    adds = [y for y, (_, kind) in zip(ys, steps) if kind == "add"]
+    for top, add in zip([ys[0], adds[0]], adds):           # the skip path around each branch
+        start, end = ((x0 + 0.95, top), (x0 + 0.25, add)) if direction == "down" else ((x0 + 0.25, add), (x0 + 0.95, top))
+        ax.annotate("", end, start, arrowprops=dict(arrowstyle="->", color=color, ls="--",
+                                                    connectionstyle="arc3,rad=-0.3" if direction == "down" else "arc3,rad=0.3"))
+    ax.text(x0, ys[0] + 0.7, title, ha="center", fontsize=10, color=color, weight="bold")
+
+
+forward_steps = [("x (residual stream)", ""), ("layernorm ln1  (02)", ""), ("qkv = h qkvw^T + b  (03)", ""),
+                 ("attention  (04)", ""), ("attproj  (03)", ""), ("", "add"), ("layernorm ln2  (02)", ""),
+                 ("fc  (03)", ""), ("gelu  (05)", ""), ("fcproj  (03)", ""), ("", "add")]
+backward_steps = [("dx: += ln1's dinp", ""), ("layernorm_backward", ""), ("matmul_backward: dqkv", ""),
+                  ("attention_backward", ""), ("matmul_backward: datty", ""), ("", "add"),
+                  ("layernorm_backward (adds)", ""), ("matmul_backward: dln2", ""), ("gelu_backward", ""),
+                  ("matmul_backward: dgelu", ""), ("", "add")]
+fig, ax = plt.subplots(figsize=(9, 6.5))
+draw_block(ax, 0, forward_steps, "tab:blue", "down", "forward")
+draw_block(ax, 3.6, backward_steps, "tab:red", "up", "backward")
+ax.text(3.6, -0.75, "dx from the block above", ha="center", fontsize=8, color="tab:red")
+ax.text(0, -0.75, "x to the block above", ha="center", fontsize=8, color="tab:blue")
+ax.set_xlim(-1.3, 5.2)
+ax.set_ylim(-1.1, len(forward_steps) + 0.2)
+ax.set_aspect("equal")
+ax.axis("off")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
 # ## Backward: the chain rule, one layer at a time
 #
 # The loss $L$ is one number. For any tensor $u$ in the model, write $du$ for the tensor of the same

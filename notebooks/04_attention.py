@@ -66,6 +66,43 @@ def attention_forward_scratch(qkv, NH):
 
 
 # %% [markdown]
+# `split_heads` is only a reshape and a transpose, no copy of the numbers' values: qkv's C·3 channels
+# of one position are Q's C, then K's, then V's, and within each block head h has channels
+# h·hs .. (h+1)·hs. Below, for C = 8, NH = 2, hs = 4 and T = 3, each cell shows its channel number:
+# left, one batch row of qkv (T, 3C); right, where those numbers land in (3, NH, T, hs).
+
+# %%
+T_, NH_, hs_ = 3, 2, 4
+C_ = NH_ * hs_
+channel = np.tile(np.arange(3 * C_), (1, T_, 1)).astype(float)         # (1,T,3C): each cell its channel
+colour = (np.arange(3 * C_) // hs_)[None, None, :].repeat(T_, axis=1)   # q h0, q h1, k h0, ... = 0..5
+split_channel, split_colour = split_heads(channel, NH_), split_heads(colour, NH_)   # (3,1,NH,T,hs)
+
+fig = plt.figure(figsize=(11, 2.8))
+ax = fig.add_axes([0.02, 0.15, 0.5, 0.65])
+ax.imshow(colour[0], cmap="tab10", vmin=0, vmax=9, alpha=0.6)
+for t in range(T_):
+    for c in range(3 * C_):
+        ax.text(c, t, int(channel[0, t, c]), ha="center", va="center", fontsize=7)
+ax.set_xticks([hs_ * i + (hs_ - 1) / 2 for i in range(3 * NH_)],
+              [f"{'qkv'[i // NH_]} head {i % NH_}" for i in range(3 * NH_)], fontsize=8)
+ax.set_yticks(range(T_), [f"t={t}" for t in range(T_)])
+ax.set_title("qkv[b]: (T, 3C)", fontsize=10)
+for i, name in enumerate("qkv"):
+    for h in range(NH_):
+        ax = fig.add_axes([0.54 + 0.066 * (2 * i + h) + 0.015 * i, 0.15, 0.06, 0.65])
+        ax.imshow(split_colour[i, 0, h], cmap="tab10", vmin=0, vmax=9, alpha=0.6)
+        for t in range(T_):
+            for d in range(hs_):
+                ax.text(d, t, int(split_channel[i, 0, h, t, d]), ha="center", va="center", fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"{name}[b, {h}]", fontsize=8)
+fig.text(0.75, 0.9, "split_heads: (NH, T, hs) each for q, k, v", ha="center", fontsize=10)
+plt.show()
+
+
+# %% [markdown]
 # ## Attention patterns
 #
 # $P$ is a (T, T) matrix per head: row $t$ says where position $t$ looks. Causality makes it lower

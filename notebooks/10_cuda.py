@@ -119,6 +119,30 @@ show(GELU_CU, "const long long i = ", "if (i >= n) return;")
 # \text{PACK}$. The cast to `long long` comes first so the product cannot overflow 32 bits. The grid is
 # rounded up to whole blocks, so the last threads may have nothing to do: they return.
 #
+# The picture, for a grid of 2 blocks of 4 threads (the launcher uses 256) and PACK = 4 over n = 27
+# elements: each thread's PACK elements, coloured by block; the last thread finds only 3 and takes the
+# slow path below, the threads after it return at once.
+
+# %%
+n_demo, PACK_demo, threads_demo = 27, 4, 4
+fig, ax = plt.subplots(figsize=(10, 1.9))
+for j in range(2 * threads_demo):                    # j = blockIdx.x * blockDim.x + threadIdx.x
+    block, thread, i = j // threads_demo, j % threads_demo, j * PACK_demo
+    for e in range(i, min(i + PACK_demo, n_demo)):
+        ax.add_patch(plt.Rectangle((e, 0), 0.95, 0.95, fc=("tab:blue", "tab:orange")[block], alpha=0.3 + 0.15 * thread))
+        ax.text(e + 0.47, 0.47, e, ha="center", va="center", fontsize=7)
+    ax.text(i + PACK_demo / 2, -0.45, f"t{thread}" if i < n_demo else f"t{thread}: i >= n, returns",
+            ha="center" if i < n_demo else "left", fontsize=8)
+for block in range(2):
+    ax.text(block * threads_demo * PACK_demo + threads_demo * PACK_demo / 2, 1.3, f"block {block}",
+            ha="center", fontsize=9, color=("tab:blue", "tab:orange")[block])
+ax.set_xlim(-0.5, 2 * threads_demo * PACK_demo + 0.5)
+ax.set_ylim(-0.8, 1.7)
+ax.axis("off")
+ax.set_title("element index i = (blockIdx.x * blockDim.x + threadIdx.x) * PACK", fontsize=9)
+plt.show()
+
+# %% [markdown]
 # **The fast path: 16 bytes in, 16 bytes out.**
 
 # %%

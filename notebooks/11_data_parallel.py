@@ -105,6 +105,49 @@ _ = ring_allreduce([np.array([1, 2, 3]), np.array([10, 20, 30]), np.array([100, 
 # Follow chunk 0 (the first column of each worker): worker 0's 1 goes to worker 1 (11), then to
 # worker 2 (111), complete; the all-gather then carries 111 to worker 0 and worker 1.
 #
+# The same three workers drawn as a ring, one panel per step: the arrows are the transfers of that
+# step, each labelled with the chunk it carries and that chunk's running sum after it arrives. Every
+# worker sends one chunk and receives one at every step, so every link carries the same load.
+
+# %%
+def draw_ring(buffers):
+    N = len(buffers)
+    angle = np.pi / 2 - 2 * np.pi * np.arange(N) / N
+    xy = np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    chunks = [np.array_split(b.astype(float).copy(), N) for b in buffers]
+    fig, axes = plt.subplots(1, 2 * (N - 1), figsize=(3 * 2 * (N - 1), 3.2))
+    for step, ax in enumerate(axes):
+        gather = step >= N - 1
+        s = step - (N - 1) if gather else step
+        labels = []
+        for r in range(N):
+            c = (r + 1 - s) % N if gather else (r - s) % N  # the chunk worker r sends at this step
+            dst = (r + 1) % N
+            if gather:
+                chunks[dst][c] = chunks[r][c].copy()
+            else:
+                chunks[dst][c] = chunks[dst][c] + chunks[r][c]
+            labels.append((r, dst, c, chunks[dst][c]))
+        for r, dst, c, value in labels:
+            mid = (xy[r] + xy[dst]) / 2 * 1.25
+            ax.annotate("", xy[dst] * 0.8, xy[r] * 0.8, arrowprops=dict(arrowstyle="->", color="tab:red",
+                                                                    connectionstyle="arc3,rad=-0.25"))
+            ax.text(*mid, f"chunk {c}: {value[0]:g}", ha="center", va="center", fontsize=7, color="tab:red")
+        for r in range(N):
+            ax.add_patch(plt.Circle(xy[r] * 0.8, 0.2, fc="white", ec="black"))
+            ax.text(*(xy[r] * 0.8), f"w{r}", ha="center", va="center", fontsize=9)
+        ax.set_title(f"{'all-gather' if gather else 'reduce-scatter'}, step {s}", fontsize=9)
+        ax.set_xlim(-1.5, 1.5)
+        ax.set_ylim(-1.5, 1.5)
+        ax.set_aspect("equal")
+        ax.axis("off")
+    plt.tight_layout()
+    plt.show()
+    return [np.concatenate(c) for c in chunks]
+
+
+print(draw_ring([np.array([1, 2, 3]), np.array([10, 20, 30]), np.array([100, 200, 300])]))
+#
 # Now on the real gradients. Each worker sent $2(N-1)$ chunks of $1/N$ of the buffer:
 # $2(N-1)/N$ buffers in all, under 2 whatever N is.
 
