@@ -261,7 +261,8 @@ def main():
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; numpy "
           f"{np.__version__}" + (f", torch {version(torch_python, 'torch')} ({args.threads} threads)"
                                   if torch_python else ""))
-    print(f"B={args.batch} T={args.seq} float32, {args.steps} timed steps each, interleaved, medians in ms")
+    print(f"B={args.batch} T={args.seq} float32, {args.steps} timed steps each, interleaved, medians in ms; "
+          f"load average at the start {os.getloadavg()[0]:.1f}")
     print()
     print("| config | impl     | ms/step |  tok/s | forward | backward | update | peak RSS (GiB) |")
     print("|--------|----------|---------|--------|---------|----------|--------|----------------|")
@@ -276,6 +277,8 @@ def main():
                            rows["llmnp"]["rss"] / rows["torch"]["rss"]))
     for config, time_ratio, rss_ratio in ratios:
         print(f"{config}: llmnp / torch = {time_ratio:.2f}x the time, {rss_ratio:.2f}x the peak RSS")
+    print(f"load average at the end {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores: above that, other "
+          f"processes shared the machine)")
 
 
 if __name__ == "__main__":
