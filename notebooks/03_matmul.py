@@ -216,4 +216,60 @@ print(f"so one training step of GPT-2 small on B=4, T=1024 ({3 * total * tokens 
 # matmul library; [llmnp/cuda/matmul.cu](../llmnp/cuda/matmul.cu) holds the small kernels around them:
 # adding the bias, and summing `dout`'s rows into `dbias`.
 #
+# ## On the GPU: `dbias`, a sum over all rows, deterministic
+#
+# $db = \sum_n dy_n$ sums N = B·T rows, up to hundreds of thousands. One thread per column would
+# leave most of the GPU idle; many threads adding into one column with atomics would add in a
+# different order on every run. `matmul_backward_kernel1` cuts the rows into R ranges: block
+# `(blockIdx.x, blockIdx.y)` takes 32·PACK columns and range `blockIdx.y`, its 8 rows of threads
+# (`threadIdx.y`) striding over the range, and writes one row of partial sums to `partial[blockIdx.y]`;
+# `matmul_backward_kernel2`, one thread per column, adds the R partials in order. In NumPy, with the
+# loops the kernels are bodies of:
+
+# %%
+def dbias_two_passes(dout, R=3):
+    N, OC = dout.shape
+    rows_per_block = (N + R - 1) // R
+    partial = np.zeros((R, OC))
+    for by in range(R):                               # blockIdx.y (and blockIdx.x over the columns)
+        for ty in range(8):                           # threadIdx.y: a stride of 8 rows
+            for row in range(by * rows_per_block + ty, min(N, (by + 1) * rows_per_block), 8):
+                partial[by] += dout[row]              # threadIdx.x: PACK columns each, all at once here
+    dbias = np.zeros(OC)
+    for col in range(OC):                             # kernel2: one thread per column
+        for k in range(R):                            # the partials, always in this order
+            dbias[col] += partial[k, col]
+    return dbias
+
+
+dy_rows = rng.normal(size=(50, OC))
+print("two passes = the column sum:", np.allclose(dbias_two_passes(dy_rows), dy_rows.sum(axis=0)))
+
+# %%
+from kernels import GPU, compile_kernels, show
+
+show("matmul", "matmul_backward_kernel1(", "store_column_partials(")
+print()
+show("matmul", "matmul_backward_kernel2(", "dbias[col] =")
+compile_kernels("matmul")
+
+# %%
+if not GPU:
+    print("skipped: no GPU here (CuPy missing or no CUDA device)")
+else:
+    import cupy as cp
+
+    from llmnp import cuda
+
+    g = np.random.default_rng(1)
+    x32, w32, b32 = (g.normal(size=s).astype(np.float32) for s in [(4, 64, 768), (3072, 768), (3072,)])
+    dy32 = g.normal(size=(4, 64, 3072)).astype(np.float32)
+    dx_ref, dw_ref, db_ref = np.empty_like(x32), np.zeros_like(w32), np.zeros_like(b32)
+    matmul_backward(dx_ref, dw_ref, db_ref, dy32, x32, w32)
+    dx_gpu, dw_gpu, db_gpu = cp.empty(x32.shape, cp.float32), cp.zeros(w32.shape, cp.float32), cp.zeros(b32.shape, cp.float32)
+    cuda.matmul_backward(dx_gpu, dw_gpu, db_gpu, cp.asarray(dy32), cp.asarray(x32), cp.asarray(w32))
+    print(f"max |GPU - NumPy| / max |NumPy|: dx {float(abs(dx_gpu.get() - dx_ref).max() / abs(dx_ref).max()):.1e}, "
+          f"dweight {float(abs(dw_gpu.get() - dw_ref).max() / abs(dw_ref).max()):.1e}, "
+          f"dbias {float(abs(db_gpu.get() - db_ref).max() / abs(db_ref).max()):.1e}")
+#
 # Next: [04 attention](04_attention.ipynb), the only layer where positions talk to each other.

@@ -190,4 +190,46 @@ print("backward matches (and overwrote the 99s):", np.allclose(dx_l, dx))
 # backward also sums the bias gradient), so the (B, T, 4C) product is not written and read once more
 # just for the bias.
 #
+# The backward kernel has the forward's shape: thread `j` of the grid takes PACK elements from
+# `i = j * PACK` and writes $dx = dy \cdot \text{GELU}'(x)$ for each; as a loop:
+
+# %%
+def gelu_backward_threads(dout, x, PACK=4):
+    d, u = dout.ravel(), x.ravel()
+    dinp = np.empty(u.size)
+    for j in range((u.size + PACK - 1) // PACK):      # j = blockIdx.x * blockDim.x + threadIdx.x
+        i = j * PACK
+        dinp[i:i + PACK] = gelu_backward_scratch(d[i:i + PACK], u[i:i + PACK])   # gelu_grad, element by element
+    return dinp.reshape(x.shape)
+
+
+xs = rng.normal(size=(3, 7))
+ds = rng.normal(size=(3, 7))
+print("the thread loop = the backward:", np.allclose(gelu_backward_threads(ds, xs), gelu_backward_scratch(ds, xs)))
+
+# %%
+from kernels import GPU, compile_kernels, show
+
+show("gelu", "__device__ __forceinline__ float gelu_grad(", "}")
+print()
+show("gelu", "gelu_backward_kernel1(", "store128(")
+compile_kernels("gelu")
+
+# %%
+if not GPU:
+    print("skipped: no GPU here (CuPy missing or no CUDA device)")
+else:
+    import cupy as cp
+
+    from llmnp import cuda
+
+    x32, d32 = np.random.default_rng(1).normal(size=(2, 4, 64, 3072)).astype(np.float32)
+    ref = np.empty_like(x32)
+    gelu_backward(ref, x32, d32)
+    dinp_gpu = cp.empty(x32.shape, cp.float32)
+    cuda.gelu_backward(dinp_gpu, cp.asarray(x32), cp.asarray(d32))
+    print(f"max |GPU - NumPy| = {float(abs(dinp_gpu.get() - ref).max()):.1e}")
+
+# %% [markdown]
+#
 # Next: [06 residual](06_residual.ipynb).

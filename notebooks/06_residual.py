@@ -235,7 +235,44 @@ residual_backward(da_l, db_l, dout)
 print("backward matches, accumulating:", np.allclose(da_l, dout), np.allclose(db_l, 1 + dout))
 
 # %% [markdown]
-# On the GPU, [llmnp/cuda/residual.cu](../llmnp/cuda/residual.cu) is an elementwise add, the kind of
-# kernel worth fusing with the layernorm that reads its output.
+# ## On the GPU
+#
+# [llmnp/cuda/residual.cu](../llmnp/cuda/residual.cu) is an elementwise add, the kind of kernel worth
+# fusing with the layernorm that reads its output (the model does: `residual_layernorm_forward`,
+# notebook 12). The loop it is the body of, with its flat index: thread `j` of the whole grid takes
+# the PACK elements from `i = j * PACK` (PACK = 4 floats, one 16-byte load per input):
+
+# %%
+def residual_forward_threads(a, b, PACK=4):
+    x, y = a.ravel(), b.ravel()
+    out = np.empty(x.size)
+    for j in range((x.size + PACK - 1) // PACK):      # j = blockIdx.x * blockDim.x + threadIdx.x
+        i = j * PACK
+        out[i:i + PACK] = x[i:i + PACK] + y[i:i + PACK]
+    return out.reshape(a.shape)
+
+
+print("the thread loop = residual_forward:", np.allclose(residual_forward_threads(a, b), out))
+
+# %%
+from kernels import GPU, compile_kernels, show
+
+show("residual", "residual_forward_kernel1(", "store128(out + i, o);")
+compile_kernels("residual")
+
+# %%
+if not GPU:
+    print("skipped: no GPU here (CuPy missing or no CUDA device)")
+else:
+    import cupy as cp
+
+    from llmnp import cuda
+
+    a32, b32 = np.random.default_rng(1).normal(size=(2, 4, 64, 768)).astype(np.float32)
+    out_gpu = cp.empty(a32.shape, cp.float32)
+    cuda.residual_forward(out_gpu, cp.asarray(a32), cp.asarray(b32))
+    print(f"max |GPU - NumPy| = {float(abs(out_gpu.get() - (a32 + b32)).max()):.1e}")
+
+# %% [markdown]
 #
 # Next: [07 classifier](07_classifier.ipynb), where the loss comes from.
