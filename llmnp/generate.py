@@ -5,8 +5,9 @@
     python -m llmnp.generate --model hf_gpt2/ --device cuda --top-k 40 --top-p 0.95 --seed 1
     python -m llmnp.generate --model out/ --device cuda --num-samples 64 -n 100
 
-    from llmnp.generate import load, generate_many
-    new = generate_many(load("out/", device="cuda"), [[50256, 464], [50256, 40, 716, 257]], 50)
+    from llmnp import GPT2
+    from llmnp.generate import generate_many
+    new = generate_many(GPT2.load("out/", device="cuda"), [[50256, 464], [50256, 40, 716, 257]], 50)
 
 MODEL is an llm.c model file (.bin), Hugging Face GPT-2 weights (a folder or a model.safetensors), or a
 train_gpt2.py output folder (its latest complete checkpoint: the highest step with a DONE_ file).
@@ -31,70 +32,15 @@ Not here: beam search, chat formats, prefilling a prompt in one pass (a prompt c
 Dimension letters: B rows (samples), L layers, NH heads, hs = C/NH, C channels, V vocab, Vp padded vocab,
 maxT positions, Tc cache positions (<= maxT).
 """
-import argparse
-import glob
 import math
-import os
 import sys
 import time
 
 import numpy as np
 
+from llmnp import cli
 from llmnp.errors import UserError, run_cli
 from llmnp.layers import matmul_forward  # noqa: F401  the decode step's products on the CPU: the model's own
-
-# ------------------------------------------------------------------------------------ loading
-
-
-def read_weights(path):
-    """(GPT2Config, flat float32 parameters) from any model path this module accepts (see the top)."""
-    from llmnp import checkpoint
-    if not os.path.exists(path):
-        raise UserError(f"{path}: no such file or folder (give an llm.c .bin, a Hugging Face GPT-2 "
-                        f"folder or model.safetensors, or a train_gpt2.py output folder)")
-    if os.path.isdir(path):
-        latest = checkpoint.latest_checkpoint(path)
-        if latest is not None:
-            return checkpoint.load_model(latest[1])
-        if os.path.exists(os.path.join(path, "model.safetensors")):
-            return checkpoint.load_hf(path)
-        if glob.glob(os.path.join(path, "model_*.bin")):
-            raise UserError(f"{path}: holds model_*.bin files but no DONE_* marker, so no checkpoint "
-                            f"there finished writing (name one .bin file to use it anyway)")
-        raise UserError(f"{path}: the folder holds neither a training checkpoint (model_*.bin with "
-                        f"DONE_*) nor a model.safetensors")
-    if path.endswith(".safetensors"):
-        return checkpoint.load_hf(path)
-    return checkpoint.load_model(path)
-
-
-def load(path, device="cpu", dtype="float32"):
-    """A GPT2 on `device`, stored in `dtype` ("float32" or, on the GPU, "bfloat16"), from any model path
-    this module accepts."""
-    from llmnp.model import GPT2
-    config, flat = read_weights(path)
-    model = GPT2(config, device=device, dtype=dtype, init=False)
-    model.load_parameters(flat)
-    return model
-
-
-def pick_device(name):
-    """"cpu", "cuda", or "auto": cuda when CuPy sees a GPU, else cpu."""
-    if name != "auto":
-        return name
-    try:
-        import cupy
-        return "cuda" if cupy.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
-
-
-def to_host(a):
-    """A device array as a float64 NumPy array (CuPy arrays have .get(), NumPy arrays do not). The cast
-    happens first, on the device: bf16 never has to cross."""
-    a = a.astype(np.float64)
-    return a.get() if hasattr(a, "get") else a
-
 
 # ------------------------------------------------------------------------------- seed streams
 GOLDEN = 0x9E3779B97F4A7C15
@@ -367,35 +313,29 @@ def generate(model, tokens, max_new_tokens, temperature=0.8, top_k=40, top_p=0.9
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m llmnp.generate", description=__doc__.split("\n\n")[0])
+    ap = cli.ArgumentParser("python -m llmnp.generate", __doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="llm.c .bin, HF GPT-2 folder/.safetensors, or training output folder")
-    ap.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
-    ap.add_argument("-n", "--max-new-tokens", type=int, default=200, help="tokens to generate [200]")
-    ap.add_argument("--num-samples", type=int, default=1, help="samples of the prompt, decoded together, each its own seed stream [1]")
-    ap.add_argument("--temperature", type=float, default=0.8, help="0 = greedy [0.8]")
-    ap.add_argument("--top-k", type=int, default=40, help="sample among the k most likely tokens; 0 = all [40]")
-    ap.add_argument("--top-p", type=float, default=0.95, help="nucleus: the smallest set with this much probability; 1 = all [0.95]")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--prompt", default="", help="text to continue [start a new document]")
+    ap.add_argument("-n", "--max-new-tokens", type=cli.count, default=200, help="tokens to generate")
+    ap.add_argument("--num-samples", type=cli.positive_int, default=1,
+                    help="samples of the prompt, decoded together, each its own seed stream")
+    ap.add_argument("--temperature", type=cli.finite_nonneg, default=0.8, help="0 = greedy")
+    ap.add_argument("--top-k", type=cli.count, default=40, help="sample among the k most likely tokens; 0 = all")
+    ap.add_argument("--top-p", type=cli.open_fraction, default=0.95,
+                    help="nucleus: the smallest set with this much probability; 1 = all")
+    ap.add_argument("--seed", type=cli.seed_int, default=0, help="seed of the samples' random streams")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: the GPU when there is one")
     ap.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 on the GPU, fp32 on the CPU")
     args = ap.parse_args(argv)
-    if args.max_new_tokens < 0:
-        raise UserError(f"-n must be >= 0, got {args.max_new_tokens}")
-    if args.num_samples < 1:
-        raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
-    if args.temperature < 0:
-        raise UserError(f"--temperature must be >= 0, got {args.temperature}")
-    if args.top_k < 0:
-        raise UserError(f"--top-k must be >= 0 (0 = off), got {args.top_k}")
-    if not 0 < args.top_p <= 1:
-        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
 
     from llmnp import tokenizer
+    from llmnp.model import GPT2, pick_device
     device = pick_device(args.device)
     dtype = {"auto": "bfloat16" if device == "cuda" else "float32", "fp32": "float32", "bf16": "bfloat16"}[args.dtype]
     if dtype == "bfloat16" and device != "cuda":
         raise UserError("--dtype bf16 runs on the GPU only (--device cuda); the CPU computes in fp32")
-    model = load(args.model, device=device, dtype=dtype)
+    model = GPT2.load(args.model, device=device, dtype=dtype)
+    print(f"[model: {model.source}]", file=sys.stderr)
     V = model.config.vocab_size
     tokens = [tokenizer.EOT] + tokenizer.encode(args.prompt)
     if max(tokens) >= V:

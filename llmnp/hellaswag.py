@@ -23,13 +23,13 @@ Not here: writing the .bin from HellaSwag's jsonl (data/hellaswag.py), few-shot 
 import argparse
 import math
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from llmnp.data import EVAL_MAGIC, EVAL_START, EVAL_VERSION, open_file, read_header
 from llmnp.errors import UserError, run_cli
-from llmnp.generate import load, pick_device, to_host
 
 NUM_COMPLETIONS = 4                 # llm.c's ASSUMED_NUM_COMPLETIONS: 4 rows per example
 DEFAULT_DATA = "dev/data/hellaswag/hellaswag_val.bin"
@@ -129,7 +129,7 @@ def make_batch(examples, shape=None):
 
 def completion_losses(model, inputs, targets, weights):
     """The mean cross-entropy of each row (4E,) over its ending, as a host float64 array."""
-    return to_host(_row_losses(model, inputs, targets, weights))
+    return model.to_host(_row_losses(model, inputs, targets, weights), np.float64)
 
 
 def _row_losses(model, inputs, targets, weights):
@@ -184,7 +184,7 @@ def evaluate_examples(model, examples, B=16, rank=0, world_size=1, allreduce=Non
     correct = 0
 
     def score(batch, losses):                                  # waits for the batch's losses
-        losses = to_host(losses)[:NUM_COMPLETIONS * len(batch)]
+        losses = model.to_host(losses, np.float64)[:NUM_COMPLETIONS * len(batch)]
         picks = losses.reshape(len(batch), NUM_COMPLETIONS).argmin(axis=1)   # ties: the first
         bar.update(len(batch))
         return int(sum(pick == ex.label for pick, ex in zip(picks, batch)))
@@ -237,8 +237,10 @@ def main(argv=None):
     if args.limit is not None and args.limit <= 0:
         raise UserError(f"--limit must be > 0, got {args.limit}")
     examples = read_examples(args.data)[:args.limit]      # a bad file fails before the model loads
+    from llmnp.model import GPT2, pick_device
     device = pick_device(args.device)
-    model = load(args.model, device=device)
+    model = GPT2.load(args.model, device=device)
+    print(f"[model: {model.source}]", file=sys.stderr)
     B = args.batch_size or (512 if device == "cuda" else 16)
     correct, total = evaluate_examples(model, examples, B=B, progress=True, path=args.data)
     print(f"HellaSwag: {correct}/{total} = {correct / total:f}")

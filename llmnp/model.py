@@ -31,6 +31,17 @@ def storage_dtype(dtype):
     return np.dtype(dtype)
 
 
+def pick_device(name):
+    """"cpu", "cuda", or "auto": cuda when CuPy sees a GPU, else cpu."""
+    if name != "auto":
+        return name
+    try:
+        import cupy
+        return "cuda" if cupy.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
 def backend(device):
     """(xp, ops) for a device: the array module and the layer namespace."""
     if device == "cpu":
@@ -61,6 +72,7 @@ class GPT2:
         self.master_memory = (self.xp.zeros(self.num_parameters, dtype=self.state_dtype)
                               if self.state_dtype != self.dtype and master_weights else None)
         self.shard = (0, self.num_parameters)      # the slice update() owns (ZeRO-1 narrows it)
+        self.source = None                         # the file load() read the weights from
         if init:
             self.init_weights(seed)
         self.grads_memory = self.grads = None      # same layout as params, at the first backward
@@ -110,28 +122,34 @@ class GPT2:
         arrays = [self.params_memory] + ([] if self.master_memory is None else [self.master_memory])
         return all(bool(self.xp.isfinite(a).all()) for a in arrays)
 
-    def to_host(self, a):
-        """A NumPy array of one of this model's arrays (a copy from the GPU; the array itself on the CPU)."""
+    def to_host(self, a, dtype=None):
+        """A NumPy array of one of this model's arrays (a copy from the GPU; the array itself on the CPU),
+        cast to dtype first where given (on the device: bf16 never has to cross)."""
+        if dtype is not None:
+            a = a.astype(dtype)
         return a if self.xp is np else self.xp.asnumpy(a)
 
     # ------------------------------------------------------------------------------- files
     @classmethod
-    def from_checkpoint(cls, path, device="cpu", dtype=np.float32, recompute=0, master_weights=True):
-        """A model from an llm.c model file (.bin, fp32 version 3 or bf16 version 5)."""
-        from llmnp.checkpoint import load_model
-        config, flat = load_model(path)
+    def load(cls, path, device="cpu", dtype=np.float32, recompute=0, master_weights=True):
+        """A model from any model path (checkpoint.read_weights: an llm.c .bin, HF weights, or a training
+        folder's latest complete checkpoint); model.source is the file it read."""
+        from llmnp.checkpoint import read_weights
+        config, flat, source = read_weights(path)
         model = cls(config, device=device, dtype=dtype, init=False, recompute=recompute, master_weights=master_weights)
         model.load_parameters(flat)
+        model.source = source
         return model
 
     @classmethod
+    def from_checkpoint(cls, path, device="cpu", dtype=np.float32, recompute=0, master_weights=True):
+        """A model from an llm.c model file (.bin, fp32 version 3 or bf16 version 5): load()."""
+        return cls.load(path, device, dtype, recompute, master_weights)
+
+    @classmethod
     def from_pretrained(cls, path, device="cpu", dtype=np.float32, recompute=0, master_weights=True):
-        """A model from Hugging Face GPT-2 weights: a model.safetensors file or a folder holding one."""
-        from llmnp.checkpoint import load_hf
-        config, flat = load_hf(path)
-        model = cls(config, device=device, dtype=dtype, init=False, recompute=recompute, master_weights=master_weights)
-        model.load_parameters(flat)
-        return model
+        """A model from Hugging Face GPT-2 weights, a model.safetensors or a folder holding one: load()."""
+        return cls.load(path, device, dtype, recompute, master_weights)
 
     def save_checkpoint(self, path, dtype="float32"):
         """Write an llm.c model file: dtype "float32" (version 3) or "bfloat16" (version 5)."""

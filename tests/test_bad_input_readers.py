@@ -152,6 +152,8 @@ def test_model_file(case, tmp_path, capsys, monkeypatch):
         open(path, "wb").write(raw)
     else:
         cause = common(case, path, monkeypatch)
+        if case == "directory":          # a folder is a model path too: a training folder or HF weights
+            cause = "holds neither a training checkpoint"
     # check.py reads the model first (the state need not exist)
     err = cli_error(capsys, check.main, [path, str(tmp_path / "state.bin")])
     assert path in err and cause in err

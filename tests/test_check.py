@@ -57,7 +57,7 @@ def test_check_cli_errors(tmp_path):
     model, state = setup(tmp_path)
     with open(state, "r+b") as f:
         f.truncate(2000)
-    for args, message in [([model, state], "truncated"), ([str(tmp_path / "no.bin"), state], "not found")]:
+    for args, message in [([model, state], "truncated"), ([str(tmp_path / "no.bin"), state], "model not found")]:
         r = subprocess.run([sys.executable, "-m", "llmnp.check", *args], capture_output=True, text=True)
         assert r.returncode == 1 and r.stderr.count("\n") == 1 and message in r.stderr
         assert r.stderr.startswith("error: ")

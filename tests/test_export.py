@@ -63,7 +63,7 @@ def test_folder_is_in_hugging_face_gpt2_layout(tmp_path):
 
 
 def test_bad_input_is_one_line(tmp_path):
-    with pytest.raises(UserError, match="no such file or folder"):
+    with pytest.raises(UserError, match="model not found"):
         export([str(tmp_path / "missing.bin"), str(tmp_path / "hf")])
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="neither a training checkpoint"):

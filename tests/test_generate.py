@@ -13,8 +13,13 @@ from conftest import requires_gpu
 
 from llmnp import GPT2, GPT2Config, tokenizer
 from llmnp.errors import UserError
-from llmnp.generate import Decoder, generate, generate_many, main, sample, stream_key, to_host, uniform
+from llmnp.generate import Decoder, generate, generate_many, main, sample, stream_key, uniform
 from llmnp.params import PARAMETER_NAMES
+
+def to_host(a):
+    """A float64 NumPy copy of a NumPy or CuPy array."""
+    return np.array(a.get() if hasattr(a, "get") else a, dtype=np.float64)           # always a copy
+
 
 TINY = GPT2Config.tiny(vocab_size=40, max_seq_len=24, num_layers=2, num_heads=2, channels=16, pad_to=16)
 
@@ -201,8 +206,9 @@ def test_cli_says_when_it_stops_at_max_seq_len(model_paths, capsys):
     _, paths = model_paths
     main(["--model", str(paths["bin"]), "-n", "100", "--temperature", "0", "--device", "cpu"])
     err = capsys.readouterr().err.splitlines()
-    assert re.fullmatch(r"\[1 sample, 16 tokens in [0-9.]+ s: [0-9,.]+ tokens/s, cpu float32\]", err[0]), err
-    assert err[1:] == ["[stopped after 16 tokens: the model reads at most 16 positions]"]
+    assert err[0] == f"[model: {paths['bin']}]"                   # which file it read
+    assert re.fullmatch(r"\[1 sample, 16 tokens in [0-9.]+ s: [0-9,.]+ tokens/s, cpu float32\]", err[1]), err
+    assert err[2:] == ["[stopped after 16 tokens: the model reads at most 16 positions]"]
 
 
 def test_cli_num_samples_prints_each_sample_and_tokens_per_second(model_paths, capsys):
@@ -216,17 +222,20 @@ def test_cli_num_samples_prints_each_sample_and_tokens_per_second(model_paths, c
     texts = [prompt + tokenizer.decode([t for t in n if t != tokenizer.EOT]) for n in new]
     assert out.out == "".join(f"---\n{t}\n" for t in texts) + "---\n"
     assert len(set(texts)) > 1
-    assert re.fullmatch(r"\[3 samples, \d+ tokens in [0-9.]+ s: [0-9,.]+ tokens/s, cpu float32\]\n", out.err)
+    assert re.fullmatch(r"\[model: .*\]\n\[3 samples, \d+ tokens in [0-9.]+ s: [0-9,.]+ tokens/s, cpu float32\]\n", out.err)
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--model", "{bin}", "-n", "-1"], "-n must be >= 0"),
-    (["--model", "{bin}", "--temperature", "-1"], "--temperature must be >= 0"),
-    (["--model", "{bin}", "--top-p", "0"], "--top-p must be in (0, 1]"),
-    (["--model", "{bin}", "--num-samples", "0"], "--num-samples must be >= 1"),
+    (["--model", "{bin}", "-n", "-1"], "-n/--max-new-tokens: -1 is not an integer >= 0"),
+    (["--model", "{bin}", "--temperature", "-1"], "--temperature: -1 is not a finite number >= 0"),
+    (["--model", "{bin}", "--temperature", "nan"], "--temperature: nan is not a finite number >= 0"),
+    (["--model", "{bin}", "--top-p", "0"], "--top-p: 0 is not a number in (0, 1]"),
+    (["--model", "{bin}", "--top-k", "-3"], "--top-k: -3 is not an integer >= 0"),
+    (["--model", "{bin}", "--seed", "-1"], "--seed: -1 is not an integer in [0, 2^32)"),
+    (["--model", "{bin}", "--num-samples", "0"], "--num-samples: 0 is not a positive integer"),
     (["--model", "{bin}", "--device", "cpu", "--dtype", "bf16"], "--dtype bf16 runs on the GPU only"),
     (["--model", "{bin}", "--prompt", "word " * 20], "the model reads at most 16 positions"),
-    (["--model", "{tmp}/missing.bin"], "no such file or folder"),
+    (["--model", "{tmp}/missing.bin"], "model not found"),
     (["--model", "{tmp}/nodone"], "no DONE_* marker"),
     (["--model", "{tmp}/small.bin"], "vocabulary has 40 tokens"),
 ])
