@@ -3,6 +3,7 @@
     python notebooks/build.py              # write every .ipynb from its .py, without outputs
     python notebooks/build.py --execute    # the same, each run top to bottom, with its outputs
     python notebooks/build.py --check      # exit 1 if a committed .ipynb's cells differ from its .py
+    python notebooks/build.py --execute 02 04   # only the notebooks whose names start so
 
 A source is a plain Python file in jupytext's percent format: `# %%` opens a code cell, `# %% [markdown]`
 a markdown cell whose lines are comments. It is the file to edit, lint and run as a script
@@ -48,7 +49,10 @@ def cells(nb):
 
 def main(argv):
     stale = []
+    only = [a for a in argv if not a.startswith("--")]
     for source in SOURCES:
+        if only and not any(os.path.basename(source).startswith(name) for name in only):
+            continue
         path = source[:-len(".py")] + ".ipynb"
         nb = render(source)
         if "--check" in argv:
