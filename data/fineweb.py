@@ -10,7 +10,6 @@ a shard boundary is split there; shard 0 is val, the rest train:
 dev/data/{edu_}fineweb{10B,100B}/{edu_}fineweb_{val,train}_%06d.bin.
 Downloading needs `pip install datasets` (FineWeb is ~28 GB for 10B tokens, ~280 GB for 100B).
 """
-import argparse
 import glob
 import json
 import multiprocessing as mp
@@ -18,6 +17,7 @@ import os
 
 import numpy as np
 
+from llmnp import cli
 from llmnp.data import ShardWriter
 from llmnp.errors import UserError, run_cli
 from llmnp.tokenizer import EOT, encode
@@ -78,17 +78,15 @@ def local_documents(files):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = cli.ArgumentParser("python data/fineweb.py", __doc__.split("\n\n")[0])
     ap.add_argument("-t", "--type", default="classic", choices=["classic", "edu"], help="fineweb or fineweb-edu")
     ap.add_argument("-v", "--version", default="10B", choices=["10B", "100B"], help="sample-10BT or sample-100BT")
-    ap.add_argument("-s", "--shard_size", type=int, default=10**8, help="tokens per shard (default 10^8)")
+    ap.add_argument("-s", "--shard-size", "--shard_size", type=cli.positive_int, default=10**8, help="tokens per shard [10^8]")
     ap.add_argument("--input", help="local documents instead of the download (file or folder)")
-    ap.add_argument("-o", "--out_dir", help="default dev/data/{edu_}fineweb{10B,100B}")
-    ap.add_argument("-p", "--processes", type=int, default=max(1, os.cpu_count() // 2),
-                    help="tokenizer processes (default half the cores)")
+    ap.add_argument("-o", "--out-dir", "--out_dir", help="[dev/data/{edu_}fineweb{10B,100B}]")
+    ap.add_argument("-p", "--processes", type=cli.positive_int, default=max(1, os.cpu_count() // 2),
+                    help="tokenizer processes [half the cores]")
     args = ap.parse_args(argv)
-    if args.shard_size < 1:
-        raise UserError("-s must be positive")
     prefix = "edu_fineweb" if args.type == "edu" else "fineweb"
     out_dir = args.out_dir or os.path.join("dev", "data", f"{prefix}{args.version}")
     docs = local_documents(local_files(args.input)) if args.input else hub_documents(args.type, args.version)

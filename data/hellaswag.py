@@ -8,12 +8,12 @@ the label; no <|endoftext|>. Writes dev/data/hellaswag/hellaswag_{split}.bin, th
 and `python -m llmnp.hellaswag` score (llm.c's script also scores HF GPT-2 with PyTorch; here that is
 `python -m llmnp.hellaswag --model gpt2_124M.bin`).
 """
-import argparse
 import json
 import os
 
 from tqdm import tqdm
 
+from llmnp import cli
 from llmnp.data import download_file, write_eval_file
 from llmnp.errors import UserError, run_cli
 from llmnp.tokenizer import encode
@@ -32,10 +32,10 @@ def render_example(example):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = cli.ArgumentParser("python data/hellaswag.py", __doc__.split("\n\n")[0])
     ap.add_argument("--input", help="a local hellaswag_*.jsonl instead of the download")
-    ap.add_argument("-s", "--split", default="val", choices=["val", "train"], help="default val")
-    ap.add_argument("-o", "--out_dir", default=OUT_DIR, help=f"default {OUT_DIR}")
+    ap.add_argument("-s", "--split", default="val", choices=["val", "train"], help="which split")
+    ap.add_argument("-o", "--out-dir", "--out_dir", default=OUT_DIR, help="output folder")
     args = ap.parse_args(argv)
     path = args.input
     if path is None:

@@ -12,12 +12,12 @@ shards of at most --shard-size tokens, {out}/{prefix}_{val|train}_{i:06d}.bin (l
 A long file is tokenized in pieces (for the progress bar) cut only where that cannot change a token.
 Not here: downloads (data/tinyshakespeare.py, data/fineweb.py), cleaning or deduplicating text.
 """
-import argparse
 import os
 import re
 
 import numpy as np
 
+from llmnp import cli
 from llmnp.data import start_shards, write_shard
 from llmnp.errors import UserError, run_cli
 from llmnp.fileio import check_creatable
@@ -104,15 +104,14 @@ def batches_per_epoch(shards, B, T):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python data/text.py", description=__doc__.split("\n\n")[0])
+    ap = cli.ArgumentParser("python data/text.py", __doc__.split("\n\n")[0])
     ap.add_argument("inputs", nargs="+", help="UTF-8 text files and/or folders of them")
     ap.add_argument("-o", "--out-dir", default=os.path.join("dev", "data", "text"), help="[dev/data/text]")
     ap.add_argument("--prefix", default="text", help="shard names: PREFIX_train_000000.bin ... [text]")
-    ap.add_argument("--val-fraction", type=float, default=0.05, help="share of tokens for val, 0 = none [0.05]")
-    ap.add_argument("-s", "--shard-size", type=int, default=10**8, help="tokens per shard [10^8]")
+    ap.add_argument("--val-fraction", type=cli.number(float, lambda v: 0 <= v < 1, "a number in [0, 1)"), default=0.05,
+                    help="share of tokens for val, 0 = none [0.05]")
+    ap.add_argument("-s", "--shard-size", type=cli.positive_int, default=10**8, help="tokens per shard [10^8]")
     args = ap.parse_args(argv)
-    if not 0 <= args.val_fraction < 1:
-        raise UserError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     if args.shard_size < 2:
         raise UserError(f"--shard-size must be at least 2 tokens, got {args.shard_size}")
 

@@ -7,9 +7,9 @@ Every "\\n\\n"-separated section (a speech) becomes a document with <|endoftext|
 tokens; the first 32,768 tokens are val, the rest train:
 dev/data/tinyshakespeare/tiny_shakespeare_{val,train}.bin (llm.c: 32,768 val, 305,260 train tokens).
 """
-import argparse
 import os
 
+from llmnp import cli
 from llmnp.data import TINYSHAKESPEARE_DIR, download_file, read_shard, write_tinyshakespeare
 from llmnp.errors import UserError, run_cli
 
@@ -17,9 +17,9 @@ URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshake
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = cli.ArgumentParser("python data/tinyshakespeare.py", __doc__.split("\n\n")[0])
     ap.add_argument("--input", help="a local text file instead of the download")
-    ap.add_argument("-o", "--out_dir", default=TINYSHAKESPEARE_DIR, help=f"default {TINYSHAKESPEARE_DIR}")
+    ap.add_argument("-o", "--out-dir", "--out_dir", default=TINYSHAKESPEARE_DIR, help="output folder")
     args = ap.parse_args(argv)
     path = args.input
     if path is None:

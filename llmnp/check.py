@@ -18,13 +18,13 @@ for a GPT-2-vocabulary model, random tokens (seed 0) for a smaller vocabulary.
 
 Not here: the training program (train_gpt2.py), the reading and writing of the files (checkpoint.py).
 """
-import argparse
 import sys
 
 import numpy as np
 
 from llmnp.adamw import BETA1, BETA2, EPS
 from llmnp.checkpoint import read_debug_state, write_debug_state
+from llmnp import cli
 from llmnp.errors import UserError, run_cli
 from llmnp.params import PARAMETER_NAMES, make_views, parameter_specs
 
@@ -134,13 +134,13 @@ def make_debug_state(model_path, state_path, B=4, T=64):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m llmnp.check", description=__doc__.split("\n\n")[0])
+    ap = cli.ArgumentParser("python -m llmnp.check", __doc__.split("\n\n")[0])
     ap.add_argument("model", help="llm.c model file (.bin, fp32 or bf16)")
     ap.add_argument("state", help="llm.c debug state (.bin)")
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run the model")
     ap.add_argument("--write", action="store_true", help="write STATE from MODEL instead of checking")
-    ap.add_argument("-b", type=int, default=4, help="with --write: batch size B (default 4)")
-    ap.add_argument("-t", type=int, default=64, help="with --write: sequence length T (default 64)")
+    ap.add_argument("-b", type=cli.positive_int, default=4, help="with --write: batch size B")
+    ap.add_argument("-t", type=cli.positive_int, default=64, help="with --write: sequence length T")
     args = ap.parse_args(argv)
     if args.write:
         loss = make_debug_state(args.model, args.state, args.b, args.t)

@@ -14,11 +14,11 @@ the Hugging Face cache are used and missing ones fail at once, in one line, inst
 
 Not here: the formats themselves (checkpoint.py, tokenizer.py).
 """
-import argparse
 import os
 import socket
 from urllib.parse import urlparse
 
+from llmnp import cli
 from llmnp.errors import UserError, run_cli
 from llmnp.fileio import check_writable
 
@@ -69,9 +69,9 @@ def size_label(config):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m llmnp.download", description=__doc__.split("\n\n")[0])
+    ap = cli.ArgumentParser("python -m llmnp.download", __doc__.split("\n\n")[0])
     ap.add_argument("models", nargs="+", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a local HF folder")
-    ap.add_argument("-o", "--out_dir", default=".", help="where to write the .bin files (default: here)")
+    ap.add_argument("-o", "--out-dir", default=".", help="where to write the .bin files [here]")
     ap.add_argument("--no-debug-state", action="store_true", help="skip gpt2_124M_debug_state.bin")
     args = ap.parse_args(argv)
     from llmnp.checkpoint import load_hf, save_model

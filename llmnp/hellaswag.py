@@ -20,7 +20,6 @@ on the device. With several processes, rank r takes the contiguous block of ceil
 examples starting at r * that; allreduce sums the counts.
 Not here: writing the .bin from HellaSwag's jsonl (data/hellaswag.py), few-shot prompts.
 """
-import argparse
 import math
 import os
 import sys
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmnp.data import EVAL_MAGIC, EVAL_START, EVAL_VERSION, open_file, read_header
+from llmnp import cli
 from llmnp.errors import UserError, run_cli
 
 NUM_COMPLETIONS = 4                 # llm.c's ASSUMED_NUM_COMPLETIONS: 4 rows per example
@@ -224,18 +224,16 @@ def check_fits(model, examples, path):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m llmnp.hellaswag", description=__doc__.split("\n\n")[0])
+    ap = cli.ArgumentParser("python -m llmnp.hellaswag", __doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="llm.c .bin, HF GPT-2 folder/.safetensors, or training output folder")
     ap.add_argument("--data", default=DEFAULT_DATA, help=f"llm.c HellaSwag .bin [{DEFAULT_DATA}]")
-    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--limit", type=int, default=None, help="only the first N examples")
-    ap.add_argument("-b", "--batch-size", type=int, default=None,
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: the GPU when there is one")
+    ap.add_argument("--limit", type=cli.positive_int, default=None, help="only the first N examples")
+    ap.add_argument("-b", "--batch-size", type=cli.positive_int, default=None,
                     help="rows per forward pass, 4 per example [512 on the GPU, 16 on the CPU]")
     args = ap.parse_args(argv)
     if args.data == DEFAULT_DATA and not os.path.exists(DEFAULT_DATA):
         raise UserError(f"{DEFAULT_DATA} not found: python data/hellaswag.py writes it (or pass --data FILE)")
-    if args.limit is not None and args.limit <= 0:
-        raise UserError(f"--limit must be > 0, got {args.limit}")
     examples = read_examples(args.data)[:args.limit]      # a bad file fails before the model loads
     from llmnp.model import GPT2, pick_device
     device = pick_device(args.device)

@@ -82,7 +82,7 @@ def test_bad_input_is_one_clear_line(tmp_path):
         ([str(tmp_path / "missing.txt")], "missing.txt: no such file or folder"),
         ([str(tmp_path / "emptydir")], "emptydir: the folder holds no files"),
         ([str(tmp_path / "tiny.txt")], "too few to split"),
-        ([str(tmp_path / "tiny.txt"), "--val-fraction", "1.5"], "--val-fraction must be in [0, 1)"),
+        ([str(tmp_path / "tiny.txt"), "--val-fraction", "1.5"], "--val-fraction: 1.5 is not a number in [0, 1)"),
     ]
     for argv, message in cases:
         with pytest.raises(UserError) as e:
