@@ -19,3 +19,35 @@ def test_read_log_and_plot(tmp_path):
 def test_missing_run_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="main.log"):
         main([str(tmp_path / "nope")])
+
+
+def test_expect_draws_the_band_and_marks_a_run_that_leaves_it(tmp_path, capsys):
+    from llmnp.plot import EXPECTED, outside
+    exp = EXPECTED["shakespeare_cpu"]
+    (tel, step, low, mean, high), = [p for p in exp.points if p[1] == 10]
+    healthy, diverged = tmp_path / "healthy", tmp_path / "diverged"
+    for d, value in ((healthy, mean), (diverged, high + 1.0)):
+        d.mkdir()
+        (d / "main.log").write_text(f"s:0 tel:11.0000\ns:10 tel:{value:.4f}\n")
+    assert outside(exp, read_log(str(healthy / "main.log"))) == []
+    assert [(s, v) for _, s, v, _, _ in outside(exp, read_log(str(diverged / "main.log")))] == [(10, round(high + 1.0, 4))]
+    main(["--expect", "shakespeare_cpu", str(healthy), str(diverged), "-o", str(tmp_path / "band.png")])
+    out = capsys.readouterr().out
+    assert f"{healthy}: inside the expected band" in out
+    assert f"{diverged}: LEAVES the expected band at step 10" in out
+    assert os.path.getsize(tmp_path / "band.png") > 1000
+
+
+def test_expect_alone_and_unknown_names(tmp_path):
+    main(["--expect", "fineweb_d12", "-o", str(tmp_path / "fineweb.png")])        # the band, no run
+    assert os.path.getsize(tmp_path / "fineweb.png") > 1000
+    with pytest.raises(UserError, match="shakespeare_cpu"):
+        main(["--expect", "nope", "-o", str(tmp_path / "x.png")])
+    with pytest.raises(UserError, match="--expect"):
+        main([])
+
+
+def test_fineweb_points_are_llmc_published_ones():
+    from llmnp.plot import EXPECTED
+    points = {(name, step): mean for name, step, _, mean, _ in EXPECTED["fineweb_d12"].points}
+    assert points == {("tel", 18865): 3.28, ("eval", 18865): 0.299}
