@@ -123,10 +123,13 @@ def estimate(config, B, T, dtype="fp32", recompute=1, processes=1, zero_stage=0,
         temporary = max(2 * B * NH * T * T, 2 * B * T * C, min(CPU_DWEIGHT_BLOCK // C, Vp) * C) * size
         scratch_note = "one layer's activation gradients + attention's (B,NH,T,T) probabilities and their gradient"
     else:
-        # attention backward's D (B, NH, T) fp32 (cuda/attention.py); the model-file writer's finite check
-        # (one byte a parameter, left in CuPy's pool)
-        temporary = B * NH * T * 4 + n
-        scratch_note = "one layer's activation gradients + attention's row sums + the finite check"
+        # attention backward's D (B, NH, T) fp32 (cuda/attention.py); the fp32 copy of the weights that
+        # load_parameters sends from the host, freed into CuPy's pool, which keeps it (later the finite
+        # check before a checkpoint, one byte a parameter, fits in it). Against the peaks of the README's
+        # bench/gpu.py table (d12, T=1024, B=4, 16, 64, bf16 and fp32, -r 0; five of the six from an earlier
+        # run less its probs buffer) this table reads 0.99-1.02 with that row, 0.93-0.99 without it.
+        temporary = B * NH * T * 4 + 4 * n
+        scratch_note = "one layer's activation gradients + attention's row sums + the weights' upload copy"
     dtype_name = {2: "bf16", 4: "fp32", 8: "fp64"}.get(size, str(dtype))
     rows = [
         ("parameters", n * size, f"{n:,} x {size} B"),
@@ -184,7 +187,8 @@ def checkpoint_disk(n, size, shard, master, processes, checkpoint_every, num_ste
     if num_steps > 0:
         written, kept = checkpoints_on_disk(checkpoint_every, num_steps, checkpoints_kept)
         total = kept * one
-        how = (f"every {checkpoint_every} steps and at step {num_steps}" if checkpoint_every > 0
+        how = (f"every {checkpoint_every} steps" + ("" if num_steps % checkpoint_every == 0 else
+                                                     f" and at step {num_steps}") if checkpoint_every > 0
                else f"at step {num_steps} only (-n 0)")
         keep = f", -nk {checkpoints_kept} keeps {kept}" if checkpoints_kept > 0 and checkpoint_every > 0 else ""
         lines.append((f"checkpoints of {num_steps} steps:", total, f"({written} written, {how}{keep})"))
