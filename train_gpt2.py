@@ -373,7 +373,8 @@ def main(argv=None):
 
 
 def train(args):
-    from llmnp.data import DataLoader, default_corpus
+    from llmnp.corpus import default_corpus
+    from llmnp.data import DataLoader
     from llmnp.distributed import Distributed, Launch
     launch = None
     if args.init_method != "mpi" or args.num_processes is not None:

@@ -20,8 +20,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from llmnp import GPT2, GPT2Config  # noqa: E402
-from llmnp.data import write_eval_file  # noqa: E402
-from llmnp.hellaswag import evaluate  # noqa: E402
+from llmnp.hellaswag import evaluate, write_eval_file  # noqa: E402
 
 
 def synthetic_eval_file(path, n, seed=0):

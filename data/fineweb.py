@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 from llmnp import cli
-from llmnp.data import ShardWriter
+from llmnp.corpus import ShardWriter
 from llmnp.errors import UserError, run_cli
 from llmnp.tokenizer import EOT, encode
 

@@ -14,7 +14,8 @@ import os
 from tqdm import tqdm
 
 from llmnp import cli
-from llmnp.data import download_file, write_eval_file
+from llmnp.corpus import download_file
+from llmnp.hellaswag import write_eval_file
 from llmnp.errors import UserError, run_cli
 from llmnp.tokenizer import encode
 

@@ -18,7 +18,8 @@ import re
 import numpy as np
 
 from llmnp import cli
-from llmnp.data import start_shards, write_shard
+from llmnp.corpus import start_shards
+from llmnp.data import write_shard
 from llmnp.errors import UserError, run_cli
 from llmnp.fileio import check_creatable
 from llmnp.tokenizer import EOT, encode

@@ -10,7 +10,8 @@ dev/data/tinyshakespeare/tiny_shakespeare_{val,train}.bin (llm.c: 32,768 val, 30
 import os
 
 from llmnp import cli
-from llmnp.data import TINYSHAKESPEARE_DIR, download_file, read_shard, write_tinyshakespeare
+from llmnp.corpus import TINYSHAKESPEARE_DIR, download_file, write_tinyshakespeare
+from llmnp.data import read_shard
 from llmnp.errors import UserError, run_cli
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"

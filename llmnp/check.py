@@ -113,7 +113,8 @@ def check(model_path, state_path, device="cpu", out=print):
 def batch_tokens(config, B, T):
     """(inputs, targets) for --write: TinyShakespeare val for GPT-2's vocabulary, else random."""
     if config.vocab_size == 50257:
-        from llmnp.data import DataLoader, default_corpus
+        from llmnp.corpus import default_corpus
+        from llmnp.data import DataLoader
         _, val = default_corpus()
         return DataLoader(val, B, T).next_batch()
     tokens = np.random.default_rng(0).integers(0, config.vocab_size, (B, T + 1)).astype(np.int32)

@@ -38,9 +38,9 @@ import struct
 import numpy as np
 
 from llmnp.config import GPT2Config, pad_vocab
-from llmnp.data import HEADER_BYTES, MT19937, file_size, new_header, open_file, read_header
+from llmnp.data import MT19937
 from llmnp.errors import UserError
-from llmnp.fileio import make_dir, write_atomic
+from llmnp.fileio import HEADER_BYTES, file_size, make_dir, new_header, open_file, read_header, write_atomic
 from llmnp.params import num_parameters, parameter_specs
 
 MODEL_MAGIC = 20240326

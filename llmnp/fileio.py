@@ -1,6 +1,10 @@
-"""Writing files so that a failure is one clear line and never half a file: every writer of llmnp
-(model and state checkpoints, token shards, eval files, tokenizer files, exports, plots, logs) goes
-through here.
+"""Files: llm.c's 256-int32 header every one of its formats opens with, opening a user's file for
+reading, and writing files so that a failure is one clear line and never half a file. Every reader of
+llmnp opens through open_file, every writer (model and state checkpoints, token shards, eval files,
+tokenizer files, exports, plots) goes through write_atomic.
+
+- open_file(path, what), file_size(f): a regular file opened for reading, or one line saying why not.
+- read_header / new_header: the header, magic and version checked.
 
 - write_atomic(path, *chunks): bytes and NumPy arrays into a temporary file beside `path`, then one
   rename; a crash, a signal or a full disk leaves the old file (or none) and no temporary file.
@@ -8,14 +12,18 @@ through here.
   be (a file in the way, no permission, a read-only file system).
 - io_error(path, e, doing): the UserError for an OSError, naming the path and the cause in words.
 
-Not here: reading (each reader checks its own format; data.open_file opens what they read).
+Not here: any one format (checkpoint.py, data.py, tokenizer.py, hellaswag.py check their own).
 """
 import errno
 import os
+import stat
 
 import numpy as np
 
 from llmnp.errors import UserError
+
+HEADER_INTS = 256
+HEADER_BYTES = 4 * HEADER_INTS
 
 # OSError causes in the words a user acts on (the OS's own text where none is listed)
 CAUSES = {
@@ -117,3 +125,61 @@ def _remove_quietly(path):
         os.remove(path)
     except OSError:
         pass
+
+
+# ------------------------------------------------------------------------- headers (all formats)
+def open_file(path, what):
+    """open(path, "rb") for a reader of a user's file, or one UserError line saying why not: missing,
+    a folder, a named pipe, device or socket (reading one can block forever: it is refused before it
+    is opened, and opened without blocking in case it was swapped in meanwhile), no permission.
+    Every reader goes through here and takes sizes from the open file (file_size), not the path."""
+    try:
+        st = os.stat(path)
+        if stat.S_ISREG(st.st_mode):
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                os.close(fd)
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except OSError as e:
+        raise io_error(path, e, f"read the {what}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UserError(f"{what} {path} is a directory, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{what} {path} is {_file_kind(st.st_mode)}, not a regular file: give the file itself")
+    return os.fdopen(fd, "rb")
+
+
+def _file_kind(mode):
+    for test, kind in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a plain file"
+
+
+def file_size(f):
+    """Size in bytes of the open file f (from open_file)."""
+    return os.fstat(f.fileno()).st_size
+
+
+def read_header(f, path, magic, versions, what):
+    """The 256-int32 header of an llm.c file, magic and version checked: an int64 array."""
+    raw = f.read(HEADER_BYTES)
+    if len(raw) < HEADER_BYTES:
+        raise UserError(f"{path}: truncated {what} ({len(raw)} bytes, the header alone is {HEADER_BYTES})")
+    header = np.frombuffer(raw, dtype="<i4").astype(np.int64)
+    if header[0] != magic:
+        raise UserError(f"{path}: bad magic {header[0]}, not a {what} (its magic is {magic})")
+    if header[1] not in versions:
+        raise UserError(f"{path}: {what} version {header[1]} is not supported "
+                        f"(supported: {', '.join(map(str, versions))})")
+    return header
+
+
+def new_header(*fields):
+    """256 little-endian int32: the given leading fields, then zeros."""
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[:len(fields)] = fields
+    return header

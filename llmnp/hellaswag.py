@@ -27,10 +27,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmnp.data import EVAL_MAGIC, EVAL_START, EVAL_VERSION, open_file, read_header
+from llmnp.fileio import new_header, open_file, read_header, write_atomic
 from llmnp import cli
 from llmnp.errors import UserError, run_cli
 
+EVAL_MAGIC, EVAL_VERSION = 20240522, 1
+EVAL_START = 65535                # <START_EXAMPLE> delimiter of an example
 NUM_COMPLETIONS = 4                 # llm.c's ASSUMED_NUM_COMPLETIONS: 4 rows per example
 DEFAULT_DATA = "dev/data/hellaswag/hellaswag_val.bin"
 
@@ -41,6 +43,33 @@ class Example:
     label: int
     context: list      # token ids
     endings: list      # NUM_COMPLETIONS lists of token ids
+
+
+def write_eval_file(path, examples):
+    """llm.c's multiple-choice eval file (data_common.py write_evalfile). examples: dicts with
+    label, ctx_tokens, ending_tokens (4 lists). Per example, uint16s: 65535, example bytes, index,
+    label, #completions, len(ctx) + ctx, then len + tokens for each ending. Header: magic, version,
+    #examples, longest example in bytes."""
+    stream, longest = [], 0
+    if len(examples) >= 2**16:
+        raise ValueError("an eval file holds fewer than 65536 examples")
+    for idx, ex in enumerate(examples):
+        endings = ex["ending_tokens"]
+        if len(endings) != 4:
+            raise ValueError(f"example {idx}: expected 4 endings, got {len(endings)}")
+        s = [EVAL_START, 0, idx, int(ex["label"]), len(endings), len(ex["ctx_tokens"]), *ex["ctx_tokens"]]
+        for end in endings:
+            s += [len(end), *end]
+        if any(not 0 <= t < EVAL_START for t in s[5:]):
+            raise ValueError(f"example {idx}: token ids must be in [0, 65535)")
+        s[1] = 2 * len(s)
+        if s[1] >= 2**16:
+            raise ValueError(f"example {idx} is too long ({s[1]} bytes)")
+        longest = max(longest, s[1])
+        stream += s
+    if longest == 0:
+        raise ValueError("no examples to write")
+    write_atomic(path, new_header(EVAL_MAGIC, EVAL_VERSION, len(examples), longest), np.array(stream, dtype="<u2"))
 
 
 def read_examples(path):

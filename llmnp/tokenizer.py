@@ -18,6 +18,7 @@ import importlib.util
 import os
 
 from llmnp.errors import UserError
+from llmnp.fileio import new_header, open_file, read_header, write_atomic
 
 EOT = 50256                     # <|endoftext|>, also the first token of every generated sample
 N_VOCAB = 50257
@@ -105,8 +106,6 @@ class StreamDecoder:
 # ---------------------------------------------------------------------------------- llm.c file
 def write_tokenizer_file(path):
     """Write llm.c's gpt2_tokenizer.bin (version 2) for the GPT-2 encoding."""
-    from llmnp.data import new_header
-    from llmnp.fileio import write_atomic
     enc = get_encoding()
     n = enc.n_vocab
     records = []
@@ -120,7 +119,6 @@ def write_tokenizer_file(path):
 def read_tokenizer_file(path):
     """(list of token byte strings, EOT id) from llm.c's tokenizer file (version 1 or 2): n > 0 tokens,
     each 1..255 bytes, nothing after the last, and (version 2) an EOT id among them."""
-    from llmnp.data import open_file, read_header
     with open_file(path, "tokenizer file") as f:
         header = read_header(f, path, TOKENIZER_MAGIC, (1, 2), "tokenizer file")
         data = f.read()

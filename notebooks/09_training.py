@@ -15,7 +15,7 @@ import numpy as np
 import matplotlib.pyplot as plt
 
 from llmnp import GPT2, GPT2Config
-from llmnp.data import CORPUS_TEXT
+from llmnp.corpus import CORPUS_TEXT
 from llmnp.schedule import get_lr
 from llmnp.tokenizer import decode, encode
 

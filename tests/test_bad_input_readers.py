@@ -14,7 +14,8 @@ import train_gpt2
 from llmnp import check, generate, hellaswag
 from llmnp.checkpoint import load_state, save_hf, save_model, save_state, write_debug_state
 from llmnp.config import GPT2Config
-from llmnp.data import DataLoader, write_eval_file, write_shard
+from llmnp.data import DataLoader, write_shard
+from llmnp.hellaswag import write_eval_file
 from llmnp.errors import UserError, run_cli
 from llmnp.params import num_parameters, parameter_specs
 from llmnp.tokenizer import read_tokenizer_file

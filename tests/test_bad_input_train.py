@@ -232,7 +232,7 @@ def test_a_bad_token_in_a_later_shard_stops_the_run_before_step_1(tiny_run, tmp_
 
 
 def test_hellaswag_problems_stop_the_run_before_step_1(tiny_run, tmp_path, capsys, monkeypatch):
-    from llmnp.data import write_eval_file
+    from llmnp.hellaswag import write_eval_file
     monkeypatch.chdir(tmp_path)                      # -h 1 reads dev/data/hellaswag/hellaswag_val.bin
     example = {"label": 1, "ctx_tokens": [1, 2, 3], "ending_tokens": [[4], [5, 6], [7], [8]]}
     write_eval_file("dev/data/hellaswag/hellaswag_val.bin", [example])

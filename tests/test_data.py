@@ -7,11 +7,11 @@ import struct
 import numpy as np
 import pytest
 
-from llmnp import data
-from llmnp.data import (MT19937, DataLoader, ShardWriter, default_corpus, read_shard, shard_num_tokens,
-                        write_eval_file, write_shard)
+from llmnp import corpus
+from llmnp.corpus import ShardWriter, default_corpus
+from llmnp.data import MT19937, DataLoader, read_shard, shard_num_tokens, write_shard
 from llmnp.errors import UserError
-from llmnp.hellaswag import read_examples
+from llmnp.hellaswag import read_examples, write_eval_file
 
 
 # ---------------------------------------------------------------- independent references (struct, pure Python)
@@ -280,10 +280,10 @@ def test_default_corpus(tmp_path, capsys, monkeypatch):
     assert x[0, 0] == 50256 and np.array_equal(x[0, 1:], y[0, :-1])       # a speech starts with EOT
     # llm.c's tinyshakespeare.py tokenization, the long way: EOT + each "\n\n"-separated section
     from llmnp.tokenizer import EOT, encode
-    text = open(data.CORPUS_TEXT, encoding="utf-8").read()[:20000]
+    text = open(corpus.CORPUS_TEXT, encoding="utf-8").read()[:20000]
     sections = text.split("\n\n")
     expected = []
     for i, s in enumerate(sections):
         expected += [EOT] + encode(s + ("\n\n" if i < len(sections) - 1 else ""))
-    val_part, train_part = data.tokenize_tinyshakespeare(text)
+    val_part, train_part = corpus.tokenize_tinyshakespeare(text)
     assert np.concatenate([val_part, train_part]).tolist() == expected

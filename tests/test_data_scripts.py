@@ -7,7 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from llmnp.data import CORPUS_TEXT, REPO_ROOT, DataLoader, download_file, read_shard, tokenize_tinyshakespeare
+from llmnp.corpus import CORPUS_TEXT, REPO_ROOT, download_file, tokenize_tinyshakespeare
+
+from llmnp.data import DataLoader, read_shard
 from llmnp.errors import UserError
 from llmnp.hellaswag import read_examples
 from llmnp.tokenizer import EOT, encode
