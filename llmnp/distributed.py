@@ -20,27 +20,7 @@ import os
 
 import numpy as np
 
-from llmnp.errors import UserError
-
-# (world size, rank) environment variables that MPI launchers set for every process they start
-_LAUNCHER_VARS = (("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"), ("PMI_SIZE", "PMI_RANK"),
-                  ("PMIX_SIZE", "PMIX_RANK"))
-
-
-def launcher_rank_size():
-    """(rank, world size) as the launcher that started this process set them; (0, 1) without one.
-    Read before MPI is initialised (and without it, e.g. to label an error line)."""
-    for size_var, rank_var in _LAUNCHER_VARS:
-        size = os.environ.get(size_var, "")
-        if size.isdigit():
-            rank = os.environ.get(rank_var, "0")
-            return (int(rank) if rank.isdigit() else 0), int(size)
-    return 0, 1
-
-
-def launched_by_mpi():
-    return launcher_rank_size()[1] > 1
-
+from llmnp.errors import UserError, launcher_rank_size
 
 class Launch:
     """How processes started without mpiexec find each other (llm.c's -pn -pr -pg -pi -pf -ps): each is
@@ -77,7 +57,7 @@ class Distributed:
                                 f"which needs --device cuda; on the CPU start them with mpiexec -n N")
             self.rank, self.world_size = launch.rank, launch.num_processes
             self.local_rank = launch.rank % launch.gpus_per_node
-        elif launched_by_mpi():
+        elif launcher_rank_size()[1] > 1:            # started by mpiexec
             try:
                 from mpi4py import MPI
             except ImportError:

@@ -3,6 +3,7 @@
 Library code raises UserError with a message that says what is wrong and what to do; the command-line
 entry points (train_gpt2.py, python -m llmnp.*) catch it, print `error: <message>` and exit 1.
 """
+import os
 import sys
 
 
@@ -40,6 +41,21 @@ def run_cli(main, argv=None):
 
 def _rank_prefix():
     """'[rank r] ' when running as one of several MPI processes, else ''."""
-    from llmnp.distributed import launcher_rank_size
     rank, size = launcher_rank_size()
     return f"[rank {rank}] " if size > 1 else ""
+
+
+# (world size, rank) environment variables that MPI launchers set for every process they start
+_LAUNCHER_VARS = (("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"), ("PMI_SIZE", "PMI_RANK"),
+                  ("PMIX_SIZE", "PMIX_RANK"))
+
+
+def launcher_rank_size():
+    """(rank, world size) as the launcher that started this process set them; (0, 1) without one.
+    Read before MPI is initialised (and without it, e.g. to label an error line)."""
+    for size_var, rank_var in _LAUNCHER_VARS:
+        size = os.environ.get(size_var, "")
+        if size.isdigit():
+            rank = os.environ.get(rank_var, "0")
+            return (int(rank) if rank.isdigit() else 0), int(size)
+    return 0, 1
