@@ -57,3 +57,18 @@ def test_wsd_decay_start_is_floor_of_80_percent():
     assert get_lr(11, 13, 1.0, 0, 0.0, "wsd") == pytest.approx(1 - math.sqrt(1 / 3), rel=1e-12)
     assert get_lr(3, 4, 1.0, 0, 0.0, "wsd") == 1.0
     assert get_lr(0, 1, 1.0, 0, 0.5, "wsd") == 1.0
+
+
+def test_wsd_decay_starts_at_its_first_step():
+    # llm.c: step < floor(0.8 N) -> lr, else the formula, so the formula's own value at r' = 0
+    # (min + (lr - min), which rounds differently from lr for these numbers)
+    lo = 0.3 * 0.1
+    assert get_lr(8, 10, 0.3, 0, 0.1, "wsd") == lo + (1.0 - math.sqrt(0.0)) * (0.3 - lo) != 0.3
+    assert get_lr(7, 10, 0.3, 0, 0.1, "wsd") == 0.3
+
+
+def test_defaults_are_no_warmup_and_no_decay():
+    assert get_lr(5, 10, 1.0, final_frac=0.0, kind="linear") == pytest.approx(0.5, rel=1e-12)   # W = 0
+    assert get_lr(0, 10, 1.0, final_frac=0.0, kind="linear") == 1.0
+    assert get_lr(9, 10, 2.0) == 2.0 and get_lr(0, 10, 2.0, 3) == pytest.approx(2.0 / 3)        # q = 1, cosine
+    assert get_lr(2, 2, 1.0, 0, 0.2, "wsd") == pytest.approx(0.2, rel=1e-12)   # N - floor(0.8 N) = 1, past the end
