@@ -256,7 +256,7 @@ def sample_tokens(model, gen_tokens, on_token):
     V = model.config.vocab_size
     rng = XorShift(1337)
     tokens = [min(EOT, V - 1)]
-    limit = min(gen_tokens, model.T, model.config.max_seq_len)
+    limit = min(gen_tokens, model.batch_shape[1], model.config.max_seq_len)
     for t in range(1, limit):
         model.forward(np.array([tokens], dtype=np.int32))
         logits = model.to_host(model.logits[0, t - 1, :V])
@@ -323,12 +323,12 @@ def resume(args, dist, model, train_loader, checkpoint):
             f"the checkpoint at step {step} has {written} state file(s), this run has {dist.world_size} "
             f"processes: resume with the same count" if written else
             f"the checkpoint at step {step} has no state files (deleted?): resume from an earlier one"))
-    start, end = dist.shard or (0, model.num_parameters)
+    start, end = model.shard
     state = load_state(state_path, num_parameters=end - start)
     if state["world_size"] != dist.world_size or state["rank"] != dist.rank:
         raise UserError(f"{state_path}: written by process {state['rank']} of {state['world_size']}, this is "
                         f"process {dist.rank} of {dist.world_size}: resume with the same number of processes")
-    model.load_optimizer_state(state["m"], state["v"], state.get("master"), shard=(start, end))
+    model.load_optimizer_state(state["m"], state["v"], state.get("master"))
     try:
         train_loader.load_state_dict(state["loader_state"])
     except UserError as e:
@@ -415,9 +415,10 @@ def train(args):
         raise UserError(f"-t {T} exceeds the model's max_seq_len {c.max_seq_len}")
     dist.setup_zero(model, args.zero_stage)
     require(training_bytes(c, B, T, model.dtype, model.state_dtype, args.recompute,
-                           dist.world_size if dist.shard else 1) - model_bytes(c, model.dtype, model.state_dtype),
+                           dist.world_size if dist.zero else 1) - model_bytes(c, model.dtype, model.state_dtype),
             args.device, f"training this model at B={B} T={T} (gradients, AdamW state, activations)",
             "lower -b (with -d to keep the tokens per step)")
+    model.allocate(B, T)                         # everything a step needs, before the first step
     V = c.vocab_size
     train_loader = DataLoader(train_pattern, B, T, rank=dist.rank, world_size=dist.world_size,
                               shuffle=bool(args.shuffle) and not args.overfit_single_batch,
@@ -509,8 +510,7 @@ def train(args):
             elif args.skip_norm_z > 0 and zn > args.skip_norm_z:
                 log(f"skipping update due to grad z-score of {zn:f}")
             else:
-                model.update(lr, BETA1, BETA2, EPS, args.weight_decay, step + 1, grad_scale=clip_scale(norm),
-                             shard=dist.shard)
+                model.update(lr, BETA1, BETA2, EPS, args.weight_decay, step + 1, grad_scale=clip_scale(norm))
                 dist.after_update(model)
             dt = time.perf_counter() - t0
             step_times.append(dt)

@@ -49,7 +49,7 @@ class Distributed:
         self.rank, self.world_size, self.local_rank = 0, 1, 0
         self.comm = None            # MPI communicator
         self.nccl = None            # NCCL communicator (GPU, one process per GPU)
-        self.shard = None           # (start, end) of the flat buffer this process updates under ZeRO-1
+        self.zero = False           # ZeRO-1: each process updates its model.shard of the flat buffer
         self.launch = launch if launch is not None and launch.method != "mpi" else None
         if self.launch is not None:
             if device != "cuda":
@@ -193,7 +193,8 @@ class Distributed:
 
     # -------------------------------------------------------------------------- gradients
     def setup_zero(self, model, stage):
-        """ZeRO-1: pick this process's slice of the flat buffer (before the first update)."""
+        """ZeRO-1: give the model this process's slice of the flat buffer (model.set_shard), before its
+        AdamW state is allocated."""
         if stage == 0 or self.world_size == 1:
             return
         n = model.num_parameters
@@ -202,43 +203,43 @@ class Distributed:
                 print(f"-z 1: {n} parameters do not split evenly over {self.world_size} processes; using ZeRO-0")
             return
         size = n // self.world_size
-        self.shard = (self.rank * size, (self.rank + 1) * size)
+        model.set_shard(self.rank * size, (self.rank + 1) * size)
+        self.zero = True
         if self.rank == 0:
             mib = lambda count: count * 4 * 2 / 2**20           # noqa: E731  m and v, float32
             print(f"ZeRO-1: each process keeps AdamW's m and v for {size:,} of {n:,} parameters "
                   f"({mib(size):,.1f} MiB instead of {mib(n):,.1f} MiB)")
-        self._shard_grads = model.xp.empty(size, dtype=model.grads_memory.dtype if model.grads_memory is not None
-                                           else model.params_memory.dtype)   # (n / world_size,)
+        self._shard_grads = model.xp.empty(size, dtype=model.dtype)   # (n / world_size,)
 
     def reduce_gradients(self, model):
         """Average model.grads_memory over processes (all of it, or under ZeRO-1 this process's slice)."""
         if self.world_size == 1:
             return
         g = model.grads_memory                                   # (num_parameters,)
-        if self.shard is None:
+        if not self.zero:
             self._allreduce(g)
             g /= self.world_size
         else:
-            start, end = self.shard
+            start, end = model.shard
             self._reduce_scatter(g, self._shard_grads)
             g[start:end] = self._shard_grads / self.world_size
 
     def grad_norm(self, model):
         """The global gradient norm, the same number on every process."""
-        if self.shard is None:
+        if not self.zero:
             return model.grad_norm()
-        return float(np.sqrt(self.sum(model.grad_norm(shard=self.shard))))
+        return float(np.sqrt(self.sum(model.shard_grad_squares())))
 
     def gather_master_weights(self, model):
         """ZeRO-1 with bf16 parameters: a process's fp32 master weights are current only in its own slice
         (the all-gather after each step moves the bf16 parameters); gather them before they are saved."""
-        if self.shard is not None and model.master_memory is not None:
-            self._allgather(model.master_memory)
+        if self.zero and model.master_memory is not None:
+            self._allgather(model.master_memory, model.shard)
 
     def after_update(self, model):
         """ZeRO-1: gather every process's updated slice into the full parameter buffer."""
-        if self.shard is not None:
-            self._allgather(model.params_memory)
+        if self.zero:
+            self._allgather(model.params_memory, model.shard)
 
     # ------------------------------------------------------------------------ collectives
     def _stream(self):
@@ -278,9 +279,9 @@ class Distributed:
             self.comm.Reduce_scatter_block(self._host(full), h_out, op=self.MPI.SUM)
             _to_device(out, h_out)
 
-    def _allgather(self, a):
+    def _allgather(self, a, shard):
         if self.nccl is not None:
-            start, end = self.shard
+            start, end = shard
             self.nccl.allGather(a[start:end].data.ptr, a.data.ptr, end - start, self._nccl_dtype(a), self._stream())
         elif isinstance(a, np.ndarray):
             self.comm.Allgather(self.MPI.IN_PLACE, a)

@@ -201,9 +201,9 @@ def evaluate_examples(model, examples, B=16, rank=0, world_size=1, allreduce=Non
     # fit in them. A model that has not run yet gets the largest batch first: the first batch padded
     # to B rows and the longest example's T. One that has (a training model) keeps to its B; its T
     # was checked above.
-    fresh = getattr(model, "acts_memory", None) is None
+    fresh = model.batch_shape is None
     if not fresh:
-        B = min(B, model.B)
+        B = min(B, model.batch_shape[0])
     E = B // NUM_COMPLETIONS
     order = sorted(examples, key=positions, reverse=True)     # longest first: little padding per batch
     batches = [order[i:i + E] for i in range(0, len(order), E)]
@@ -246,9 +246,9 @@ def check_fits(model, examples, path):
         raise UserError(f"{path}: holds token id {top}, outside the model's vocabulary of {cfg.vocab_size}")
     if longest > cfg.max_seq_len:
         raise UserError(f"{path}: an example needs {longest} positions, the model has {cfg.max_seq_len}")
-    if getattr(model, "acts_memory", None) is not None and longest > model.T:
+    if model.batch_shape is not None and longest > model.batch_shape[1]:
         raise UserError(f"HellaSwag needs sequences of {longest} tokens, but this model's activations "
-                        f"hold T={model.T} (allocated at its first forward); llm.c likewise runs HellaSwag "
+                        f"hold T={model.batch_shape[1]} (allocated at its first forward); llm.c likewise runs HellaSwag "
                         f"at the training T: train with -t {longest} or more")
 
 

@@ -77,7 +77,7 @@ class GPT2:
             self.init_weights(seed)
         self.grads_memory = self.grads = None      # same layout as params, at the first backward
         self.m_memory = self.v_memory = None       # AdamW state, at the first update
-        self.acts_memory = None                    # activations, at the first forward
+        self.acts_memory = None                    # activations, at allocate() or the first forward
         self.B = self.T = 0                        # the (B, T) the activations were allocated for
         self.mean_loss = None
 
@@ -157,6 +157,27 @@ class GPT2:
         save_model(path, self.config, self.parameters_to_host(), dtype=dtype)
 
     # ----------------------------------------------------------------------------- buffers
+    def allocate(self, B, T):
+        """Everything a training step needs, up front (as llm.c allocates): activations for batches of up
+        to (B, T), the gradients, and AdamW's m and v for this process's shard (set_shard first under
+        ZeRO-1). Without it, forward, backward and update allocate what they need when first called."""
+        self._activations(B, T)
+        self._allocate_grads()
+        self._allocate_optimizer_state()
+        return self
+
+    @property
+    def batch_shape(self):
+        """(B, T) the activations hold, or None before they are allocated."""
+        return None if self.acts_memory is None else (self.B, self.T)
+
+    def set_shard(self, start, end):
+        """The slice [start, end) of the flat buffer this process's update() owns (ZeRO-1); AdamW's m and
+        v hold that slice only. The model is its one owner: distributed.py reads it from here."""
+        if self.m_memory is not None and (start, end) != self.shard:
+            raise RuntimeError("set_shard() after the AdamW state exists for another shard")
+        self.shard = (start, end)
+
     def _activations(self, B, T):
         """Views of the activation and activation-gradient tables for (B, T), allocated once for the
         largest (B, T) seen first; a smaller (B, T) uses the front of the same memory."""
@@ -179,6 +200,12 @@ class GPT2:
     def _allocate_grads(self):
         if self.grads_memory is None:
             self.grads_memory, self.grads = allocate(self.param_specs, self.dtype, self.xp)
+
+    def _allocate_optimizer_state(self):
+        if self.m_memory is None:
+            start, end = self.shard
+            self.m_memory = self.xp.zeros(end - start, dtype=self.state_dtype)   # (end - start,)
+            self.v_memory = self.xp.zeros(end - start, dtype=self.state_dtype)
 
     # ----------------------------------------------------------------------------- forward
     def forward(self, inputs, targets=None):
@@ -309,21 +336,21 @@ class GPT2:
         self.mean_loss = None                                       # model.logits now hold dlogits
 
     # ------------------------------------------------------------------------------ update
-    def grad_norm(self, shard=None):
-        """Global L2 norm of the gradients (a Python float); with shard=(start, end), the sum of squares
-        of that slice of the flat buffer only (ZeRO-1 adds the shards' sums across processes)."""
-        if shard is None:
-            return math.sqrt(float(self.ops.global_norm_squared(self.grads_memory)))
-        return float(self.ops.global_norm_squared(self.grads_memory[shard[0]:shard[1]]))
+    def grad_norm(self):
+        """Global L2 norm of the gradients (a Python float)."""
+        return math.sqrt(float(self.ops.global_norm_squared(self.grads_memory)))
 
-    def update(self, lr, beta1, beta2, eps, weight_decay, t, grad_scale=1.0, shard=None):
+    def shard_grad_squares(self):
+        """The sum of squares of this process's shard of the gradients (ZeRO-1 adds them over processes)."""
+        start, end = self.shard
+        return float(self.ops.global_norm_squared(self.grads_memory[start:end]))
+
+    def update(self, lr, beta1, beta2, eps, weight_decay, t, grad_scale=1.0):
         """One AdamW step (t = 1, 2, ...), weight decay on the 2-D tensors only. grad_scale multiplies the
-        gradients first (clipping: min(1, max_norm / norm)). shard=(start, end) updates only that slice
-        of the flat buffer, with AdamW state of that size (ZeRO-1: each process owns one slice)."""
-        start, end = self.shard = shard or (0, self.num_parameters)
-        if self.m_memory is None:
-            self.m_memory = self.xp.zeros(end - start, dtype=self.state_dtype)   # (end - start,)
-            self.v_memory = self.xp.zeros(end - start, dtype=self.state_dtype)
+        gradients first (clipping: min(1, max_norm / norm)). Updates the slice set_shard() gave this
+        process (all of the flat buffer by default), with AdamW state of that size."""
+        start, end = self.shard
+        self._allocate_optimizer_state()
         offset = 0
         for name, shape in self.param_specs:
             n = int(np.prod(shape))
@@ -347,10 +374,12 @@ class GPT2:
         f32 = lambda a: None if a is None else self.to_host(a).astype(np.float32)   # noqa: E731
         return f32(self.m_memory), f32(self.v_memory), f32(master)
 
-    def load_optimizer_state(self, m, v, master=None, shard=None):
-        """m, v (and master, for bf16 parameters) of the slice shard=(start, end), default the whole buffer
-        or the front len(m) of it."""
-        start, end = self.shard = shard or (0, len(m))
+    def load_optimizer_state(self, m, v, master=None):
+        """m, v (and master, for bf16 parameters) of this process's shard (set_shard; the whole buffer by
+        default)."""
+        start, end = self.shard
+        if len(m) != end - start:
+            raise ValueError(f"optimizer state for {len(m):,} parameters, this shard has {end - start:,}")
         self.m_memory = self.xp.asarray(np.asarray(m, dtype=self.state_dtype))
         self.v_memory = self.xp.asarray(np.asarray(v, dtype=self.state_dtype))
         if master is not None and self.master_memory is not None:

@@ -202,8 +202,8 @@ for gpus in (1, 2, 4, 8):
     print(f"{gpus:>5} {plain:>14.2f} {zero1:>10.2f}")
 
 # %% [markdown]
-# Simulated below for two steps. `GPT2.update(..., shard=(start, end))` updates only that slice of
-# the flat buffer, each tensor in it with its own weight decay, and keeps m and v of the slice's size.
+# Simulated below for two steps. After `GPT2.set_shard(start, end)`, `update` changes only that slice
+# of the flat buffer, each tensor in it with its own weight decay, and keeps m and v of the slice's size.
 # The reference model takes the ordinary full update on the full batch's gradient; after each step
 # every worker's parameters must equal the reference's.
 
@@ -211,6 +211,8 @@ for gpus in (1, 2, 4, 8):
 hyper = dict(lr=1e-2, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1)
 size = reference.num_parameters // N
 shards = [(r * size, (r + 1) * size) for r in range(N)]          # worker r owns [r*size, (r+1)*size)
+for w, shard in zip(workers, shards):
+    w.set_shard(*shard)
 
 for t in (1, 2):
     if t > 1:                                                    # a new batch: forward and backward again
@@ -225,8 +227,8 @@ for t in (1, 2):
     for r, (start, end) in enumerate(shards):
         workers[r].grads_memory[start:end] = sum(w.grads_memory[start:end] for w in workers) / N
     # 2. AdamW on the owned slice
-    for w, shard in zip(workers, shards):
-        w.update(t=t, shard=shard, **hyper)
+    for w in workers:
+        w.update(t=t, **hyper)
     # 3. all-gather: every worker copies every slice from its owner
     for start, end in shards:
         owner = workers[start // size].params_memory[start:end].copy()
