@@ -163,7 +163,7 @@ def _mark_outside(ax, exp, runs, name):
             if series == name:
                 ax.plot([step], [value], "x", color="red", ms=10, mew=2)
                 ax.annotate(f"outside (step {step})", (step, value), fontsize=8, color="red",
-                            xytext=(4, 4), textcoords="offset points")
+                            xytext=(-6, 6), textcoords="offset points", ha="right")
 
 
 def verdicts(exp, run_dirs):
