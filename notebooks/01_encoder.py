@@ -248,14 +248,14 @@ print("the block loop = np.add.at:", np.allclose(encoder_backward_dwte_blocks(do
 
 # %% [markdown]
 # The kernels, as they stand in the file: forward, then `dwte`'s backward (`dwpe`'s,
-# `encoder_backward_kernel1`, is one thread per (t, c) summing over the batch):
+# `encoder_backward_dwpe`, is one thread per (t, c) summing over the batch):
 
 # %%
 from kernels import GPU, compile_kernels, show
 
-show("encoder", "encoder_forward_kernel1(", "out[idx] =")
+show("encoder", "encoder_forward_kernel(", "out[idx] =")
 print()
-show("encoder", "encoder_backward_kernel2(", "dwte[(long long)token")
+show("encoder", "encoder_backward_dwte(", "dwte[(long long)token")
 
 # %% [markdown]
 # `toF` / `fromF` convert from and to the storage type (float32, or bf16: notebook 10), and the sums

@@ -297,7 +297,7 @@ def warp_sum(v):
 
 
 def layernorm_row_warp(x, PACK=4):
-    """mean and rstd of one row x (C,) as one warp of layernorm_forward_kernel1 computes them."""
+    """mean and rstd of one row x (C,) as one warp of layernorm_forward_kernel computes them."""
     C = x.size
     part = np.zeros(32)
     for lane in range(32):                            # in lockstep on the GPU
@@ -330,7 +330,7 @@ show("common.cuh", "float warp_sum(", "return v;")
 print()
 show("layernorm", "__device__ __forceinline__ void layernorm_row(", "const float r = ")
 print()
-show("layernorm", "layernorm_forward_kernel1(", "layernorm_row(out + at")
+show("layernorm", "layernorm_forward_kernel(", "layernorm_row(out + at")
 
 # %% [markdown]
 # The backward has the same shape: one warp per row for `dinp`, with two `warp_sum`s for the two means

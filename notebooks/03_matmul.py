@@ -220,10 +220,10 @@ print(f"so one training step of GPT-2 small on B=4, T=1024 ({3 * total * tokens 
 #
 # $db = \sum_n dy_n$ sums N = B·T rows, up to hundreds of thousands. One thread per column would
 # leave most of the GPU idle; many threads adding into one column with atomics would add in a
-# different order on every run. `matmul_backward_kernel1` cuts the rows into R ranges: block
+# different order on every run. `matmul_backward_dbias_partial` cuts the rows into R ranges: block
 # `(blockIdx.x, blockIdx.y)` takes 32·PACK columns and range `blockIdx.y`, its 8 rows of threads
 # (`threadIdx.y`) striding over the range, and writes one row of partial sums to `partial[blockIdx.y]`;
-# `matmul_backward_kernel2`, one thread per column, adds the R partials in order. In NumPy, with the
+# `matmul_backward_dbias_total`, one thread per column, adds the R partials in order. In NumPy, with the
 # loops the kernels are bodies of:
 
 # %%
@@ -236,7 +236,7 @@ def dbias_two_passes(dout, R=3):
             for row in range(by * rows_per_block + ty, min(N, (by + 1) * rows_per_block), 8):
                 partial[by] += dout[row]              # threadIdx.x: PACK columns each, all at once here
     dbias = np.zeros(OC)
-    for col in range(OC):                             # kernel2: one thread per column
+    for col in range(OC):                             # matmul_backward_dbias_total: one thread per column
         for k in range(R):                            # the partials, always in this order
             dbias[col] += partial[k, col]
     return dbias
@@ -248,9 +248,9 @@ print("two passes = the column sum:", np.allclose(dbias_two_passes(dy_rows), dy_
 # %%
 from kernels import GPU, compile_kernels, show
 
-show("matmul", "matmul_backward_kernel1(", "store_column_partials(")
+show("matmul", "matmul_backward_dbias_partial(", "store_column_partials(")
 print()
-show("matmul", "matmul_backward_kernel2(", "dbias[col] =")
+show("matmul", "matmul_backward_dbias_total(", "dbias[col] =")
 compile_kernels("matmul")
 
 # %%

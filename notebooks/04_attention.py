@@ -307,7 +307,7 @@ print("backward matches:", np.allclose(dqkv, expected.reshape(B, T, 3 * C)))
 # $T \times T \times hs$ each, and recomputing $S$ in backward adds more. The kernels never write $S$
 # or $P$ to memory at all.
 #
-# **The online softmax.** In `attention_forward_kernel1`, one thread owns one query $t$ of one head
+# **The online softmax.** In `attention_forward_fp32`, one thread owns one query $t$ of one head
 # and walks over the keys $0..t$ once, a tile of 32 keys at a time (the block loads each tile of $k$
 # and $v$ into shared memory for its 64 queries). It never has a whole row of scores: it keeps a
 # running maximum $m$, a running sum $l = \sum e^{s - m}$ and a running output $o = \sum e^{s - m} v$.
@@ -361,16 +361,16 @@ print(f"lse of this row from attention_forward: {lse[0, 0, T - 1]:.4f}")
 # %%
 from kernels import GPU, compile_kernels, show
 
-show("attention", "attention_forward_kernel1(", "const float scale")
+show("attention", "attention_forward_fp32(", "const float scale")
 print("...")
 show("attention", "float m = -INFINITY, l = 0.0f;", "lse[(long long)bh * T + t]")
 
 # %% [markdown]
-# The backward starts by computing $D_t = dy_t \cdot y_t$ for every row (`attention_backward_kernel1`),
+# The backward starts by computing $D_t = dy_t \cdot y_t$ for every row (`attention_backward_rowdot`),
 # step 3's shortcut, then recomputes $P = e^{S - \ell}$ tile by tile: one kernel walks the queries for
 # each key tile to make $dk$ and $dv$, another walks the keys for each query tile to make $dq$, so each
 # gradient element is written by exactly one thread. Beside these CUDA-core kernels sit
-# `attention_forward_kernel2` and `attention_backward_kernel4/5`, the same algorithm on the tensor
+# `attention_forward_mma` and `attention_backward_dkdv_mma/5`, the same algorithm on the tensor
 # cores (bf16 matrix instructions), tested against them. All compile here; `HS`, the head size, is a
 # compile-time constant, 64 for GPT-2:
 

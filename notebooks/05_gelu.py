@@ -212,7 +212,7 @@ from kernels import GPU, compile_kernels, show
 
 show("gelu", "__device__ __forceinline__ float gelu_grad(", "}")
 print()
-show("gelu", "gelu_backward_kernel1(", "store128(")
+show("gelu", "gelu_backward_kernel(", "store128(")
 compile_kernels("gelu")
 
 # %%

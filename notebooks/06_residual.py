@@ -257,7 +257,7 @@ print("the thread loop = residual_forward:", np.allclose(residual_forward_thread
 # %%
 from kernels import GPU, compile_kernels, show
 
-show("residual", "residual_forward_kernel1(", "store128(out + i, o);")
+show("residual", "residual_forward_kernel(", "store128(out + i, o);")
 compile_kernels("residual")
 
 # %%

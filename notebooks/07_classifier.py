@@ -235,7 +235,7 @@ print(f"GPT-2: ln 50257 = {np.log(50257):.2f}")
 
 # %%
 def row_lse_block(z, threads=8):
-    """log-sum-exp of one row z (V,) as crossentropy_forward_kernel2's block computes it."""
+    """log-sum-exp of one row z (V,) as crossentropy_forward_kernel's block computes it."""
     m, s = np.full(threads, -np.inf), np.zeros(threads)
     for i in range(threads):                          # threadIdx.x, all at once on the GPU
         for c in range(i, z.size, threads):           # its columns: i, i + threads, ...
@@ -263,12 +263,12 @@ from kernels import GPU, compile_kernels, show
 
 show("classifier", "__device__ __forceinline__ void row_max_sum(", "m = row_m;")
 print()
-show("classifier", "crossentropy_forward_kernel2(", "losses[row] =")
+show("classifier", "crossentropy_forward_kernel(", "losses[row] =")
 print()
 show("common.cuh", "float block_sum(float v)", "return warp_sum(v);")
 
 # %% [markdown]
-# The backward kernel, `crossentropy_softmax_backward_kernel3`, reads the row once more and writes
+# The backward kernel, `crossentropy_softmax_backward_kernel`, reads the row once more and writes
 # `dlogits` over the logits, as here, with $p = e^{z - \text{lse}}$ from the saved `lse`: no maximum
 # or sum over the row again. The (B, T, Vp) logits are the largest activation of the model (notebook
 # 00), so every pass over them counts, and a probabilities buffer beside them would cost as much again

@@ -96,7 +96,7 @@ show(GELU_CU, "__device__ __forceinline__ float gelu(", "}")
 # **The kernel's signature.**
 
 # %%
-show(GELU_CU, "gelu_forward_kernel1(")
+show(GELU_CU, "gelu_forward_kernel(")
 
 # %% [markdown]
 # - `__global__` marks a **kernel**: launched from the host (Python here), run by every thread of a
@@ -165,7 +165,7 @@ show(GELU_CU, "for (long long k = i; k < n && k < i + PACK; k++) out[k]")
 # unaligned (a view starting mid-buffer): then it goes element by element. Same results, only slower,
 # and only for a handful of threads.
 #
-# `gelu_backward_kernel1`, below it in the file, is the same shape with two inputs (`inp` and `dout`)
+# `gelu_backward_kernel`, below it in the file, is the same shape with two inputs (`inp` and `dout`)
 # and `gelu_grad`, notebook 05's derivative.
 #
 # ## The launcher

@@ -2,7 +2,7 @@
 //
 //   g = grad * grad_scale;  m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
 //   param -= lr * (m / bc1 / (sqrt(v / bc2) + eps) + weight_decay * param),  bc = 1 - beta^t
-// kernel1 updates params in place (fp32 mode, or bf16 without master weights). kernel2 updates the
+// adamw_update_inplace updates params in place (fp32 mode, or bf16 without master weights). adamw_update_master updates the
 // fp32 master copy and writes the storage params (bf16) from it. bf16 results are rounded
 // stochastically (common.cuh), seeded per update and tensor, indexed by the parameter's position in
 // the whole flat buffer (offset + i), so a ZeRO-1 slice rounds exactly as the whole buffer would.
@@ -18,7 +18,7 @@ __device__ __forceinline__ float adamw_step(float p, float g, float* m, float* v
     return p - lr * (mi / bc1 / (sqrtf(vi / bc2) + eps) + weight_decay * p);
 }
 
-extern "C" __global__ void adamw_update_kernel1(floatX* params, const floatX* grads, float* m, float* v, long long n,
+extern "C" __global__ void adamw_update_inplace(floatX* params, const floatX* grads, float* m, float* v, long long n,
                                                 float lr, float beta1, float beta2, float bc1, float bc2, float eps,
                                                 float weight_decay, float grad_scale, unsigned seed, long long offset) {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -28,7 +28,7 @@ extern "C" __global__ void adamw_update_kernel1(floatX* params, const floatX* gr
     params[i] = fromF_stochastic(p, rounding_bits(offset + i, seed));
 }
 
-extern "C" __global__ void adamw_update_kernel2(floatX* params, float* master, const floatX* grads, float* m, float* v,
+extern "C" __global__ void adamw_update_master(floatX* params, float* master, const floatX* grads, float* m, float* v,
                                                 long long n, float lr, float beta1, float beta2, float bc1, float bc2,
                                                 float eps, float weight_decay, float grad_scale, unsigned seed,
                                                 long long offset) {

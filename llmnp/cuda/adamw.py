@@ -20,11 +20,11 @@ def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, t, gr
                np.float32(1.0 - beta2 ** t), np.float32(eps), np.float32(weight_decay), np.float32(grad_scale))
     rounding = (np.uint32(seed), np.int64(offset))
     if master is None:
-        k = kernel("adamw", "adamw_update_kernel1", params.dtype)
+        k = kernel("adamw", "adamw_update_inplace", params.dtype)
         k((blocks(n, block_size),), (block_size,), (params, grads, m, v, np.int64(n)) + scalars + rounding)
     else:
         check(np.float32, master=master)
-        k = kernel("adamw", "adamw_update_kernel2", params.dtype)
+        k = kernel("adamw", "adamw_update_master", params.dtype)
         k((blocks(n, block_size),), (block_size,), (params, master, grads, m, v, np.int64(n)) + scalars + rounding)
 
 
@@ -35,7 +35,7 @@ def global_norm_squared(grads):
     grid = min(blocks(grads.size, block_size), 4 * num_sms())
     partial = scratch("global_norm_partial", grid)
     out = cupy().empty((), dtype=np.float64)
-    kernel("global_norm", "global_norm_squared_kernel1", grads.dtype)((grid,), (block_size,),
+    kernel("global_norm", "global_norm_squared_partial", grads.dtype)((grid,), (block_size,),
                                                                       (partial, grads, np.int64(grads.size)))
-    kernel("global_norm", "global_norm_squared_kernel2", grads.dtype)((1,), (1024,), (out, partial, np.int32(grid)))
+    kernel("global_norm", "global_norm_squared_total", grads.dtype)((1,), (1024,), (out, partial, np.int32(grid)))
     return out

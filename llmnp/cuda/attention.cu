@@ -2,14 +2,15 @@
 //
 // forward:  out = softmax(q k^T / sqrt(HS), causal) v per head, and lse (B,NH,T) float, the log-sum-exp
 //           of each softmax row. Online softmax over key tiles: no (T,T) buffer is ever written.
-// backward: D = rowsum(dout * out) (B,NH,T) float (kernel1), then the probabilities are recomputed from
+// backward: D = rowsum(dout * out) (B,NH,T) float (attention_backward_rowdot), then the probabilities are recomputed from
 //           q, k and lse: dv = P^T dout, dP = dout v^T, dS = P (dP - D) / sqrt(HS), dk = dS^T q, dq = dS k.
 //           dqkv is overwritten. dk/dv (one pass per key tile) and dq (one pass per query tile) are
 //           separate kernels, so nothing is accumulated with atomics.
-// Two implementations: kernels 1-3, fp32 arithmetic on CUDA cores, any HS up to 128, fp32 or bf16
-// storage (the fp32 path, and the reference for the other); kernels 2/4/5 (forward 2, backward 4, 5),
-// bf16 tensor cores (mma.sync m16n8k16, fp32 accumulation) for HS a multiple of 16 up to 128
-// (GPT-2's 64; GPT-3's 64, 80, 96 and 128).
+// Two implementations, named by what they run on: *_fp32 (attention_forward_fp32,
+// attention_backward_dkdv_fp32, attention_backward_dq_fp32), fp32 arithmetic on CUDA cores, any HS up
+// to 128, fp32 or bf16 storage (the fp32 path, and the reference for the other); *_mma (the same three
+// with _mma), bf16 tensor cores (mma.sync m16n8k16, fp32 accumulation) for HS a multiple of 16 up to
+// 128 (GPT-2's 64; GPT-3's 64, 80, 96 and 128). attention_backward_rowdot serves both.
 // Shapes: B batch, T time, NH heads, HS head size (a -D constant), C = NH*HS; qkv (B,T,3C) = Q | K | V
 // blocks of C; head h holds channels h*HS..(h+1)*HS of each; out, dout (B,T,C).
 #include "common.cuh"
@@ -22,7 +23,7 @@
 #define ROWS1 64    // threads per block, one row each
 #define TILE1 32    // rows of the other operand per shared-memory tile
 
-extern "C" __global__ void attention_forward_kernel1(floatX* out, float* lse, const floatX* qkv, int B, int T, int NH) {
+extern "C" __global__ void attention_forward_fp32(floatX* out, float* lse, const floatX* qkv, int B, int T, int NH) {
     __shared__ float ks[TILE1][HS], vs[TILE1][HS];
     const int C = NH * HS, C3 = 3 * C;
     const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
@@ -65,7 +66,7 @@ extern "C" __global__ void attention_forward_kernel1(floatX* out, float* lse, co
 
 // D[b,h,t] = sum_d dout[b,t,h,d] * out[b,t,h,d]; `lanes` threads per (b, t, h) row: one 16-byte pack
 // each when HS is a whole number of packs that divides a warp, else a warp striding over the row
-extern "C" __global__ void attention_backward_kernel1(float* D, const floatX* dout, const floatX* out, int B, int T, int NH) {
+extern "C" __global__ void attention_backward_rowdot(float* D, const floatX* dout, const floatX* out, int B, int T, int NH) {
     constexpr bool packed = HS % PACK == 0 && 32 % (HS / PACK) == 0;
     constexpr int lanes = packed ? HS / PACK : 32;
     const long long rows = (long long)B * T * NH;
@@ -91,7 +92,7 @@ extern "C" __global__ void attention_backward_kernel1(float* D, const floatX* do
 // dk, dv: one thread per key; its k and v rows in shared memory (padded rows: no bank conflicts),
 // query tiles (q, dout, lse, D) shared. Dynamic shared memory, floats:
 // 2*ROWS1*(HS+1) + 2*TILE1*HS + 2*TILE1
-extern "C" __global__ void attention_backward_kernel2(floatX* dqkv, const floatX* dout, const floatX* qkv,
+extern "C" __global__ void attention_backward_dkdv_fp32(floatX* dqkv, const floatX* dout, const floatX* qkv,
                                                       const float* lse, const float* D, int B, int T, int NH) {
     extern __shared__ float smem[];
     float* kr = smem;                           // [ROWS1][HS+1]
@@ -158,7 +159,7 @@ extern "C" __global__ void attention_backward_kernel2(floatX* dqkv, const floatX
 
 // dq: one thread per query; its q and dout rows in shared memory, key tiles (k, v) shared.
 // Dynamic shared memory, floats: 2*ROWS1*(HS+1) + 2*TILE1*HS
-extern "C" __global__ void attention_backward_kernel3(floatX* dqkv, const floatX* dout, const floatX* qkv,
+extern "C" __global__ void attention_backward_dq_fp32(floatX* dqkv, const floatX* dout, const floatX* qkv,
                                                       const float* lse, const float* D, int B, int T, int NH) {
     extern __shared__ float smem[];
     float* qr = smem;                           // [ROWS1][HS+1]
@@ -300,7 +301,7 @@ __device__ __forceinline__ void load_stat(float* dst, const float* src, int row0
 
 // grid (ceil(T/64), B*NH), 128 threads; the longest query tiles (last in time) start first.
 // Shared: Q, then K/V double-buffered.
-extern "C" __global__ void __launch_bounds__(128) attention_forward_kernel2(floatX* out, float* lse, const floatX* qkv,
+extern "C" __global__ void __launch_bounds__(128) attention_forward_mma(floatX* out, float* lse, const floatX* qkv,
                                                                           int B, int T, int NH) {
     floatX* qs = smem16;                                          // [TILE * LDS]
     floatX* ks = AT(smem16, 1);                                   // 2 tiles, double-buffered
@@ -407,7 +408,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_kernel2(floa
 // dk, dv: grid (ceil(T/64), B*NH), 128 threads; block kt owns keys kt*64.., its warps 16 keys each
 // (k and v as register fragments), and walks the query tiles from the diagonal to the end (block 0,
 // the longest, starts first). Shared: four tiles, K | V at first, then Q | dO double-buffered.
-extern "C" __global__ void __launch_bounds__(128) attention_backward_kernel4(floatX* dqkv, const floatX* dout,
+extern "C" __global__ void __launch_bounds__(128) attention_backward_dkdv_mma(floatX* dqkv, const floatX* dout,
                                                                            const floatX* qkv, const float* lse,
                                                                            const float* D, int B, int T, int NH) {
     floatX* tiles = smem16;                                       // 4 tiles: [2 cur]: Q, [2 cur + 1]: dO
@@ -515,7 +516,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_backward_kernel4(flo
 // dq: grid (ceil(T/64), B*NH), 128 threads; block owns 64 queries (16 per warp; q and dout as register
 // fragments) and walks the key tiles up to the diagonal (longest first). Shared: four tiles, Q | dO at
 // first, then K | V double-buffered.
-extern "C" __global__ void __launch_bounds__(128) attention_backward_kernel5(floatX* dqkv, const floatX* dout,
+extern "C" __global__ void __launch_bounds__(128) attention_backward_dq_mma(floatX* dqkv, const floatX* dout,
                                                                            const floatX* qkv, const float* lse,
                                                                            const float* D, int B, int T, int NH) {
     floatX* tiles = smem16;                                       // 4 tiles: [2 cur]: K, [2 cur + 1]: V

@@ -52,10 +52,10 @@ def attention_forward(out, lse, qkv, tensor_cores=None):
     args = (out, lse, qkv, np.int32(B), np.int32(T), np.int32(NH))
     if tensor_cores:
         smem = tile_smem(hs, 5)
-        tensor_core_kernel("attention_forward_kernel2", out.dtype, hs, smem)((blocks(T, ROWS), B * NH), (128,), args,
+        tensor_core_kernel("attention_forward_mma", out.dtype, hs, smem)((blocks(T, ROWS), B * NH), (128,), args,
                                                                            shared_mem=smem)
     else:
-        kernel("attention", "attention_forward_kernel1", out.dtype, HS=hs)((blocks(T, ROWS), B * NH), (ROWS,), args)
+        kernel("attention", "attention_forward_fp32", out.dtype, HS=hs)((blocks(T, ROWS), B * NH), (ROWS,), args)
 
 
 def attention_backward(dqkv, dout, qkv, out, lse, tensor_cores=None):
@@ -66,19 +66,19 @@ def attention_backward(dqkv, dout, qkv, out, lse, tensor_cores=None):
     if tensor_cores is None:
         tensor_cores = use_tensor_cores(out.dtype, hs, dqkv, dout, qkv, out)
     D = scratch("attention_D", B * NH * T)
-    packs = hs // pack(out.dtype)                          # attention.cu kernel1's threads per row
+    packs = hs // pack(out.dtype)                          # attention_backward_rowdot's threads per row
     lanes = packs if hs % pack(out.dtype) == 0 and 32 % packs == 0 else 32
-    k = kernel("attention", "attention_backward_kernel1", out.dtype, HS=hs)
+    k = kernel("attention", "attention_backward_rowdot", out.dtype, HS=hs)
     k((blocks(B * T * NH * lanes, 256),), (256,), (D, dout, out, np.int32(B), np.int32(T), np.int32(NH)))
     args = (dqkv, dout, qkv, lse, D, np.int32(B), np.int32(T), np.int32(NH))
     grid = (blocks(T, ROWS), B * NH)
     if tensor_cores:
         smem4, smem5 = tile_smem(hs, 4, 4 * ROWS), tile_smem(hs, 4)
-        tensor_core_kernel("attention_backward_kernel4", out.dtype, hs, smem4)(grid, (128,), args, shared_mem=smem4)
-        tensor_core_kernel("attention_backward_kernel5", out.dtype, hs, smem5)(grid, (128,), args, shared_mem=smem5)
+        tensor_core_kernel("attention_backward_dkdv_mma", out.dtype, hs, smem4)(grid, (128,), args, shared_mem=smem4)
+        tensor_core_kernel("attention_backward_dq_mma", out.dtype, hs, smem5)(grid, (128,), args, shared_mem=smem5)
     else:
         smem = 4 * (2 * ROWS * (hs + 1) + 2 * TILE1 * hs + 2 * TILE1)
-        for name in ("attention_backward_kernel2", "attention_backward_kernel3"):
+        for name in ("attention_backward_dkdv_fp32", "attention_backward_dq_fp32"):
             k = kernel("attention", name, out.dtype, HS=hs)
             k.max_dynamic_shared_size_bytes = smem
             k(grid, (ROWS,), args, shared_mem=smem)

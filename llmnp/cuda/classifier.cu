@@ -16,7 +16,7 @@
 // one block per row, three passes: the max (keeping the row in dynamic shared memory when `cached`,
 // Vp floatX), the sum of exp(x - max), the write; the last two read the shared copy, so logits are read
 // from device memory once. 16-byte packs where Vp is a whole number of packs and the buffers are aligned.
-extern "C" __global__ void softmax_forward_kernel2(floatX* probs, const floatX* logits, int N, int V, int Vp, int cached) {
+extern "C" __global__ void softmax_forward_kernel(floatX* probs, const floatX* logits, int N, int V, int Vp, int cached) {
     extern __shared__ __align__(16) unsigned char row_cache[];
     floatX* cache = reinterpret_cast<floatX*>(row_cache);
     const long long row = blockIdx.x;
@@ -78,7 +78,7 @@ __device__ __forceinline__ void row_max_sum(float& m, float& s, const floatX* x,
     m = row_m;
 }
 
-extern "C" __global__ void crossentropy_forward_kernel2(float* losses, float* lse, const floatX* logits,
+extern "C" __global__ void crossentropy_forward_kernel(float* losses, float* lse, const floatX* logits,
                                                         const int* targets, int N, int V, int Vp) {
     const long long row = blockIdx.x;
     const floatX* x = logits + row * Vp;
@@ -92,7 +92,7 @@ extern "C" __global__ void crossentropy_forward_kernel2(float* losses, float* ls
 }
 
 // one block per row, threads striding over its packs; softmax = exp(x - lse) with the forward's lse
-extern "C" __global__ void crossentropy_softmax_backward_kernel3(floatX* dlogits, const floatX* logits, const float* lse,
+extern "C" __global__ void crossentropy_softmax_backward_kernel(floatX* dlogits, const floatX* logits, const float* lse,
                                                                  const int* targets, float dloss, int N, int V,
                                                                  int Vp) {
     const long long row = blockIdx.x;

@@ -18,7 +18,7 @@ def softmax_forward(probs, logits, V):
     N = logits.size // Vp
     check(probs.dtype, probs=probs, logits=logits)
     block_size = 1024
-    k = kernel("classifier", "softmax_forward_kernel2", probs.dtype)
+    k = kernel("classifier", "softmax_forward_kernel", probs.dtype)
     smem = Vp * probs.dtype.itemsize                      # the row, kept in shared memory between passes
     cached = smem <= MAX_SHARED
     k.max_dynamic_shared_size_bytes = smem if cached else 0
@@ -35,7 +35,7 @@ def crossentropy_forward(losses, lse, logits, targets, V):
     check(np.float32, losses=losses, lse=lse)
     check(np.int32, targets=targets)
     block_size = 512
-    k = kernel("classifier", "crossentropy_forward_kernel2", logits.dtype)
+    k = kernel("classifier", "crossentropy_forward_kernel", logits.dtype)
     k((N,), (block_size,), (losses, lse, logits, targets, np.int32(N), np.int32(V), np.int32(Vp)))
 
 
@@ -48,5 +48,5 @@ def crossentropy_softmax_backward(dlogits, logits, lse, targets, dloss, V):
     check(np.float32, lse=lse)
     check(np.int32, targets=targets)
     block_size = 512
-    k = kernel("classifier", "crossentropy_softmax_backward_kernel3", logits.dtype)
+    k = kernel("classifier", "crossentropy_softmax_backward_kernel", logits.dtype)
     k((N,), (block_size,), (dlogits, logits, lse, targets, np.float32(dloss), np.int32(N), np.int32(V), np.int32(Vp)))

@@ -20,7 +20,7 @@
 #endif
 
 // one thread per output element
-extern "C" __global__ void encoder_step_kernel1(floatX* x, const int* tok, const int* pos, const floatX* wte,
+extern "C" __global__ void encoder_step_kernel(floatX* x, const int* tok, const int* pos, const floatX* wte,
                                                 const floatX* wpe, int B, int C) {
     const int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= B * C) return;
@@ -29,7 +29,7 @@ extern "C" __global__ void encoder_step_kernel1(floatX* x, const int* tok, const
 }
 
 // one block per (row, head); scores and probabilities in shared memory (Tc floats)
-extern "C" __global__ void attention_step_kernel1(floatX* out, floatX* kv, const floatX* qkv, const int* pos,
+extern "C" __global__ void attention_step_kernel(floatX* out, floatX* kv, const floatX* qkv, const int* pos,
                                                   int B, int NH, int Tc) {
     extern __shared__ float att[];                          // (Tc,)
     __shared__ float q[HS];
@@ -88,7 +88,7 @@ __device__ __forceinline__ unsigned int order_key(float f) {
 __device__ __forceinline__ float block_count(float n) { return block_sum(n); }
 
 // one block of 1024 threads per row
-extern "C" __global__ void sample_step_kernel1(int* out, int* tok, int* pos, int* done, const floatX* logits,
+extern "C" __global__ void sample_step_kernel(int* out, int* tok, int* pos, int* done, const floatX* logits,
                                                const int* prompt, const int* prompt_len,
                                                const unsigned long long* key, int Vp, int V, int Tc,
                                                float temperature, int top_k, float top_p, int eot) {

@@ -19,7 +19,7 @@ def encoder_step(x, tok, pos, wte, wpe):
     check(x.dtype, x=x, wte=wte, wpe=wpe)
     check(np.int32, tok=tok, pos=pos)
     block_size = 256
-    k = kernel("decode", "encoder_step_kernel1", x.dtype)
+    k = kernel("decode", "encoder_step_kernel", x.dtype)
     k((blocks(B * C, block_size),), (block_size,), (x, tok, pos, wte, wpe, np.int32(B), np.int32(C)))
 
 
@@ -33,7 +33,7 @@ def attention_step(out, kv, qkv, pos):
         raise ValueError(f"attention_step shapes disagree (or hs > 128): out {out.shape}, kv {kv.shape}, qkv {qkv.shape}")
     block_size = 128
     smem = 4 * Tc                                          # the scores of one (row, head)
-    k = kernel("decode", "attention_step_kernel1", out.dtype, HS=hs)
+    k = kernel("decode", "attention_step_kernel", out.dtype, HS=hs)
     k.max_dynamic_shared_size_bytes = smem
     k((B * NH,), (block_size,), (out, kv, qkv, pos, np.int32(B), np.int32(NH), np.int32(Tc)), shared_mem=smem)
 
@@ -47,7 +47,7 @@ def sample_step(out, tok, pos, done, logits, prompt, prompt_len, key, V, tempera
     check(np.uint64, key=key)
     check(logits.dtype, logits=logits)
     block_size = 1024                                      # decode.cu's scan holds 1024 partial sums
-    k = kernel("decode", "sample_step_kernel1", logits.dtype)
+    k = kernel("decode", "sample_step_kernel", logits.dtype)
     k((B,), (block_size,), (out, tok, pos, done, logits, prompt, prompt_len, key, np.int32(Vp), np.int32(V),
                             np.int32(Tc), np.float32(temperature), np.int32(top_k), np.float32(top_p),
                             np.int32(eot)))
@@ -93,7 +93,7 @@ def matmul_forward(out, inp, weight, bias):
     if bias is not None:
         check(out.dtype, bias=bias)
         block_size = 256
-        k = kernel("matmul", "matmul_forward_kernel1", out.dtype)
+        k = kernel("matmul", "matmul_forward_kernel", out.dtype)
         k((blocks(N * OC, block_size * pack(out.dtype)),), (block_size,), (out, bias, np.int32(N), np.int32(OC)))
     gemm_ex, set_stream, set_pointer_mode = _cublas_gemm_ex()
     cp = cupy()

@@ -8,7 +8,7 @@
 #include "common.cuh"
 
 // one thread per output element
-extern "C" __global__ void encoder_forward_kernel1(floatX* out, const int* inp, const floatX* wte,
+extern "C" __global__ void encoder_forward_kernel(floatX* out, const int* inp, const floatX* wte,
                                                    const floatX* wpe, int N, int T, int C) {
     const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long long)N * C) return;
@@ -17,7 +17,7 @@ extern "C" __global__ void encoder_forward_kernel1(floatX* out, const int* inp, 
 }
 
 // dwpe: one thread per (t, c), summing over the batch
-extern "C" __global__ void encoder_backward_kernel1(floatX* dwpe, const floatX* dout, int B, int T, int C) {
+extern "C" __global__ void encoder_backward_dwpe(floatX* dwpe, const floatX* dout, int B, int T, int C) {
     const int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= T * C) return;
     float sum = 0.0f;
@@ -27,7 +27,7 @@ extern "C" __global__ void encoder_backward_kernel1(floatX* dwpe, const floatX* 
 
 // dwte: one block per run of equal tokens in `order` (positions sorted by token); blocks that do not
 // start a run exit at once. Threads stride over the channels.
-extern "C" __global__ void encoder_backward_kernel2(floatX* dwte, const floatX* dout, const int* inp,
+extern "C" __global__ void encoder_backward_dwte(floatX* dwte, const floatX* dout, const int* inp,
                                                     const long long* order, int N, int C) {
     const int i = blockIdx.x;
     const int token = inp[order[i]];

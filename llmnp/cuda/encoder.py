@@ -13,7 +13,7 @@ def encoder_forward(out, inp, wte, wpe):
     check(out.dtype, out=out, wte=wte, wpe=wpe)
     check(np.int32, inp=inp)
     block_size = 256
-    k = kernel("encoder", "encoder_forward_kernel1", out.dtype)
+    k = kernel("encoder", "encoder_forward_kernel", out.dtype)
     k((blocks(B * T * C, block_size),), (block_size,),
       (out, inp, wte, wpe, np.int32(B * T), np.int32(T), np.int32(C)))
 
@@ -24,8 +24,8 @@ def encoder_backward(dwte, dwpe, dout, inp):
     check(dout.dtype, dwte=dwte, dwpe=dwpe, dout=dout)
     check(np.int32, inp=inp)
     block_size = 256
-    k = kernel("encoder", "encoder_backward_kernel1", dout.dtype)
+    k = kernel("encoder", "encoder_backward_dwpe", dout.dtype)
     k((blocks(T * C, block_size),), (block_size,), (dwpe, dout, np.int32(B), np.int32(T), np.int32(C)))
     order = cupy().argsort(inp.ravel())                  # positions grouped by token (int64)
-    k = kernel("encoder", "encoder_backward_kernel2", dout.dtype)
+    k = kernel("encoder", "encoder_backward_dwte", dout.dtype)
     k((B * T,), (block_size,), (dwte, dout, inp, order, np.int32(B * T), np.int32(C)))

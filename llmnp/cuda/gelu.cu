@@ -5,7 +5,7 @@
 // One 16-byte pack of PACK elements per thread; element by element where unaligned or at the tail.
 // bias_gelu: out = gelu(inp + bias), bias (OC,) broadcast over the N rows of inp (N,OC); its backward
 //           writes dinp = dout * gelu'(inp + bias) and leaves per-block column sums of dinp (fp32, before
-//           rounding) in partial (gridDim.y, OC), which matmul.cu's matmul_backward_kernel2 adds into dbias.
+//           rounding) in partial (gridDim.y, OC), which matmul.cu's matmul_backward_dbias_total adds into dbias.
 #include "common.cuh"
 
 #define GELU_SCALE 0.7978845608028654f   // sqrt(2/pi)
@@ -20,7 +20,7 @@ __device__ __forceinline__ float gelu_grad(float x) {
     return 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du;
 }
 
-extern "C" __global__ void gelu_forward_kernel1(floatX* out, const floatX* inp, long long n) {
+extern "C" __global__ void gelu_forward_kernel(floatX* out, const floatX* inp, long long n) {
     const long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * PACK;
     if (i >= n) return;
     if (i + PACK <= n && aligned16(out) && aligned16(inp)) {
@@ -33,8 +33,8 @@ extern "C" __global__ void gelu_forward_kernel1(floatX* out, const floatX* inp, 
     }
 }
 
-// as gelu_forward_kernel1, a pack never crossing a row (OC % PACK == 0) on the vector path
-extern "C" __global__ void bias_gelu_forward_kernel1(floatX* out, const floatX* inp, const floatX* bias, long long n,
+// as gelu_forward_kernel, a pack never crossing a row (OC % PACK == 0) on the vector path
+extern "C" __global__ void bias_gelu_forward_kernel(floatX* out, const floatX* inp, const floatX* bias, long long n,
                                                      int OC) {
     const long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * PACK;
     if (i >= n) return;
@@ -48,7 +48,7 @@ extern "C" __global__ void bias_gelu_forward_kernel1(floatX* out, const floatX* 
     }
 }
 
-extern "C" __global__ void gelu_backward_kernel1(floatX* dinp, const floatX* inp, const floatX* dout,
+extern "C" __global__ void gelu_backward_kernel(floatX* dinp, const floatX* inp, const floatX* dout,
                                                  long long n) {
     const long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * PACK;
     if (i >= n) return;
@@ -63,8 +63,8 @@ extern "C" __global__ void gelu_backward_kernel1(floatX* dinp, const floatX* inp
 }
 
 // block (32, 8): threadIdx.x picks a PACK-wide chunk of columns, threadIdx.y strides over this block's
-// rows; grid (ceil(OC / (32 PACK)), R): blockIdx.y picks one of R row ranges (as matmul_backward_kernel1)
-extern "C" __global__ void bias_gelu_backward_kernel1(floatX* dinp, float* partial, const floatX* dout,
+// rows; grid (ceil(OC / (32 PACK)), R): blockIdx.y picks one of R row ranges (as matmul_backward_dbias_partial)
+extern "C" __global__ void bias_gelu_backward_kernel(floatX* dinp, float* partial, const floatX* dout,
                                                       const floatX* inp, const floatX* bias, int N, int OC) {
     const int col = (blockIdx.x * 32 + threadIdx.x) * PACK;
     const int rows_per_block = (N + gridDim.y - 1) / gridDim.y;

@@ -1,10 +1,10 @@
 // The squared global L2 norm of the gradients, for clipping (llmnp/adamw.py global_norm_squared).
 //
-// kernel1: each block sums g^2 over a grid-strided share of the buffer in fp32 and writes one partial;
-// kernel2: one block adds the partials up in double. Deterministic for a fixed grid.
+// global_norm_squared_partial: each block sums g^2 over a grid-strided share of the buffer in fp32 and writes one partial;
+// global_norm_squared_total: one block adds the partials up in double. Deterministic for a fixed grid.
 #include "common.cuh"
 
-extern "C" __global__ void global_norm_squared_kernel1(float* partial, const floatX* grads, long long n) {
+extern "C" __global__ void global_norm_squared_partial(float* partial, const floatX* grads, long long n) {
     float sum = 0.0f;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
         const float g = toF(grads[i]);
@@ -14,7 +14,7 @@ extern "C" __global__ void global_norm_squared_kernel1(float* partial, const flo
     if (threadIdx.x == 0) partial[blockIdx.x] = sum;
 }
 
-extern "C" __global__ void global_norm_squared_kernel2(double* out, const float* partial, int nblocks) {
+extern "C" __global__ void global_norm_squared_total(double* out, const float* partial, int nblocks) {
     __shared__ double sums[1024];
     double sum = 0.0;
     for (int i = threadIdx.x; i < nblocks; i += blockDim.x) sum += partial[i];

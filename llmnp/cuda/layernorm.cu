@@ -5,15 +5,15 @@
 //           stored residual, in one pass per row: its backward is the plain layernorm's.
 // backward: dinp += rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm)),  dnorm = dout * w;
 //           dweight += sum_rows dout * norm,  dbias += sum_rows dout. All three accumulate.
-//           kernel1 adds into dinp and leaves one partial (dweight | dbias) row per block in `partial`
-//           (gridDim.x, 2C); kernel2 sums those rows into dweight and dbias: deterministic, no atomics.
+//           layernorm_backward_rows adds into dinp and leaves one partial (dweight | dbias) row per block in `partial`
+//           (gridDim.x, 2C); layernorm_backward_dweight_dbias sums those rows into dweight and dbias: deterministic, no atomics.
 // Shapes: N rows (B*T), C channels; mean, rstd (N,) float; weight, bias (C,).
 #include "common.cuh"
 
 #define LN_EPS 1e-5f
 
 // the layernorm of one row x (C,) into o, by one warp; lane l reads only columns l*PACK.. of each
-// 32*PACK-wide chunk (what it wrote itself, in residual_layernorm_forward_kernel1)
+// 32*PACK-wide chunk (what it wrote itself, in residual_layernorm_forward_kernel)
 __device__ __forceinline__ void layernorm_row(floatX* o, float* mean, float* rstd, const floatX* x,
                                               const floatX* weight, const floatX* bias, int C, bool vec) {
     const int lane = threadIdx.x % 32;
@@ -45,7 +45,7 @@ __device__ __forceinline__ void layernorm_row(floatX* o, float* mean, float* rst
     }
 }
 
-extern "C" __global__ void layernorm_forward_kernel1(floatX* out, float* mean, float* rstd, const floatX* inp,
+extern "C" __global__ void layernorm_forward_kernel(floatX* out, float* mean, float* rstd, const floatX* inp,
                                                      const floatX* weight, const floatX* bias, int N, int C) {
     const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (row >= N) return;
@@ -57,7 +57,7 @@ extern "C" __global__ void layernorm_forward_kernel1(floatX* out, float* mean, f
 // one warp per row: the residual row first (lane by lane, in fp32, rounded once), then its layernorm,
 // in which each lane reads back only what it has just written itself (no barrier needed). residual may
 // be proj.
-extern "C" __global__ void residual_layernorm_forward_kernel1(floatX* residual, floatX* out, float* mean, float* rstd,
+extern "C" __global__ void residual_layernorm_forward_kernel(floatX* residual, floatX* out, float* mean, float* rstd,
                                                               const floatX* inp, const floatX* proj,
                                                               const floatX* proj_bias, const floatX* weight,
                                                               const floatX* bias, int N, int C) {
@@ -83,7 +83,7 @@ extern "C" __global__ void residual_layernorm_forward_kernel1(floatX* residual, 
 // lane-minor (element k of lane l's chunk i at i*32*PACK + k*32 + l: no bank conflicts); at the end the
 // block sums its warps' rows into one partial row. Dynamic shared memory: warps * 2 * CP floats, CP = C
 // rounded up to a multiple of 32*PACK.
-extern "C" __global__ void layernorm_backward_kernel1(floatX* dinp, float* partial, const floatX* dout,
+extern "C" __global__ void layernorm_backward_rows(floatX* dinp, float* partial, const floatX* dout,
                                                       const floatX* inp, const floatX* weight, const float* mean,
                                                       const float* rstd, int N, int C) {
     extern __shared__ float acc[];
@@ -140,7 +140,7 @@ extern "C" __global__ void layernorm_backward_kernel1(floatX* dinp, float* parti
 }
 
 // one thread per column of partial (nblocks, 2C): dweight (first C) and dbias (last C) accumulate
-extern "C" __global__ void layernorm_backward_kernel2(floatX* dweight, floatX* dbias, const float* partial,
+extern "C" __global__ void layernorm_backward_dweight_dbias(floatX* dweight, floatX* dbias, const float* partial,
                                                       int nblocks, int C) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= 2 * C) return;

@@ -15,7 +15,7 @@ def layernorm_forward(out, mean, rstd, inp, weight, bias):
     check(out.dtype, out=out, inp=inp, weight=weight, bias=bias)
     check(np.float32, mean=mean, rstd=rstd)
     block_size = 256                                      # 8 warps, one row each
-    k = kernel("layernorm", "layernorm_forward_kernel1", out.dtype)
+    k = kernel("layernorm", "layernorm_forward_kernel", out.dtype)
     k((blocks(N, block_size // 32),), (block_size,), (out, mean, rstd, inp, weight, bias, np.int32(N), np.int32(C)))
 
 
@@ -27,7 +27,7 @@ def residual_layernorm_forward(residual, out, mean, rstd, inp, proj, proj_bias, 
     check(out.dtype, residual=residual, out=out, inp=inp, proj=proj, proj_bias=proj_bias, weight=weight, bias=bias)
     check(np.float32, mean=mean, rstd=rstd)
     block_size = 256                                      # 8 warps, one row each
-    k = kernel("layernorm", "residual_layernorm_forward_kernel1", out.dtype)
+    k = kernel("layernorm", "residual_layernorm_forward_kernel", out.dtype)
     k((blocks(N, block_size // 32),), (block_size,),
       (residual, out, mean, rstd, inp, proj, proj_bias, weight, bias, np.int32(N), np.int32(C)))
 
@@ -43,9 +43,9 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
     partial = scratch("layernorm_partial", grid * 2 * C)
     chunk = 32 * pack(dinp.dtype)
     smem = (block_size // 32) * 2 * blocks(C, chunk) * chunk * 4     # each warp's dweight | dbias rows
-    k = kernel("layernorm", "layernorm_backward_kernel1", dinp.dtype)
+    k = kernel("layernorm", "layernorm_backward_rows", dinp.dtype)
     k.max_dynamic_shared_size_bytes = smem
     k((grid,), (block_size,), (dinp, partial, dout, inp, weight, mean, rstd, np.int32(N), np.int32(C)),
       shared_mem=smem)
-    k = kernel("layernorm", "layernorm_backward_kernel2", dinp.dtype)
+    k = kernel("layernorm", "layernorm_backward_dweight_dbias", dinp.dtype)
     k((blocks(2 * C, 256),), (256,), (dweight, dbias, partial, np.int32(grid), np.int32(C)))

@@ -2,13 +2,13 @@
 // bias in place for the forward product and sum dout's rows into dbias (llmnp/matmul.py is the reference).
 //
 // forward:  out (N,OC) = bias (OC,) broadcast, before cuBLAS adds inp @ weight^T into it (beta = 1)
-// backward: dbias (OC,) += sum over the N rows of dout (N,OC): kernel1 leaves per-block column sums in
-//           partial (gridDim.y, OC), kernel2 adds them up into dbias (deterministic, fp32 sums).
-//           kernel2 also sums the partials of gelu.cu's bias_gelu_backward_kernel1.
+// backward: dbias (OC,) += sum over the N rows of dout (N,OC): matmul_backward_dbias_partial leaves per-block column sums in
+//           partial (gridDim.y, OC), matmul_backward_dbias_total adds them up into dbias (deterministic, fp32 sums).
+//           The total also sums the partials of gelu.cu's bias_gelu_backward_kernel.
 #include "common.cuh"
 
 // out (N,OC) = bias, broadcast over the rows (written only: cuBLAS then adds the product, beta = 1)
-extern "C" __global__ void matmul_forward_kernel1(floatX* out, const floatX* bias, int N, int OC) {
+extern "C" __global__ void matmul_forward_kernel(floatX* out, const floatX* bias, int N, int OC) {
     const long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * PACK;
     const long long n = (long long)N * OC;
     if (i >= n) return;
@@ -21,7 +21,7 @@ extern "C" __global__ void matmul_forward_kernel1(floatX* out, const floatX* bia
 
 // block (32, 8): threadIdx.x picks a PACK-wide chunk of columns, threadIdx.y strides over this
 // block's rows; grid (ceil(OC / (32 PACK)), R): blockIdx.y picks one of R row ranges
-extern "C" __global__ void matmul_backward_kernel1(float* partial, const floatX* dout, int N, int OC) {
+extern "C" __global__ void matmul_backward_dbias_partial(float* partial, const floatX* dout, int N, int OC) {
     const int col = (blockIdx.x * 32 + threadIdx.x) * PACK;
     const int rows_per_block = (N + gridDim.y - 1) / gridDim.y;
     const int row0 = blockIdx.y * rows_per_block;
@@ -38,7 +38,7 @@ extern "C" __global__ void matmul_backward_kernel1(float* partial, const floatX*
     store_column_partials(partial, acc, OC);
 }
 
-extern "C" __global__ void matmul_backward_kernel2(floatX* dbias, const float* partial, int R, int OC) {
+extern "C" __global__ void matmul_backward_dbias_total(floatX* dbias, const float* partial, int R, int OC) {
     const int col = blockIdx.x * blockDim.x + threadIdx.x;
     if (col >= OC) return;
     float sum = 0.0f;

@@ -19,7 +19,7 @@ def matmul_forward(out, inp, weight, bias):
     if bias is not None:                        # out = bias first, then the product adds onto it
         check(out.dtype, bias=bias)
         block_size = 256
-        k = kernel("matmul", "matmul_forward_kernel1", out.dtype)
+        k = kernel("matmul", "matmul_forward_kernel", out.dtype)
         k((blocks(N * OC, block_size * pack(out.dtype)),), (block_size,), (out, bias, np.int32(N), np.int32(OC)))
     gemm(out, weight, inp, m=OC, n=N, k=C, transa=True, transb=False, lda=C, ldb=C, ldc=OC,
          beta=0.0 if bias is None else 1.0)
@@ -41,7 +41,7 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight):
         col_blocks = blocks(OC, 32 * pack(dout.dtype))
         R = max(1, min(blocks(N, 64), blocks(4 * num_sms(), col_blocks)))     # row ranges: ~4 blocks per SM
         partial = scratch("matmul_partial", R * OC)
-        k = kernel("matmul", "matmul_backward_kernel1", dout.dtype)
+        k = kernel("matmul", "matmul_backward_dbias_partial", dout.dtype)
         k((col_blocks, R), (32, 8), (partial, dout, np.int32(N), np.int32(OC)))
-        k = kernel("matmul", "matmul_backward_kernel2", dout.dtype)
+        k = kernel("matmul", "matmul_backward_dbias_total", dout.dtype)
         k((blocks(OC, 256),), (256,), (dbias, partial, np.int32(R), np.int32(OC)))

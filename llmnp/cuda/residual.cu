@@ -5,7 +5,7 @@
 // 16-byte aligned or the pack runs past n.
 #include "common.cuh"
 
-extern "C" __global__ void residual_forward_kernel1(floatX* out, const floatX* inp1, const floatX* inp2,
+extern "C" __global__ void residual_forward_kernel(floatX* out, const floatX* inp1, const floatX* inp2,
                                                     long long n) {
     const long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * PACK;
     if (i >= n) return;
@@ -19,7 +19,7 @@ extern "C" __global__ void residual_forward_kernel1(floatX* out, const floatX* i
     }
 }
 
-extern "C" __global__ void residual_backward_kernel1(floatX* dinp1, floatX* dinp2, const floatX* dout,
+extern "C" __global__ void residual_backward_kernel(floatX* dinp1, floatX* dinp2, const floatX* dout,
                                                      long long n) {
     const long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * PACK;
     for (long long k = i; k < n && k < i + PACK; k++) {
