@@ -96,18 +96,20 @@ class Estimate:
 
 
 def estimate(config, B, T, dtype="fp32", recompute=1, processes=1, zero_stage=0, device="cpu",
-             checkpoint_every=0, num_steps=0, checkpoints_kept=0):
+             checkpoint_every=0, num_steps=0, checkpoints_kept=0, master_weights=True):
     """The memory one training process of `processes` holds at its peak (the second step's backward: every
     buffer exists and the largest temporary is live), and the disk of its checkpoints.
 
     dtype: the storage dtype ("fp32", "bf16", or a NumPy dtype); statistics, AdamW state and master
-    weights are fp32 where it is narrower. recompute: -r. zero_stage 1 with processes > 1 divides AdamW's
+    weights are fp32 where it is narrower (master_weights=False, llm.c's -w 0: no master weights).
+    recompute: -r (0, 1: GELU, 2: GELU and the layernorms). zero_stage 1 with processes > 1 divides AdamW's
     m and v (when the parameters split evenly, as distributed.setup_zero). checkpoint_every, num_steps,
     checkpoints_kept: -n, the steps of the run, -nk (the disk total; num_steps 0 leaves it out)."""
     if device not in RUNTIME_BYTES:
         raise ValueError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
     size = itemsize(dtype)
     state_size = 4 if size < 4 else size
+    master = state_size != size and master_weights
     L, C, NH, Vp = config.num_layers, config.channels, config.num_heads, config.padded_vocab_size
     n = num_parameters(config)
     sharded = zero_stage >= 1 and processes > 1 and n % processes == 0
@@ -137,11 +139,13 @@ def estimate(config, B, T, dtype="fp32", recompute=1, processes=1, zero_stage=0,
          "+ ZeRO-1's reduce-scatter slice" if sharded else ""),
         ("AdamW m, v", 2 * shard * state_size,
          f"1/{processes} each (ZeRO-1)" if sharded else ("fp32" if state_size != size else "")),
-        ("master weights", n * 4 if state_size != size else 0,
-         "fp32 copy of the bf16 parameters" if state_size != size else f"none ({dtype_name} parameters)"),
+        ("master weights", n * 4 if master else 0,
+         "fp32 copy of the bf16 parameters" if master else
+         f"none ({dtype_name} parameters{', -w 0' if state_size != size else ''})"),
         ("activations", acts * size + stats * state_size,
-         f"-r {recompute}: " + ("one layer's GELU output, recomputed in backward" if recompute >= 1
-                                else "every layer's GELU output kept")),
+         f"-r {recompute}: " + {0: "every layer's GELU output kept",
+                                1: "one layer's GELU output, recomputed in backward"}.get(
+             recompute, "one layer's GELU and layernorm outputs, recomputed in backward")),
         ("logits", logits * size, "(B, T, Vp); backward writes dlogits over them"),
         ("scratch", dacts * size + temporary, scratch_note),
         ("runtime", RUNTIME_BYTES[device], "Python, NumPy, BLAS buffers" if device == "cpu"
@@ -149,12 +153,12 @@ def estimate(config, B, T, dtype="fp32", recompute=1, processes=1, zero_stage=0,
     ]
     title = (f"memory per process: L={L} C={C} B={B} T={T} {dtype_name} -r {recompute}, {processes} process"
              f"{'es' if processes > 1 else ''}{', ZeRO-1' if sharded else ''}, {device}")
-    disk, disk_total = checkpoint_disk(n, size, shard, state_size != size, processes,
+    disk, disk_total = checkpoint_disk(n, size, shard, master, processes,
                                        checkpoint_every, num_steps, checkpoints_kept)
-    return Estimate(title, rows, RUNTIME_BYTES[device], n * size + (n * 4 if state_size != size else 0),
+    return Estimate(title, rows, RUNTIME_BYTES[device], n * size + (n * 4 if master else 0),
                     disk, disk_total,
                     dict(config=config, T=T, dtype=dtype, recompute=recompute, processes=processes,
-                         zero_stage=zero_stage, device=device))
+                         zero_stage=zero_stage, device=device, master_weights=master_weights))
 
 
 def checkpoint_files(n, size, shard, master):

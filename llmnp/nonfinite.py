@@ -17,9 +17,11 @@ Not here: stopping the run or what to print around the line (train_gpt2.py decid
 import warnings
 from contextlib import contextmanager
 
+import dataclasses
+
 import numpy as np
 
-from llmnp.params import PARAMETER_NAMES
+from llmnp.params import activation_specs, parameter_specs
 
 # how many leading arguments of each backend function it writes; functions not listed are not checked
 OUTPUTS = {
@@ -32,10 +34,16 @@ OUTPUTS = {
     "softmax_forward": 1, "crossentropy_forward": 2, "crossentropy_softmax_backward": 1,
 }
 
-# the parameters stacked over layers (L, ...); wte, wpe, lnfw, lnfb are not
-LAYER_PARAMETERS = PARAMETER_NAMES[2:14]
-# the activations that are not per layer (the others are (L, ...), fch_gelu only without recompute)
-GLOBAL_ACTIVATIONS = ("encoded", "lnf", "lnf_mean", "lnf_rstd", "logits", "losses", "logits_lse")
+
+
+def stacked(config, recompute=0):
+    """The names of the tensors stacked over layers, (L, ...): those whose shape in the tables changes with
+    the number of layers (so ln1 and fch_gelu only where -r keeps them per layer)."""
+    more = dataclasses.replace(config, num_layers=config.num_layers + 1)
+    names = set()
+    for specs in (lambda c: parameter_specs(c), lambda c: activation_specs(c, 1, 1, recompute)):
+        names |= {name for (name, shape), (_, shape_more) in zip(specs(config), specs(more)) if shape != shape_more}
+    return names
 
 
 class NonFinite(Exception):
@@ -70,13 +78,11 @@ class Locator:
     def regions(self):
         """[(name, start, nbytes, layered)] of the model's current tables."""
         m = self.model
-        out = []
-        for name, view in getattr(m, "acts", {}).items():
-            layered = name not in GLOBAL_ACTIVATIONS and not (name == "fch_gelu" and m.recompute >= 1)
-            out.append((name, view, layered))
+        layers = stacked(m.config, m.recompute)
+        out = [(name, view, name in layers) for name, view in getattr(m, "acts", {}).items()]
         out += [(name, view, False) for name, view in getattr(m, "dacts", {}).items()]
-        out += [("d" + name, view, name in LAYER_PARAMETERS) for name, view in (m.grads or {}).items()]
-        out += [(name, view, name in LAYER_PARAMETERS) for name, view in m.params.items()]
+        out += [("d" + name, view, name in layers) for name, view in (m.grads or {}).items()]
+        out += [(name, view, name in layers) for name, view in m.params.items()]
         return [(name, _address(view), view.nbytes, layered, view) for name, view, layered in out]
 
     def find(self, a, regions=None):
@@ -156,11 +162,12 @@ def checked(model):
 def nonfinite_parameter(model):
     """'parameter qkvw of layer 3 holds nan' for the first parameter tensor (in table order) holding NaN
     or inf, else None: a step whose weights are already broken needs no re-run to say so."""
+    layers = stacked(model.config)
     for name, view in model.params.items():
         kind = nonfinite_kind(model.xp, view)
         if kind is None:
             continue
-        if name in LAYER_PARAMETERS:
+        if name in layers:
             layer = next(l for l in range(view.shape[0]) if nonfinite_kind(model.xp, view[l]) is not None)
             return f"parameter {name} of layer {layer} holds {kind}"
         return f"parameter {name} holds {kind}"

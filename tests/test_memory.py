@@ -79,6 +79,11 @@ def test_bf16_and_zero1_divide_what_they_divide():
     assert four["activations"] == one["activations"] and four["logits"] == one["logits"]
     r0 = {l: b for l, b, _ in estimate(config, 8, 1024, "bf16", 0, device="cuda").rows}
     assert r0["activations"] - one["activations"] == 11 * 8 * 1024 * 4 * 768 * 2   # (L-1) GELU outputs kept
+    r2 = {l: b for l, b, _ in estimate(config, 8, 1024, "bf16", 2, device="cuda").rows}
+    assert one["activations"] - r2["activations"] == 2 * 11 * 8 * 1024 * 768 * 2    # and (L-1) ln1, ln2
+    w0 = estimate(config, 8, 1024, "bf16", 1, device="cuda", master_weights=False, num_steps=1)
+    assert dict((l, b) for l, b, _ in w0.rows)["master weights"] == 0 and w0.model_bytes == 2 * n
+    assert w0.disk[0][1] == (1024 + 2 * n) + (1024 + 8 * n + 2536)                 # no master in the state
 
 
 def test_checkpoint_disk():

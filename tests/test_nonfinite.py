@@ -31,9 +31,9 @@ class PlantingOps:
         return planted
 
 
-def model_and_batch(device, L=3):
+def model_and_batch(device, L=3, recompute=0):
     config = GPT2Config.tiny(num_layers=L, channels=16, num_heads=2)
-    model = GPT2(config, device=device, seed=0)
+    model = GPT2(config, device=device, seed=0, recompute=recompute)
     rng = np.random.default_rng(0)
     x = rng.integers(0, config.vocab_size, (2, 8)).astype(np.int32)
     y = rng.integers(0, config.vocab_size, (2, 8)).astype(np.int32)
@@ -65,11 +65,14 @@ def test_planted_in_one_layers_forward(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_planted_in_another_layers_backward(device):
-    model, x, y = model_and_batch(device, L=3)
+@pytest.mark.parametrize("recompute", [0, 2])
+def test_planted_in_another_layers_backward(device, recompute):
+    model, x, y = model_and_batch(device, L=3, recompute=recompute)   # -r 2: one shared ln1, ln2 buffer
     # backward walks down from layer 2: the third bias_gelu_backward call is layer 0's
     plant(model, "bias_gelu_backward", call=2, index=0, value=np.nan)
     assert locate(model, x, y, step=7) == "step 7: layer 0 bias_gelu backward produced nan in dfch"
+    plant(model, "residual_layernorm_forward", call=0, index=1, value=np.inf)   # layer 0 writes ln2
+    assert locate(model, x, y, step=7) == "step 7: layer 0 residual_layernorm forward produced inf in ln2"
 
 
 @pytest.mark.parametrize("device", DEVICES)
