@@ -152,3 +152,43 @@ def test_bf16_of_any_float_input_and_of_nan_payloads():
     nans = np.array([0x7F800001, 0xFF800001, 0x7FFFFFFF, 0x7FC00000], np.uint32).view(np.float32)
     assert float32_to_bf16_bits(nans).tolist() == [0x7FC0] * 4
     assert np.isnan(bf16_bits_to_float32(float32_to_bf16_bits(nans))).all()
+
+
+# ---------------------------------------------------------------------------------- model file
+def test_model_file_size_message_and_version1_dtype(tmp_path):
+    n = num_parameters(CONFIG)
+    flat = np.random.default_rng(1).standard_normal(n).astype(np.float32)
+    flat[CONFIG.vocab_size * CONFIG.channels:CONFIG.padded_vocab_size * CONFIG.channels] = 0
+    save_model(tmp_path / "m.bin", CONFIG, flat)
+    (tmp_path / "cut.bin").write_bytes((tmp_path / "m.bin").read_bytes()[:-4])
+    with pytest.raises(UserError, match=rf"its header \(maxT=11 V=37 Vp=48 L=3 NH=2 C=10\) means {n:,} parameters"):
+        load_model(tmp_path / "cut.bin")
+    # version 1: V rows of wte, no padding; the reader pads with float32 zeros
+    V, C = CONFIG.vocab_size, CONFIG.channels
+    unpadded = np.concatenate([flat[:V * C], flat[CONFIG.padded_vocab_size * C:]])
+    head = struct.pack("<256i", 20240326, 1, 11, V, 3, 2, C, *([0] * 249))
+    (tmp_path / "v1.bin").write_bytes(head + unpadded.astype("<f4").tobytes())
+    config, got = load_model(tmp_path / "v1.bin")
+    assert got.dtype == np.float32 and config.padded_vocab_size == 128
+    assert np.array_equal(got[:V * C], flat[:V * C]) and np.array_equal(got[128 * C:], flat[48 * C:])
+
+
+def test_save_state_defaults_and_float32_payload(tmp_path):
+    m64, v64 = np.linspace(0.1, 0.7, 5), np.linspace(1.5, 2.5, 5)         # float64 in, float32 on disk
+    save_state(tmp_path / "s.bin", 2, m64, v64)
+    raw = (tmp_path / "s.bin").read_bytes()
+    assert len(raw) == 1024 + 2 * 4 * 5
+    u64 = struct.unpack_from("<128Q", raw, 0)
+    assert (u64[10], u64[11], u64[15], u64[16]) == (0, 0, 0, 0)             # no rng state, loader at the start
+    assert struct.unpack_from("<6i", raw, 0) == (20240527, 1, 1, 0, 0, 0)
+    assert raw[1024:] == m64.astype("<f4").tobytes() + v64.astype("<f4").tobytes()
+
+
+@pytest.mark.parametrize("m, v, master", [
+    (np.zeros((2, 3)), np.zeros((2, 3)), None),                               # not flat
+    (np.zeros(4), np.zeros(5), None),                                         # m and v differ
+    (np.zeros(4), np.zeros(4), np.zeros(3)),                                  # master differs
+])
+def test_save_state_wants_flat_arrays_of_one_length(tmp_path, m, v, master):
+    with pytest.raises(ValueError, match="flat arrays of one length"):
+        save_state(tmp_path / "s.bin", 1, m, v, master=master)
