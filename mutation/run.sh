@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Mutation testing with mutmut (the `mutation` extra), configured in setup.cfg's [mutmut] section.
+# Not part of CI. It runs on a copy of the committed tree (git archive HEAD), never in the working
+# tree; the copy's mutants/ folder keeps mutmut's results, so a second run re-tests only the
+# functions whose code or tests changed.
+#   mutation/run.sh                          every mutant of the configured modules
+#   mutation/run.sh "llmnp.adamw*" ...       only mutants whose names match (mutmut's globs)
+# Then: cd $MUTATION_DIR && mutmut results (survivors), mutmut show NAME (one mutant's diff).
+set -euo pipefail
+root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
+dir=${MUTATION_DIR:-/tmp/llmnp-mutation}
+mutmut=${MUTMUT:-$root/.venv/bin/mutmut}
+mkdir -p "$dir"
+find "$dir" -mindepth 1 -maxdepth 1 ! -name mutants -exec rm -rf {} +
+git -C "$root" archive HEAD | tar -x -C "$dir"
+cd "$dir"
+"$mutmut" run --max-children "${MUTATION_JOBS:-2}" "$@" | tr '\r' '\n' | grep -v '^[^ ]* *Running\|^[^ ]* *Generating' || true
+"$mutmut" results --all true | awk '{n[$NF]++} END {for (s in n) printf "%s %d\n", s, n[s]}' | sort
