@@ -13,6 +13,7 @@ The loop, per step: val loss every -v steps, HellaSwag (-h 1), a sample every -s
 every -n steps, then forward/backward over the micro-batches (gradient accumulation up to -d tokens),
 gradient averaging across processes, clipping at norm 1.0, the learning rate schedule, AdamW, a log line.
 """
+import contextlib
 import glob
 import math
 import os
@@ -33,7 +34,7 @@ import numpy as np  # noqa: E402
 from llmnp import GPT2, GPT2Config, cli  # noqa: E402
 from llmnp.adamw import BETA1, BETA2, EPS  # noqa: E402
 from llmnp.errors import Interrupted, UserError, run_cli  # noqa: E402
-from llmnp.memory import model_bytes, require, training_bytes  # noqa: E402
+from llmnp import memory, nonfinite  # noqa: E402
 from llmnp.schedule import SCHEDULES, get_lr  # noqa: E402
 
 LLMC_TRAIN = "dev/data/tinyshakespeare/tiny_shakespeare_train.bin"
@@ -107,6 +108,10 @@ def parse_args(argv):
     g.add_argument("-lg", "--log-gpu-every", type=int, default=-1, help="steps between GPU memory lines [-1: never]")
     g.add_argument("-z", "--zero-stage", type=int, default=0, choices=(0, 1), help="ZeRO stage: 1 shards AdamW state")
     g.add_argument("--seed", type=cli.seed_int, default=42, help="seed of a random init")
+    g.add_argument("--estimate", action="store_true",
+                   help="print the memory, disk and time this run would take, then exit without training")
+    g.add_argument("--check-finite", action="store_true",
+                   help="check every layer's outputs for NaN and inf in every step (slower; names the first)")
     g = p.add_argument_group("processes started without mpiexec (a cluster scheduler starts each one)")
     g.add_argument("-pn", "--num-processes", type=cli.positive_int, default=None, help="processes in all [1]")
     g.add_argument("-pr", "--process-rank", type=cli.count, default=0, help="this process's rank")
@@ -414,11 +419,6 @@ def train(args):
     if T > c.max_seq_len:
         raise UserError(f"-t {T} exceeds the model's max_seq_len {c.max_seq_len}")
     dist.setup_zero(model, args.zero_stage)
-    require(training_bytes(c, B, T, model.dtype, model.state_dtype, args.recompute,
-                           dist.world_size if dist.zero else 1) - model_bytes(c, model.dtype, model.state_dtype),
-            args.device, f"training this model at B={B} T={T} (gradients, AdamW state, activations)",
-            "lower -b (with -d to keep the tokens per step)")
-    model.allocate(B, T)                         # everything a step needs, before the first step
     V = c.vocab_size
     train_loader = DataLoader(train_pattern, B, T, rank=dist.rank, world_size=dist.world_size,
                               shuffle=bool(args.shuffle) and not args.overfit_single_batch,
@@ -430,6 +430,16 @@ def train(args):
                         f"of {total_batch} tokens: give -x or a smaller -d")
     val_batches = val_loader.num_batches if args.val_batches < 0 else min(args.val_batches, val_loader.num_batches)
     hellaswag = hellaswag_examples(args, model, B, T, log)
+    est = memory.estimate(c, B, T, args.dtype, args.recompute, dist.world_size, args.zero_stage, args.device,
+                          checkpoint_every=args.checkpoint_every, num_steps=num_steps if args.output_dir else 0,
+                          checkpoints_kept=args.checkpoints_kept, master_weights=bool(args.master_weights))
+    for line in est.lines():
+        log(line)
+    if args.estimate:
+        log(memory.predict_step_ms(c, B, T, args.dtype, args.device, grad_accum_steps)[1])
+        return 0
+    memory.check_fits(est, allocated=est.model_bytes)   # one line, with the largest -b that fits
+    model.allocate(B, T)                         # everything a step needs, before the first step
     start_step = resume(args, dist, model, train_loader, checkpoint) if checkpoint else 0
     log(f"model: L={c.num_layers} NH={c.num_heads} C={c.channels} maxT={c.max_seq_len} V={V} Vp={c.padded_vocab_size}, "
         f"{model.num_parameters:,} parameters, {args.device} {args.dtype}")
@@ -478,11 +488,14 @@ def train(args):
                 val_loss = 0.0
                 for _ in range(val_batches):
                     x, y = val_loader.next_batch()
-                    val_loss += float(model.forward(x, y))
+                    batch_loss = float(model.forward(x, y))
+                    check_finite(step, "val loss", batch_loss, args.output_dir, model, [(x, y)])
+                    val_loss += batch_loss
                 val_loss = dist.average(val_loss / val_batches)
-                check_finite(step, "val loss", val_loss, args.output_dir)
                 log(f"val loss {val_loss:f}")
                 log_line(f"s:{step} tel:{val_loss:.4f}")
+                if step_times and not last:
+                    log(memory.eta_line(step, num_steps, step_times))
             if hellaswag and step > 0 and due(args.val_every, step):
                 from llmnp.hellaswag import evaluate_examples
                 correct, total = evaluate_examples(model, hellaswag, B=B, rank=dist.rank, world_size=dist.world_size,
@@ -500,9 +513,12 @@ def train(args):
 
             # 3. one optimization step
             t0 = time.perf_counter()
-            loss, norm = forward_backward(args, dist, model, train_loader, grad_accum_steps)
-            check_finite(step + 1, "loss", loss, args.output_dir)     # before the update touches the weights
-            check_finite(step + 1, "gradient norm", norm, args.output_dir)
+            try:
+                loss, norm, batches = forward_backward(args, dist, model, train_loader, grad_accum_steps)
+            except nonfinite.NonFinite as e:                         # --check-finite found one
+                raise UserError(f"step {step + 1}: {e}: {last_checkpoint_words(args.output_dir)}") from None
+            for what, value in (("loss", loss), ("gradient norm", norm)):   # before the update touches the weights
+                check_finite(step + 1, what, value, args.output_dir, model, batches, grad_accum_steps)
             zl, zn = loss_outliers.update(loss), norm_outliers.update(norm)
             lr = get_lr(step, num_steps, args.lr, args.warmup, args.final_lr_frac, args.schedule)
             if args.skip_loss_z > 0 and zl > args.skip_loss_z:            # llm.c's -sl / -sg
@@ -539,18 +555,22 @@ def train(args):
 
 def forward_backward(args, dist, model, train_loader, grad_accum_steps):
     """Forward and backward over the step's micro-batches, gradients accumulated and averaged over
-    processes: (mean loss, global gradient norm), host floats (the step's two reads from the device)."""
+    processes: (mean loss, global gradient norm, the micro-batches [(x, y)]); loss and norm are host
+    floats (the step's two reads from the device). With --check-finite every layer's outputs are
+    checked as they are made (nonfinite.checked)."""
     if args.overfit_single_batch:
         train_loader.reset()
     model.zero_grad()
-    loss = 0.0
-    for _ in range(grad_accum_steps):
-        x, y = train_loader.next_batch()
-        loss = loss + model.forward(x, y)            # stays on the device until read below
-        model.backward(grad_accum_steps=grad_accum_steps)
+    loss, batches = 0.0, []
+    with nonfinite.checked(model) if args.check_finite else contextlib.nullcontext():
+        for _ in range(grad_accum_steps):
+            x, y = train_loader.next_batch()
+            batches.append((x, y))
+            loss = loss + model.forward(x, y)        # stays on the device until read below
+            model.backward(grad_accum_steps=grad_accum_steps)
     dist.reduce_gradients(model)
     norm = dist.grad_norm(model)
-    return dist.average(float(loss) / grad_accum_steps), norm
+    return dist.average(float(loss) / grad_accum_steps), norm, batches
 
 
 def gpu_memory_line():
@@ -566,12 +586,20 @@ def clip_scale(norm, max_norm=1.0):
     return max_norm / norm if norm > max_norm else 1.0
 
 
-def check_finite(step, what, value, output_dir):
+def check_finite(step, what, value, output_dir, model=None, batches=(), grad_accum_steps=1):
     """Stop the run (one line, exit 1) at the first NaN or inf loss or gradient norm, before the weights
-    take an update from it."""
-    if not math.isfinite(value):
-        raise UserError(f"step {step}: the {what} is {value} (training diverged; a lower -l or more -u "
-                        f"warmup usually helps): {last_checkpoint_words(output_dir)}")
+    take an update from it. With the step's micro-batches, they are run again with a check after every
+    layer (nonfinite.locate), and the line names the first layer and tensor that held NaN or inf."""
+    if math.isfinite(value):
+        return
+    where = None
+    if model is not None and batches:
+        where = nonfinite.locate(model, [x for x, _ in batches], [y for _, y in batches], grad_accum_steps, step=step)
+    found = f"{where}; the {what} is {value}" if where else (
+        f"step {step}: the {what} is {value}" + (" (running the step again with checks found no layer "
+                                                  "output that was not finite)" if batches else ""))
+    raise UserError(f"{found} (training diverged; a lower -l or more -u warmup usually helps): "
+                    f"{last_checkpoint_words(output_dir)}")
 
 
 def hellaswag_examples(args, model, B, T, log):

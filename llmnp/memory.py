@@ -369,14 +369,14 @@ def duration(seconds):
 
 
 def eta_line(step, num_steps, step_seconds, window=20):
-    """'step 100/1000: 1m02s so far, 9m18s to go at 620 ms/step (ETA 14:32)': the time left for the
+    """'time: 100 of 1000 steps in 1m02s, 9m18s to go at 620 ms/step (ETA 14:32)': the time left for the
     remaining steps at the mean of the last `window` measured step times (the first step, which
     allocates and compiles, left out once there are others). step_seconds: every step's duration so far."""
     times = list(step_seconds[1:] if len(step_seconds) > 1 else step_seconds)[-window:]
     if not times:
-        return f"step {step}/{num_steps}"
+        return f"time: {step} of {num_steps} steps"
     per_step = sum(times) / len(times)
     left = max(0, num_steps - step) * per_step
     finish = time.strftime("%H:%M", time.localtime(time.time() + left))
-    return (f"step {step}/{num_steps}: {duration(sum(step_seconds))} so far, {duration(left)} to go at "
+    return (f"time: {step} of {num_steps} steps in {duration(sum(step_seconds))}, {duration(left)} to go at "
             f"{1000 * per_step:,.0f} ms/step (ETA {finish})")

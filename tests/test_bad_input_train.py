@@ -99,7 +99,7 @@ def test_a_batch_larger_than_memory_is_refused_before_training(tiny_run, capsys,
     monkeypatch.setattr(llmnp.memory, "available_bytes", tight)
     status, err = fails(train_gpt2.main, tiny_run + ["-x", "1"], capsys)
     assert status == 1
-    assert_one_line(err, "training this model at B=2 T=16", "lower -b")
+    assert_one_line(err, "this run needs", "more at its peak", "not even -b 1 fits")
 
 
 # ---------------------------------------------------------------------------- the -o folder

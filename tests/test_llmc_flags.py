@@ -66,9 +66,9 @@ def test_a_loss_spike_skips_the_update(tiny_run, tmp_path, capsys, monkeypatch):
     calls = []
 
     def spiky(*a):
-        loss, norm = real(*a)
+        loss, norm, batches = real(*a)
         calls.append(1)
-        return (loss * 100 if len(calls) == 130 else loss), norm
+        return (loss * 100 if len(calls) == 130 else loss), norm, batches
     monkeypatch.setattr(train_gpt2, "forward_backward", spiky)
     out_dir = tmp_path / "run"
     assert train_gpt2.main(tiny_run + ["-x", "130", "-n", "129", "-sl", "3", "-v", "0", "-s", "0",
@@ -86,9 +86,9 @@ def test_a_norm_spike_skips_the_update(tiny_run, capsys, monkeypatch):
     calls = []
 
     def spiky(*a):
-        loss, norm = real(*a)
+        loss, norm, batches = real(*a)
         calls.append(1)
-        return loss, (norm * 1000 if len(calls) == 130 else norm)
+        return loss, (norm * 1000 if len(calls) == 130 else norm), batches
     monkeypatch.setattr(train_gpt2, "forward_backward", spiky)
     assert train_gpt2.main(tiny_run + ["-x", "130", "-sg", "5", "-v", "0", "-s", "0"]) == 0
     assert capsys.readouterr().out.count("skipping update due to grad z-score of") == 1

@@ -127,4 +127,4 @@ def test_time():
     assert ms > 0 and "ms/step" in text and "GFLOP/s" in text
     assert duration(41.2) == "41s" and duration(187) == "3m07s" and duration(3725) == "1h02m"
     line = eta_line(10, 110, [5.0] + [0.5] * 9)
-    assert line.startswith("step 10/110: 10s so far, 50s to go at 500 ms/step (ETA ")
+    assert line.startswith("time: 10 of 110 steps in 10s, 50s to go at 500 ms/step (ETA ")
