@@ -44,7 +44,12 @@ def parallel_for(n, fn, grain=BLOCK):
         fn(0, n)
         return
     bounds = [n * i // parts for i in range(parts + 1)]
-    futures = [_executor().submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+    err = np.geterr()                        # NumPy's error handling is per thread: the caller's applies
+
+    def part(lo, hi):
+        with np.errstate(**err):
+            fn(lo, hi)
+    futures = [_executor().submit(part, bounds[i], bounds[i + 1]) for i in range(1, parts)]
     try:
         fn(bounds[0], bounds[1])
     finally:
