@@ -141,3 +141,38 @@ def test_first_step_hands_adamw_the_clipped_gradient(files, tmp_path, capsys, wh
     np.testing.assert_allclose(got["params"], p1, rtol=1e-6, atol=1e-9)
     moved = np.abs(got["params"] - p0)
     assert np.median(moved[g != 0]) > 0.5 * lr                          # Adam's first step: ~lr per weight
+
+
+def test_norm_squared_over_several_dot_products():
+    from llmnp.adamw import NORM_CHUNK, global_norm_squared
+    g = np.random.default_rng(3).standard_normal(2 * NORM_CHUNK + 7).astype(np.float32)
+    want = float(np.sum(g.astype(np.float64) ** 2))
+    assert abs(global_norm_squared(g) - want) <= 1e-5 * want
+    assert abs(global_norm_squared(g[-7:]) - float(np.sum(g[-7:].astype(np.float64) ** 2))) <= 1e-5 * want
+
+
+def test_update_without_grad_scale_takes_the_gradient_as_it_is():
+    model = GPT2(CONFIG, dtype=np.float64, seed=2)
+    model.zero_grad()
+    model.grads_memory[...] = np.random.default_rng(4).standard_normal(model.num_parameters)
+    model.update(1e-3, 0.9, 0.95, 1e-8, 0.0, 1)
+    m, v, _ = model.optimizer_state_to_host()
+    g = model.grads_memory
+    np.testing.assert_allclose(m, (1 - 0.9) * g, rtol=1e-6)
+    np.testing.assert_allclose(v, (1 - 0.95) * g * g, rtol=1e-6)
+
+
+def test_shard_sum_of_squares_is_its_slice_only():
+    """ZeRO-1: each process's share of the norm; the processes' shares add up to the whole."""
+    model = GPT2(CONFIG, dtype=np.float64, seed=2)
+    model.zero_grad()
+    g = np.random.default_rng(5).standard_normal(model.num_parameters)
+    model.grads_memory[...] = g
+    n = model.num_parameters
+    cuts = [0, n // 3, n // 3 + 1, n]
+    shares = []
+    for start, end in zip(cuts, cuts[1:]):
+        model.set_shard(start, end)
+        shares.append(model.shard_grad_squares())
+        assert shares[-1] == pytest.approx(float(np.sum(g[start:end] ** 2)), rel=1e-12)
+    assert math.sqrt(sum(shares)) == pytest.approx(model.grad_norm(), rel=1e-12)
