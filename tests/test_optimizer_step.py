@@ -176,3 +176,22 @@ def test_shard_sum_of_squares_is_its_slice_only():
         shares.append(model.shard_grad_squares())
         assert shares[-1] == pytest.approx(float(np.sum(g[start:end] ** 2)), rel=1e-12)
     assert math.sqrt(sum(shares)) == pytest.approx(model.grad_norm(), rel=1e-12)
+
+
+def test_update_of_a_shard_touches_its_slice_with_state_of_its_size():
+    model = GPT2(CONFIG, dtype=np.float64, seed=2)
+    model.zero_grad()
+    g = np.random.default_rng(6).standard_normal(model.num_parameters)
+    model.grads_memory[...] = g
+    p0 = model.params_memory.copy()
+    start, end = 1000, 2500                                           # inside wte, then past it
+    model.set_shard(start, end)
+    model.update(1e-3, 0.9, 0.95, 1e-8, 0.0, 1)
+    m, v, _ = model.optimizer_state_to_host()
+    assert m.shape == v.shape == (end - start,)
+    np.testing.assert_allclose(m, 0.1 * g[start:end], rtol=1e-6)
+    np.testing.assert_array_equal(model.params_memory[:start], p0[:start])
+    np.testing.assert_array_equal(model.params_memory[end:], p0[end:])
+    gs = g[start:end]                                                 # step 1: m_hat = g, sqrt(v_hat) = |g|
+    np.testing.assert_allclose(model.params_memory[start:end], p0[start:end] - 1e-3 * gs / (np.abs(gs) + 1e-8),
+                               rtol=1e-12, atol=1e-15)
