@@ -7,11 +7,11 @@ train_gpt2.py (and llm.c) write, with OpenAI's GPT-2 checkpoints as reference li
 main.log lines: `s:STEP trl:LOSS ...` (train), `s:STEP tel:LOSS` (val), `s:STEP eval:ACC` (HellaSwag);
 the first name:value after the step is the one read, and a later line for the same step wins.
 """
-import argparse
 import io
 import os
 from dataclasses import dataclass
 
+from llmnp import cli
 from llmnp.errors import UserError, run_cli
 from llmnp.fileio import write_atomic
 
@@ -188,7 +188,7 @@ def verdicts(exp, run_dirs):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Plot train/val loss and HellaSwag from main.log files.")
+    parser = cli.ArgumentParser("python -m llmnp.plot", "Plot train/val loss and HellaSwag from main.log files.")
     parser.add_argument("runs", nargs="*", help="training output dirs (or main.log paths)")
     parser.add_argument("-o", "--out", default=None, help="PNG to write (default: RUN/plot.png of the first run, "
                                                           "or expect_NAME.png with --expect and no run)")
