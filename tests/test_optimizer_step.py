@@ -195,3 +195,32 @@ def test_update_of_a_shard_touches_its_slice_with_state_of_its_size():
     gs = g[start:end]                                                 # step 1: m_hat = g, sqrt(v_hat) = |g|
     np.testing.assert_allclose(model.params_memory[start:end], p0[start:end] - 1e-3 * gs / (np.abs(gs) + 1e-8),
                                rtol=1e-12, atol=1e-15)
+
+
+def test_master_weights_take_the_update_and_bf16_parameters_a_neighbour_of_it():
+    """bf16 parameters with float32 master weights: AdamW updates the masters (the formula in float64
+    here), the bf16 parameters get one of the two bf16 values around each master."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    model = GPT2(CONFIG, dtype="bfloat16", seed=2)
+    assert model.master_memory is not None
+    model.zero_grad()
+    # gradients of a few significant bits, whose squares bf16 holds exactly (the CPU's update squares
+    # the bf16 gradient in bf16 arithmetic, 2^-9 relative, which this test is not about)
+    rng = np.random.default_rng(7)
+    g = (rng.choice([-1.5, -1.0, -0.75, 0.75, 1.0, 1.5], model.num_parameters)
+         * 2.0 ** rng.integers(-6, 3, model.num_parameters)).astype(np.float32)
+    model.grads_memory[...] = g.astype(ml_dtypes.bfloat16)
+    g = model.grads_memory.astype(np.float64)                         # the bf16 gradient AdamW reads
+    master0 = model.master_memory.astype(np.float64)
+    model.update(1e-2, 0.9, 0.95, 1e-8, 0.0, 1, grad_scale=0.5)
+    want = master0 - 1e-2 * (0.5 * g) / (np.abs(0.5 * g) + 1e-8)
+    ulp = float(np.spacing(np.float32(np.abs(master0).max() + 1e-2)))   # float32 rounding at the largest master
+    np.testing.assert_allclose(model.master_memory, want, rtol=1e-6, atol=2 * ulp)
+    m, v, master = model.optimizer_state_to_host()
+    np.testing.assert_allclose(m, 0.1 * 0.5 * g, rtol=1e-6)
+    np.testing.assert_array_equal(master, model.master_memory)
+    p = model.params_memory.astype(np.float64)
+    x = model.master_memory.astype(np.float64)
+    down = model.master_memory.astype(ml_dtypes.bfloat16).astype(np.float64)     # nearest, one side of x
+    assert np.all(np.abs(p - x) <= np.abs(x) * 2.0 ** -7 + 1e-30)               # within one bf16 step
+    assert np.mean(p != down) < 0.6 and np.any(p != x)
