@@ -188,7 +188,76 @@ print("model.update matches the scratch AdamW on all 16 tensors")
 # %% [markdown]
 # The optimizer state is two more copies of the parameters, `m_memory` and `v_memory`, in the same
 # flat layout. With many GPUs, that state can be split between them instead of copied
-# ([notebook 11](11_data_parallel.ipynb), ZeRO-1). On the GPU,
-# [llmnp/cuda/adamw.cu](../llmnp/cuda/adamw.cu) is one elementwise kernel over the flat buffers.
+# ([notebook 11](11_data_parallel.ipynb), ZeRO-1).
 #
+# ## On the GPU
+#
+# [llmnp/cuda/adamw.cu](../llmnp/cuda/adamw.cu) is one elementwise kernel over the flat buffers: thread
+# `i = blockIdx.x * blockDim.x + threadIdx.x` updates parameter `i`, reading its gradient, m and v
+# once and writing each once; no thread talks to another. In bf16 training the parameters are stored
+# in bf16 and AdamW works on an fp32 **master copy** (`adamw_update_master`): the thread updates
+# `master[i]` and writes `params[i]` from it, rounded to bf16. bf16 keeps 8 bits of mantissa, so near
+# 1.0 its values are 2^-7 ≈ 0.008 apart, and an AdamW step of lr ≈ 1e-4 is far smaller than that:
+# rounded to nearest, `params[i]` would often not move at all. The kernel rounds **stochastically**:
+# up with probability (the 16 bits dropped) / 2^16, so on average the bf16 value is the fp32 one. The
+# 16 random bits come from a hash of the parameter's position in the flat buffer and a seed of the
+# step and tensor (`rounding_bits`), so the rounding is the same on a resumed run. As a loop over
+# threads, with the NumPy reference `stochastic_round_bf16` for the rounding:
+
+# %%
+import ml_dtypes
+
+from llmnp.adamw import rounding_bits, stochastic_round_bf16
+
+
+def adamw_master_threads(params, master, g, m, v, lr, beta1, beta2, eps, weight_decay, t, seed, offset=0):
+    bc1, bc2 = 1 - beta1**t, 1 - beta2**t
+    for i in range(params.size):                            # i = blockIdx.x * blockDim.x + threadIdx.x
+        m[i] = beta1 * m[i] + (1 - beta1) * g[i]
+        v[i] = beta2 * v[i] + (1 - beta2) * g[i] * g[i]
+        p = np.float32(master[i] - lr * (m[i] / bc1 / (np.sqrt(v[i] / bc2) + eps) + weight_decay * master[i]))
+        master[i] = p
+        bits = (int(p.view(np.uint32)) + int(rounding_bits(np.array([offset + i], np.uint64), seed)[0])) >> 16
+        params[i] = np.uint16(bits & 0xFFFF).view(ml_dtypes.bfloat16)   # the kept 16 bits, carry included
+
+
+n = 300
+master = rng.normal(size=n).astype(np.float32)
+g32 = rng.normal(size=n).astype(np.float32)
+m32, v32 = np.zeros(n, np.float32), np.zeros(n, np.float32)
+params = master.astype(ml_dtypes.bfloat16)
+master_ref = master.copy()
+adamw_master_threads(params, master, g32, m32, v32, 1e-3, 0.9, 0.95, 1e-8, 0.0, 1, seed=7)
+adamw_update(master_ref, g32, np.zeros(n, np.float32), np.zeros(n, np.float32), 1e-3, 0.9, 0.95, 1e-8, 0.0, 1)
+print("master weights as adamw_update's:", np.allclose(master, master_ref, rtol=1e-6))
+print("params = stochastic_round_bf16(master):",
+      np.array_equal(params.view(np.uint16), stochastic_round_bf16(master, seed=7).view(np.uint16)))
+x = np.full(100_000, 1 + 0.3 * 2**-7, np.float32)                  # 30% of the way to the next bf16 value
+print(f"mean of 100,000 roundings of {x[0]:.7f}: {stochastic_round_bf16(x, seed=1).astype(np.float64).mean():.7f}"
+      f" (to nearest: {float(x[:1].astype(ml_dtypes.bfloat16)[0]):.7f})")
+
+# %%
+from kernels import GPU, compile_kernels, show
+
+show("adamw", "adamw_update_master(", "}")
+print()
+show("common.cuh", "__device__ __forceinline__ unsigned rounding_bits(", "return x & 0xFFFFu;")
+compile_kernels("adamw")
+
+# %%
+if not GPU:
+    print("skipped: no GPU here (CuPy missing or no CUDA device)")
+else:
+    import cupy as cp
+
+    from llmnp import cuda
+
+    master_d = cp.asarray(master_ref)
+    params_d = master_d.astype(ml_dtypes.bfloat16)
+    g_d, m_d, v_d = cp.asarray(g32).astype(ml_dtypes.bfloat16), cp.zeros(n, cp.float32), cp.zeros(n, cp.float32)
+    cuda.adamw_update(params_d, g_d, m_d, v_d, 1e-3, 0.9, 0.95, 1e-8, 0.0, 1, master=master_d, seed=7)
+    same = np.array_equal(params_d.get().view(np.uint16), stochastic_round_bf16(master_d.get(), seed=7).view(np.uint16))
+    print("GPU params = stochastic_round_bf16(GPU master):", same)
+
+# %% [markdown]
 # Next: [09 training](09_training.ipynb), all of it together.
