@@ -224,3 +224,15 @@ def test_master_weights_take_the_update_and_bf16_parameters_a_neighbour_of_it():
     down = model.master_memory.astype(ml_dtypes.bfloat16).astype(np.float64)     # nearest, one side of x
     assert np.all(np.abs(p - x) <= np.abs(x) * 2.0 ** -7 + 1e-30)               # within one bf16 step
     assert np.mean(p != down) < 0.6 and np.any(p != x)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1.0, 0.25])
+def test_adamw_update_defaults_to_no_scale_and_decays_at_any_rate(weight_decay):
+    from llmnp.adamw import adamw_update
+    rng = np.random.default_rng(8)
+    p0, g = rng.standard_normal(300), rng.standard_normal(300)
+    p, m, v = p0.copy(), np.zeros(300), np.zeros(300)
+    adamw_update(p, g, m, v, 1e-2, 0.9, 0.95, 1e-8, weight_decay, 1)             # grad_scale left out
+    np.testing.assert_allclose(m, 0.1 * g, rtol=1e-12)
+    np.testing.assert_allclose(v, 0.05 * g * g, rtol=1e-12)
+    np.testing.assert_allclose(p, p0 - 1e-2 * (g / (np.abs(g) + 1e-8) + weight_decay * p0), rtol=1e-12, atol=1e-15)
