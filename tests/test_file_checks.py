@@ -182,6 +182,8 @@ def test_save_state_defaults_and_float32_payload(tmp_path):
     assert (u64[10], u64[11], u64[15], u64[16]) == (0, 0, 0, 0)             # no rng state, loader at the start
     assert struct.unpack_from("<6i", raw, 0) == (20240527, 1, 1, 0, 0, 0)
     assert raw[1024:] == m64.astype("<f4").tobytes() + v64.astype("<f4").tobytes()
+    save_state(tmp_path / "t.bin", 2, m64, v64, master=m64 + 1)               # master weights too
+    assert (tmp_path / "t.bin").read_bytes()[1024 + 40:] == (m64 + 1).astype("<f4").tobytes()
 
 
 @pytest.mark.parametrize("m, v, master", [
