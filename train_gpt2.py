@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 from llmnp import GPT2, GPT2Config, cli  # noqa: E402
 from llmnp.adamw import BETA1, BETA2, EPS  # noqa: E402
 from llmnp.errors import Interrupted, UserError, run_cli  # noqa: E402
+from llmnp.fileio import io_error  # noqa: E402
 from llmnp import memory, nonfinite  # noqa: E402
 from llmnp.schedule import SCHEDULES, get_lr  # noqa: E402
 
@@ -456,8 +457,11 @@ def train(args):
 
     def log_line(text):
         if logfile:
-            logfile.write(text + "\n")
-            logfile.flush()
+            try:
+                logfile.write(text + "\n")
+                logfile.flush()
+            except OSError as e:                 # a full disk mid-run: one line, the checkpoints stay
+                raise io_error(logfile.name, e) from None
 
     def due(n, step):
         """Whether a cadence of n steps (0: never) falls on step, the last step included; the resumed
