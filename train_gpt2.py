@@ -56,7 +56,9 @@ PEAK_BF16_TFLOPS = {"H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H100": 989.0, 
                     "A100": 312.0, "A10G": 125.0, "L4": 121.0, "RTX 4090": 165.0}
 
 
-def parse_args(argv):
+def make_parser():  # pragma: no mutate block
+    """The flags, as a declaration: names, types, defaults and help text (tests/test_llmc_flags.py
+    checks the names and defaults against llm.c's; the rules that join flags live in parse_args)."""
     p = cli.ArgumentParser("python train_gpt2.py", "Train GPT-2 (llm.c's flags).", add_help=False)
     p.add_argument("--help", action="help", help="show this message and exit")
     g = p.add_argument_group("data / io")
@@ -121,7 +123,11 @@ def parse_args(argv):
                    help="how the processes find each other: mpi (mpiexec), tcp (-ps), fs (-pf)")
     g.add_argument("-pf", "-pp", "--init-folder", default=None, help="fs: a folder every process can read")
     g.add_argument("-ps", "--init-server", default=None, help="tcp: the address of process 0")
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv):
+    args = make_parser().parse_args(argv)
     for key, value in DEVICE_DEFAULTS[args.device].items():
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -131,9 +131,24 @@ def test_loader_errors(tmp_path):
     with pytest.raises(UserError, match="world_size\\*B\\*T\\+1 = 9"):
         DataLoader(str(tmp_path / "short.bin"), 2, 4, vocab_size=100)
     DataLoader(str(tmp_path / "short.bin"), 1, 7, vocab_size=100)          # 8 tokens = one 7+1 window
-    write_shard(tmp_path / "big.bin", [1, 2, 3, 99, 4])
+
+
+@pytest.mark.parametrize("where", [0, 3, 4, 9])
+def test_a_token_id_too_large_is_found_anywhere(tmp_path, where):
+    """Any position: the first and last token, and either side of the check's block edge (block=4)."""
+    tokens = [1] * 10
+    tokens[where] = 99
+    write_shard(tmp_path / "a.bin", [2] * 10)
+    write_shard(tmp_path / "b.bin", tokens)                    # the second shard: every shard is checked
+    loader = DataLoader.__new__(DataLoader)
+    loader.files, loader.shard_tokens, loader.num_tokens = [str(tmp_path / "a.bin"), str(tmp_path / "b.bin")], [10, 10], 20
+    loader.vocab_size, loader.rank = 99, 0
+    with pytest.raises(UserError, match="b.bin holds token id 99"):
+        loader._check_token_ids(block=4)
+    loader.vocab_size = 100
+    loader._check_token_ids(block=4)
     with pytest.raises(UserError, match="token id 99"):
-        DataLoader(str(tmp_path / "big.bin"), 1, 2, vocab_size=99)
+        DataLoader(str(tmp_path / "*.bin"), 1, 2, vocab_size=99)
 
 
 # ------------------------------------------------------------------------------------------ mt19937

@@ -151,6 +151,26 @@ def test_help_lists_llmcs_flags():
     assert "(default: None)" not in p.stdout
 
 
+
+# llm.c's defaults, from its flag table (train_gpt2.cu's usage and parser); None where llmnp fills the
+# value in later (-e: the device's default file; -d -1 and -pn: B*T*processes and 1 process)
+LLMC_GPU_DEFAULTS = dict(
+    model=None, output_dir=None, log_gpu_every=-1, checkpoint_every=0, checkpoints_kept=0, major_every=0,
+    resume=0, batch_size=4, seq_len=1024, total_batch=-1, max_steps=-1, schedule="cosine", lr=3e-4, warmup=0,
+    final_lr_frac=1.0, weight_decay=0.0, skip_loss_z=0.0, skip_norm_z=0.0, val_every=20, val_batches=20,
+    sample_every=20, gen_tokens=64, hellaswag=0, overfit_single_batch=0, tf32=1, master_weights=1,
+    gelu_fusion=-1, zero_stage=0, recompute=1, num_processes=None, process_rank=0, gpus_per_node=8,
+    init_method="mpi", dtype="bf16")
+# the CPU: train_gpt2.c's demo (B=4, T=64, lr 1e-4, val every 10 steps over 5 batches), 20 steps (llmnp's)
+LLMC_CPU_DEFAULTS = dict(LLMC_GPU_DEFAULTS, batch_size=4, seq_len=64, lr=1e-4, val_every=10, val_batches=5,
+                         sample_every=20, max_steps=20, dtype="fp32")
+
+
+@pytest.mark.parametrize("device, expected", [("cuda", LLMC_GPU_DEFAULTS), ("cpu", LLMC_CPU_DEFAULTS)])
+def test_flag_defaults_are_llmcs(device, expected):
+    args = vars(train_gpt2.parse_args(["--device", device]))
+    assert {k: args[k] for k in expected} == expected
+
 # ------------------------------------------------------------------- processes without mpiexec
 @pytest.mark.parametrize("flags, words", [
     (["-pn", "2", "-pr", "0", "-pi", "fs", "-pf", "."], "needs --device cuda"),
