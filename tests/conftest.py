@@ -1,4 +1,9 @@
-"""Shared by the tests: `requires_gpu` skips a test where CuPy sees no CUDA GPU (CI has none)."""
+"""Shared by the tests: `requires_gpu` skips a test where CuPy sees no CUDA GPU (CI has none); the
+`tiny_run` fixture; and, under mutation testing only, which tests run against a mutant."""
+import json
+import os
+import re
+
 import pytest
 
 
@@ -29,3 +34,43 @@ def tiny_run(tmp_path_factory):
     write_shard(str(d / "train.bin"), tokens)
     write_shard(str(d / "val.bin"), tokens[:600])
     return ["-e", str(d / "tiny.bin"), "-i", str(d / "train.bin"), "-j", str(d / "val.bin"), "-b", "2", "-t", "16"]
+
+
+# ------------------------------------------------------------------------------- mutation testing
+# mutation/run.sh (mutmut) runs, for each mutant, the tests that execute the mutated function. Of those,
+# only the fast test files of the mutated module (below) run, fastest first, and none slower than
+# MUTATION_SLOW_S (the end-to-end runs of train_gpt2.py in a subprocess, which CI runs): a killed
+# mutant then costs its first failing test, and a full run fits in an hour on two cores.
+LAYER_TESTS = ["test_layers.py", "test_gradient_rules.py", "test_numerics.py", "test_reference_model.py",
+               "test_parallel.py"]
+MUTATION_TESTS = {
+    **{f"llmnp.{m}": LAYER_TESTS for m in ("encoder", "layernorm", "matmul", "attention", "gelu", "residual",
+                                           "classifier")},
+    "llmnp.model": LAYER_TESTS + ["test_model.py", "test_optimizer_step.py", "test_stochastic_rounding.py",
+                                  "test_checkpoint.py"],
+    "llmnp.adamw": ["test_adamw.py", "test_stochastic_rounding.py", "test_optimizer_step.py", "test_parallel.py"],
+    "llmnp.schedule": ["test_schedule.py", "test_schedule_formula.py"],
+    "llmnp.data": ["test_data.py", "test_loader_ranks.py", "test_bad_input_readers.py", "test_checkpoint.py"],
+    "llmnp.fileio": ["test_fileio.py", "test_file_checks.py", "test_headers.py", "test_bad_input_readers.py"],
+    "llmnp.checkpoint": ["test_checkpoint.py", "test_headers.py", "test_file_checks.py",
+                         "test_bad_input_readers.py", "test_export.py"],
+    "train_gpt2": ["test_optimizer_step.py", "test_llmc_flags.py", "test_train_gpt2.py", "test_bad_input_train.py"],
+}
+MUTATION_SLOW_S = 3.0
+
+
+def pytest_collection_modifyitems(config, items):
+    mutant = re.match(r"(.+?)\.x[_\u01c1].*__mutmut_\d+$", os.environ.get("MUTANT_UNDER_TEST", ""))
+    if not mutant:
+        return                                     # a normal run, or mutmut's own clean and stats runs
+    files = MUTATION_TESTS.get(mutant.group(1), [])
+    try:
+        with open("mutmut-stats.json") as f:      # mutmut runs in its mutants/ folder
+            seconds = json.load(f)["duration_by_test"]
+    except (OSError, ValueError, KeyError):
+        seconds = {}
+    keep = [item for item in items if os.path.basename(str(item.path)) in files
+            and seconds.get(item.nodeid, 0.0) <= MUTATION_SLOW_S]
+    kept = set(keep)
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    items[:] = sorted(keep, key=lambda item: seconds.get(item.nodeid, 0.0))
