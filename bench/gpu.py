@@ -2,6 +2,7 @@
 
     python bench/gpu.py                              # d12, T=1024, B in 4 16 64, fp32 and bf16, both
     python bench/gpu.py --batch 64 --dtype bf16      # a subset
+    python bench/gpu.py -e d48 --batch 8 --dtype bf16 --impl llmnp torch.compile -r 1   # a bigger GPT-2
     python bench/gpu.py --row llmnp bf16 64          # one row, printed as JSON (what the table runs)
 
 A step is what train_gpt2.py does per optimizer step with no gradient accumulation: forward with loss,
@@ -52,11 +53,12 @@ def time_steps(step, sync, warmup, steps):
     return float(np.median(times)), peak, loss
 
 
-def row_llmnp(dtype, B, T, warmup, steps):
+def row_llmnp(dtype, B, T, warmup, steps, model_name, recompute):
     import cupy
     from llmnp import GPT2, GPT2Config
     from llmnp.adamw import BETA1, BETA2, EPS
-    model = GPT2(GPT2Config.preset("d12"), device="cuda", dtype={"fp32": np.float32, "bf16": "bfloat16"}[dtype], seed=0)
+    model = GPT2(GPT2Config.preset(model_name), device="cuda", dtype={"fp32": np.float32, "bf16": "bfloat16"}[dtype],
+                 seed=0, recompute=recompute)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 50257, size=(B, T + 1)).astype(np.int32)
     x, y = tokens[:, :-1], tokens[:, 1:]
@@ -73,15 +75,17 @@ def row_llmnp(dtype, B, T, warmup, steps):
     return sec, peak, loss, model.flops_per_token
 
 
-def row_torch(dtype, B, T, warmup, steps, compile_model):
+def row_torch(dtype, B, T, warmup, steps, compile_model, model_name):
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
 
+    from llmnp import GPT2Config
     from llmnp.adamw import BETA1, BETA2, EPS
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    L, NH, C, V, maxT = 12, 12, 768, 50304, 1024
+    config = GPT2Config.preset(model_name)
+    L, NH, C, V, maxT = config.num_layers, config.num_heads, config.channels, config.padded_vocab_size, config.max_seq_len
 
     class Block(nn.Module):
         def __init__(self):
@@ -141,14 +145,14 @@ def row_torch(dtype, B, T, warmup, steps, compile_model):
     return sec, peak, loss, 6 * n_params + 6 * L * C * maxT
 
 
-def run_row(impl, dtype, B, T, warmup, steps):
+def run_row(impl, dtype, B, T, warmup, steps, model_name="d12", recompute=0):
     if impl == "llmnp":
-        sec, peak, loss, fpt = row_llmnp(dtype, B, T, warmup, steps)
+        sec, peak, loss, fpt = row_llmnp(dtype, B, T, warmup, steps, model_name, recompute)
     else:
-        sec, peak, loss, fpt = row_torch(dtype, B, T, warmup, steps, compile_model=impl == "torch.compile")
+        sec, peak, loss, fpt = row_torch(dtype, B, T, warmup, steps, impl == "torch.compile", model_name)
     tok = B * T / sec
-    return dict(impl=impl, dtype=dtype, B=B, T=T, ms=1000 * sec, tok_s=tok, mfu=fpt * tok / PEAK_BF16,
-                peak_gib=peak, loss=loss)
+    return dict(model=model_name, impl=impl, dtype=dtype, B=B, T=T, ms=1000 * sec, tok_s=tok,
+                mfu=fpt * tok / PEAK_BF16, peak_gib=peak, loss=loss)
 
 
 def main(argv=None):
@@ -161,13 +165,17 @@ def main(argv=None):
     p.add_argument("--compile-batch", type=int, nargs="+", default=[64],
                    help="batch sizes with a torch.compile row (bf16 only; compiling takes a minute)")
     p.add_argument("-t", "--seq-len", type=int, default=1024)
+    p.add_argument("-e", "--model", default="d12", help="GPT-2 descriptor: d12, d24, d36, d48")
+    p.add_argument("-r", "--recompute", type=int, default=0, choices=(0, 1, 2),
+                   help="llmnp's recompute (train_gpt2.py -r): 1 GELU, 2 GELU and layernorms")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args(argv)
     if args.row:
         impl, dtype, B = args.row
-        print(json.dumps(run_row(impl, dtype, int(B), args.seq_len, args.warmup, args.steps)))
+        print(json.dumps(run_row(impl, dtype, int(B), args.seq_len, args.warmup, args.steps, args.model,
+                                 args.recompute)))
         return
     rows = []
     for dtype in args.dtype:
@@ -176,14 +184,15 @@ def main(argv=None):
                 if impl == "torch.compile" and (dtype != "bf16" or B not in args.compile_batch):
                     continue
                 cmd = [sys.executable, os.path.abspath(__file__), "--row", impl, dtype, str(B),
-                       "-t", str(args.seq_len), "--warmup", str(args.warmup), "--steps", str(args.steps)]
+                       "-t", str(args.seq_len), "--warmup", str(args.warmup), "--steps", str(args.steps),
+                       "-e", args.model, "-r", str(args.recompute)]
                 r = subprocess.run(cmd, capture_output=True, text=True)
                 line = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
                 if r.returncode == 0 and line.startswith("{"):
                     rows.append(json.loads(line))
                 else:
                     err = (r.stderr.strip().splitlines() or ["?"])[-1]
-                    rows.append(dict(impl=impl, dtype=dtype, B=B, T=args.seq_len, error=err[:90]))
+                    rows.append(dict(model=args.model, impl=impl, dtype=dtype, B=B, T=args.seq_len, error=err[:90]))
                 print(json.dumps(rows[-1]), flush=True)
     if args.json:
         with open(args.json, "w") as f:
@@ -192,14 +201,15 @@ def main(argv=None):
 
 
 def table(rows):
-    lines = ["| impl | dtype | B | T | ms/step | tok/s | MFU | peak GiB | loss |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | impl | dtype | B | T | ms/step | tok/s | MFU | peak GiB | loss |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        head = f"| {r['model']} | {r['impl']} | {r['dtype']} | {r['B']} | {r['T']} |"
         if "error" in r:
-            lines.append(f"| {r['impl']} | {r['dtype']} | {r['B']} | {r['T']} | failed: {r['error']} |||||")
+            lines.append(f"{head} failed: {r['error']} |||||")
         else:
-            lines.append(f"| {r['impl']} | {r['dtype']} | {r['B']} | {r['T']} | {r['ms']:.1f} | {r['tok_s']:,.0f} | "
-                         f"{100 * r['mfu']:.1f}% | {r['peak_gib']:.1f} | {r['loss']:.3f} |")
+            lines.append(f"{head} {r['ms']:.1f} | {r['tok_s']:,.0f} | {100 * r['mfu']:.1f}% | {r['peak_gib']:.1f} | "
+                         f"{r['loss']:.3f} |")
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ outputs start random, overwritten ones start NaN), then the whole model against 
 Tolerances are on ||gpu - ref|| / ||ref||, the reference being the NumPy layer in float64 on the very
 inputs the GPU saw (bf16-rounded where the GPU stores bf16).
 """
+import glob
 import os
 
 import numpy as np
@@ -15,6 +16,8 @@ cp = pytest.importorskip("cupy")
 from conftest import gpu_available, requires_gpu  # noqa: E402
 from llmnp import layers as ref  # noqa: E402
 from llmnp.cuda import runtime  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FAMILIES = sorted(f[:-3] for f in os.listdir(runtime.KERNEL_DIR) if f.endswith(".cu"))
 
@@ -31,6 +34,26 @@ def test_kernel_file_compiles(family, bf16):
             assert runtime.compile_check(family, bf16, defines) > 0
         except (ImportError, OSError) as e:   # no NVRTC library on this machine
             pytest.skip(f"NVRTC not available: {e}")
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "dev", "cuda", "*.cu"))))
+def test_dev_variant_compiles(path):
+    """dev/cuda's kernel variants (dev/cuda/variants.py times them against the mainline) still build."""
+    pytest.importorskip("cupy_backends.cuda.libs.nvrtc")
+    from cupy.cuda import nvrtc
+    with open(path) as f:
+        prog = nvrtc.createProgram(f.read(), os.path.basename(path), [], [])
+    try:
+        options = ["-arch=sm_90", *runtime.compile_options(True, (("HS", 64),)), f"-I{runtime.KERNEL_DIR}"]
+        try:
+            nvrtc.compileProgram(prog, options)
+        except nvrtc.NVRTCError:
+            pytest.fail(nvrtc.getProgramLog(prog))
+        except (ImportError, OSError) as e:
+            pytest.skip(f"NVRTC not available: {e}")
+        assert len(nvrtc.getCUBIN(prog)) > 0
+    finally:
+        nvrtc.destroyProgram(prog)
 
 
 def test_no_gpu_is_a_user_error(monkeypatch):

@@ -2,15 +2,19 @@
 //
 // forward:  out = softmax(q k^T / sqrt(HS), causal) v per head, and lse (B,NH,T) float, the log-sum-exp
 //           of each softmax row. Online softmax over key tiles: no (T,T) buffer is ever written.
-// backward: D = rowsum(dout * out) (B,NH,T) float (attention_backward_rowdot), then the probabilities are recomputed from
-//           q, k and lse: dv = P^T dout, dP = dout v^T, dS = P (dP - D) / sqrt(HS), dk = dS^T q, dq = dS k.
-//           dqkv is overwritten. dk/dv (one pass per key tile) and dq (one pass per query tile) are
-//           separate kernels, so nothing is accumulated with atomics.
-// Two implementations, named by what they run on: *_fp32 (attention_forward_fp32,
-// attention_backward_dkdv_fp32, attention_backward_dq_fp32), fp32 arithmetic on CUDA cores, any HS up
-// to 128, fp32 or bf16 storage (the fp32 path, and the reference for the other); *_mma (the same three
-// with _mma), bf16 tensor cores (mma.sync m16n8k16, fp32 accumulation) for HS a multiple of 16 up to
-// 128 (GPT-2's 64; GPT-3's 64, 80, 96 and 128). attention_backward_rowdot serves both.
+// backward: D = rowsum(dout * out) (B,NH,T) float (attention_backward_rowdot), then the probabilities
+//           are recomputed from q, k and lse: dv = P^T dout, dP = dout v^T, dS = P (dP - D) / sqrt(HS),
+//           dk = dS^T q, dq = dS k. dqkv is overwritten.
+// Two implementations, named by what they run on:
+// - *_fp32: fp32 arithmetic on CUDA cores, any HS up to 128, fp32 or bf16 storage (the fp32 path, and the
+//   reference for the other): attention_forward_fp32; attention_backward_dkdv_fp32 (one pass per key
+//   tile) and attention_backward_dq_fp32 (one pass per query tile), so nothing is accumulated with atomics.
+// - *_mma: bf16 tensor cores (mma.sync m16n8k16, fp32 accumulation) for HS a multiple of 16 up to 128
+//   (GPT-2's 64; GPT-3's 64, 80, 96 and 128): attention_forward_mma; attention_backward_mma, one pass per
+//   key tile that also adds each tile's share of dq into a float buffer with atomics, then
+//   attention_backward_dq_store (dev/cuda/attention_split.cu keeps the two-kernel form, and the README
+//   there the times of both).
+// attention_backward_rowdot serves both.
 // Shapes: B batch, T time, NH heads, HS head size (a -D constant), C = NH*HS; qkv (B,T,3C) = Q | K | V
 // blocks of C; head h holds channels h*HS..(h+1)*HS of each; out, dout (B,T,C).
 #include "common.cuh"
@@ -65,8 +69,10 @@ extern "C" __global__ void attention_forward_fp32(floatX* out, float* lse, const
 }
 
 // D[b,h,t] = sum_d dout[b,t,h,d] * out[b,t,h,d]; `lanes` threads per (b, t, h) row: one 16-byte pack
-// each when HS is a whole number of packs that divides a warp, else a warp striding over the row
-extern "C" __global__ void attention_backward_rowdot(float* D, const floatX* dout, const floatX* out, int B, int T, int NH) {
+// each when HS is a whole number of packs that divides a warp, else a warp striding over the row.
+// dq_acc (B,T,C) float, when not null, is zeroed on the way (attention_backward_mma adds into it).
+extern "C" __global__ void attention_backward_rowdot(float* D, float* dq_acc, const floatX* dout, const floatX* out,
+                                                     int B, int T, int NH) {
     constexpr bool packed = HS % PACK == 0 && 32 % (HS / PACK) == 0;
     constexpr int lanes = packed ? HS / PACK : 32;
     const long long rows = (long long)B * T * NH;
@@ -80,6 +86,8 @@ extern "C" __global__ void attention_backward_rowdot(float* D, const floatX* dou
         } else {
             for (int d = sub; d < HS; d += lanes) sum += toF(dout[row * HS + d]) * toF(out[row * HS + d]);
         }
+        if (dq_acc != nullptr)
+            for (int d = sub; d < HS; d += lanes) dq_acc[row * HS + d] = 0.0f;
     }
     for (int offset = lanes / 2; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
     if (sub == 0 && row < rows) {
@@ -223,15 +231,15 @@ extern "C" __global__ void attention_backward_dq_fp32(floatX* dqkv, const floatX
 #define LDS (HS + 8)       // shared row pitch (bf16): 16-byte aligned rows, ldmatrix without bank conflicts
 #define AT(tiles, i) ((tiles) + (i) * TILE * LDS)   // shared tile i of a run of tiles
 // Shared memory is dynamic (the launcher sets its size: 87 KB for five tiles at HS = 128, past the
-// 48 KB a static array may take): forward 5 tiles (Q, K x2, V x2); backward 4 tiles (+ 4 TILE floats).
+// 48 KB a static array may take): forward 5 tiles (Q, K x2, V x2); backward 6 tiles, dS^T and 4 TILE floats.
 extern __shared__ __align__(16) floatX smem16[];
 
 __device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
 
 // A operand (16 x 16, row-major) at rows r0.., columns c0.. of a shared tile
-__device__ __forceinline__ void ldsm_a(unsigned (&a)[4], const floatX* tile, int r0, int c0) {
+__device__ __forceinline__ void ldsm_a(unsigned (&a)[4], const floatX* tile, int r0, int c0, int pitch = LDS) {
     const int lane = threadIdx.x % 32;
-    const floatX* p = tile + (r0 + lane % 16) * LDS + c0 + (lane / 16) * 8;
+    const floatX* p = tile + (r0 + lane % 16) * pitch + c0 + (lane / 16) * 8;
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3]) : "r"(smem_u32(p)) : "memory");
 }
@@ -242,6 +250,14 @@ __device__ __forceinline__ void ldsm_b(unsigned (&b)[4], const floatX* tile, int
     const floatX* p = tile + (n0 + (lane / 16) * 8 + lane % 8) * LDS + k0 + ((lane / 8) % 2) * 8;
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3]) : "r"(smem_u32(p)) : "memory");
+}
+
+// A operand (16 x 16) at rows m0.., columns k0.. of A, where A[m][k] = tile[k][m] (e.g. dS from dS^T)
+__device__ __forceinline__ void ldsm_at(unsigned (&a)[4], const floatX* tile, int m0, int k0, int pitch) {
+    const int lane = threadIdx.x % 32;
+    const floatX* p = tile + (k0 + (lane / 16) * 8 + lane % 8) * pitch + m0 + ((lane / 8) % 2) * 8;
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3]) : "r"(smem_u32(p)) : "memory");
 }
 
 // B operands of two n-tiles (n0.. and n0+8..) at k-step k0, where B[k][n] = tile[k][n] (e.g. V for P v)
@@ -280,6 +296,16 @@ __device__ __forceinline__ void cp_async4(void* dst, const void* src, bool src_o
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory"); }
+
+// *p += x, p[1] += y in global memory (one vector reduction on Hopper, two scalar ones before)
+__device__ __forceinline__ void atomic_add2(float* p, float x, float y) {
+#if __CUDA_ARCH__ >= 900
+    atomicAdd(reinterpret_cast<float2*>(p), make_float2(x, y));
+#else
+    atomicAdd(p, x);
+    atomicAdd(p + 1, y);
+#endif
+}
 
 // start copying TILE rows of one head (HS bf16 each, `stride` elements apart) from row row0 into a
 // shared tile; rows at or past T become zeros
@@ -405,14 +431,28 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_mma(floatX* 
     }
 }
 
-// dk, dv: grid (ceil(T/64), B*NH), 128 threads; block kt owns keys kt*64.., its warps 16 keys each
-// (k and v as register fragments), and walks the query tiles from the diagonal to the end (block 0,
-// the longest, starts first). Shared: four tiles, K | V at first, then Q | dO double-buffered.
-extern "C" __global__ void __launch_bounds__(128) attention_backward_dkdv_mma(floatX* dqkv, const floatX* dout,
-                                                                           const floatX* qkv, const float* lse,
-                                                                           const float* D, int B, int T, int NH) {
+// dk, dv and dq in one pass (flash-attention-2's order): grid (ceil(T/64), B*NH), 128 threads; block kt
+// owns keys kt*64.. (16 per warp) and walks the query tiles from the diagonal to the end (block 0, the
+// longest, starts first), accumulating dk and dv in registers. Each query tile's dS also gives its
+// share of dq: dS^T goes to shared memory, then each warp multiplies 16 of the tile's query rows by the
+// block's keys, dq (16 x HS) = dS (16 x 64) k (64 x HS), and adds that into dq_acc (B,T,C) float
+// (zeroed by attention_backward_rowdot) with atomics, since every key tile up to a query tile adds to
+// it; attention_backward_dq_store then writes dq_acc / sqrt(HS) into dqkv. Shared: Q | dO
+// double-buffered (4 tiles), K, V, dS^T (64 x 64 at pitch TILE + 8), the lse and D of two query tiles.
+#define LDSS (TILE + 8)
+// blocks per SM the registers are budgeted for: three at GPT-2's head size (168 registers, no spills),
+// two above it (dev/cuda/variants.py times the other choice)
+#ifndef BWD_BLOCKS
+#define BWD_BLOCKS (HS <= 64 ? 3 : 2)
+#endif
+extern "C" __global__ void __launch_bounds__(128, BWD_BLOCKS) attention_backward_mma(floatX* dqkv, float* dq_acc, const floatX* dout,
+                                                                      const floatX* qkv, const float* lse,
+                                                                      const float* D, int B, int T, int NH) {
     floatX* tiles = smem16;                                       // 4 tiles: [2 cur]: Q, [2 cur + 1]: dO
-    float* ls = reinterpret_cast<float*>(AT(tiles, 4));           // [2][TILE]
+    floatX* ks = AT(tiles, 4);                                    // this block's keys
+    floatX* vs = AT(tiles, 5);                                    // and values
+    floatX* dst = AT(tiles, 6);                                   // dS^T [key][query], pitch LDSS
+    float* ls = reinterpret_cast<float*>(dst + TILE * LDSS);      // [2][TILE]
     float* Ds = ls + 2 * TILE;                                    // [2][TILE]
     const int C = NH * HS, C3 = 3 * C;
     const int kt = blockIdx.x;
@@ -422,8 +462,8 @@ extern "C" __global__ void __launch_bounds__(128) attention_backward_dkdv_mma(fl
     const floatX* dO = dout + (long long)b * T * C + h * HS;
     const float* lse_bh = lse + (long long)bh * T;
     const float* D_bh = D + (long long)bh * T;
-    load_tile(AT(tiles, 2), q + C, kt * TILE, T, C3);                 // K, V into the second pair for now
-    load_tile(AT(tiles, 3), q + 2 * C, kt * TILE, T, C3);
+    load_tile(ks, q + C, kt * TILE, T, C3);
+    load_tile(vs, q + 2 * C, kt * TILE, T, C3);
     load_tile(AT(tiles, 0), q, kt * TILE, T, C3);                     // the first query tile (the diagonal)
     load_tile(AT(tiles, 1), dO, kt * TILE, T, C);
     load_stat(ls, lse_bh, kt * TILE, T);
@@ -431,13 +471,8 @@ extern "C" __global__ void __launch_bounds__(128) attention_backward_dkdv_mma(fl
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
-    unsigned kf[HS / 16][4], vf[HS / 16][4];
-    for (int kk = 0; kk < HS / 16; kk++) {
-        ldsm_a(kf[kk], AT(tiles, 2), warp * 16, kk * 16);
-        ldsm_a(vf[kk], AT(tiles, 3), warp * 16, kk * 16);
-    }
-    __syncthreads();                                              // tiles 2, 3 are free for queries now
-    const int j0 = kt * TILE + warp * 16 + g, j1 = j0 + 8;       // this thread's two keys
+    const int jl0 = warp * 16 + g, jl1 = jl0 + 8;                // this thread's two keys, in the tile
+    const int j0 = kt * TILE + jl0, j1 = kt * TILE + jl1;
     const float sl2 = LOG2E / sqrtf((float)HS);
     float dk[HS / 8][4], dv[HS / 8][4];
     for (int n = 0; n < HS / 8; n++)
@@ -461,16 +496,20 @@ extern "C" __global__ void __launch_bounds__(128) attention_backward_dkdv_mma(fl
         float st[TILE / 8][4], dpt[TILE / 8][4];        // S^T and dP^T: rows keys, columns queries
         for (int n = 0; n < TILE / 8; n++)
             for (int e = 0; e < 4; e++) st[n][e] = dpt[n][e] = 0.0f;
-        for (int kk = 0; kk < HS / 16; kk++)
+        for (int kk = 0; kk < HS / 16; kk++) {
+            unsigned kf[4], vf[4];                                // read each time: fewer registers
+            ldsm_a(kf, ks, warp * 16, kk * 16);
+            ldsm_a(vf, vs, warp * 16, kk * 16);
             for (int n2 = 0; n2 < TILE / 16; n2++) {
                 unsigned qb[4], db[4];
                 ldsm_b(qb, qs, n2 * 16, kk * 16);
-                mma16816(st[2 * n2], kf[kk], qb[0], qb[1]);
-                mma16816(st[2 * n2 + 1], kf[kk], qb[2], qb[3]);
+                mma16816(st[2 * n2], kf, qb[0], qb[1]);
+                mma16816(st[2 * n2 + 1], kf, qb[2], qb[3]);
                 ldsm_b(db, dos, n2 * 16, kk * 16);
-                mma16816(dpt[2 * n2], vf[kk], db[0], db[1]);
-                mma16816(dpt[2 * n2 + 1], vf[kk], db[2], db[3]);
+                mma16816(dpt[2 * n2], vf, db[0], db[1]);
+                mma16816(dpt[2 * n2 + 1], vf, db[2], db[3]);
             }
+        }
         const bool edge = qt == kt || (qt + 1) * TILE > T;
         for (int n = 0; n < TILE / 8; n++)
             for (int e = 0; e < 4; e++) {
@@ -481,6 +520,11 @@ extern "C" __global__ void __launch_bounds__(128) attention_backward_dkdv_mma(fl
                 st[n][e] = p;
                 dpt[n][e] = p * (dpt[n][e] - Ds[cur * TILE + il]);
             }
+        for (int n = 0; n < TILE / 8; n++) {                      // dS^T, rounded to bf16 as the mma uses it
+            const int il = n * 8 + 2 * tig;
+            *reinterpret_cast<unsigned*>(dst + jl0 * LDSS + il) = pack_bf16(dpt[n][0], dpt[n][1]);
+            *reinterpret_cast<unsigned*>(dst + jl1 * LDSS + il) = pack_bf16(dpt[n][2], dpt[n][3]);
+        }
         for (int kk = 0; kk < TILE / 16; kk++) {
             unsigned pa[4], da[4];
             acc_to_a(pa, st[2 * kk], st[2 * kk + 1]);
@@ -495,7 +539,26 @@ extern "C" __global__ void __launch_bounds__(128) attention_backward_dkdv_mma(fl
                 mma16816(dk[2 * n2 + 1], da, qb[2], qb[3]);
             }
         }
-        __syncthreads();
+        __syncthreads();                                          // dS^T complete
+        float dq[HS / 8][4];                                      // rows: queries warp*16 + g (+ 8)
+        for (int n = 0; n < HS / 8; n++) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
+        for (int kk = 0; kk < TILE / 16; kk++) {
+            unsigned da[4];
+            ldsm_at(da, dst, warp * 16, kk * 16, LDSS);
+            for (int n2 = 0; n2 < HS / 16; n2++) {
+                unsigned kb[4];
+                ldsm_bt(kb, ks, kk * 16, n2 * 16);
+                mma16816(dq[2 * n2], da, kb[0], kb[1]);
+                mma16816(dq[2 * n2 + 1], da, kb[2], kb[3]);
+            }
+        }
+        const int i0 = qt * TILE + warp * 16 + g, i1 = i0 + 8;
+        for (int n = 0; n < HS / 8; n++) {
+            const int col = h * HS + n * 8 + 2 * tig;
+            if (i0 < T) atomic_add2(dq_acc + ((long long)b * T + i0) * C + col, dq[n][0], dq[n][1]);
+            if (i1 < T) atomic_add2(dq_acc + ((long long)b * T + i1) * C + col, dq[n][2], dq[n][3]);
+        }
+        __syncthreads();                                          // done with Q, dO and dS^T of this tile
     }
     const float scale = 1.0f / sqrtf((float)HS);
     for (int n = 0; n < HS / 8; n++) {
@@ -513,92 +576,14 @@ extern "C" __global__ void __launch_bounds__(128) attention_backward_dkdv_mma(fl
     }
 }
 
-// dq: grid (ceil(T/64), B*NH), 128 threads; block owns 64 queries (16 per warp; q and dout as register
-// fragments) and walks the key tiles up to the diagonal (longest first). Shared: four tiles, Q | dO at
-// first, then K | V double-buffered.
-extern "C" __global__ void __launch_bounds__(128) attention_backward_dq_mma(floatX* dqkv, const floatX* dout,
-                                                                           const floatX* qkv, const float* lse,
-                                                                           const float* D, int B, int T, int NH) {
-    floatX* tiles = smem16;                                       // 4 tiles: [2 cur]: K, [2 cur + 1]: V
-    const int C = NH * HS, C3 = 3 * C;
-    const int qt = gridDim.x - 1 - blockIdx.x;
-    const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
-    const floatX* q = qkv + (long long)b * T * C3 + h * HS;
-    const floatX* dO = dout + (long long)b * T * C + h * HS;
-    load_tile(AT(tiles, 2), q, qt * TILE, T, C3);                     // Q, dO into the second pair for now
-    load_tile(AT(tiles, 3), dO, qt * TILE, T, C);
-    load_tile(AT(tiles, 0), q + C, 0, T, C3);                         // the first key tile
-    load_tile(AT(tiles, 1), q + 2 * C, 0, T, C3);
-    cp_async_commit();
-    const int r0 = qt * TILE + warp * 16 + g, r1 = r0 + 8;
-    const float lse0 = r0 < T ? lse[(long long)bh * T + r0] * LOG2E : 0.0f;
-    const float lse1 = r1 < T ? lse[(long long)bh * T + r1] * LOG2E : 0.0f;
-    const float D0 = r0 < T ? D[(long long)bh * T + r0] : 0.0f;
-    const float D1 = r1 < T ? D[(long long)bh * T + r1] : 0.0f;
-    cp_async_wait<0>();
-    __syncthreads();
-    unsigned qf[HS / 16][4], df[HS / 16][4];
-    for (int kk = 0; kk < HS / 16; kk++) {
-        ldsm_a(qf[kk], AT(tiles, 2), warp * 16, kk * 16);
-        ldsm_a(df[kk], AT(tiles, 3), warp * 16, kk * 16);
-    }
-    __syncthreads();                                              // tiles 2, 3 are free for keys now
-    const float sl2 = LOG2E / sqrtf((float)HS);
-    float dq[HS / 8][4];
-    for (int n = 0; n < HS / 8; n++) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
-    for (int kt = 0; kt <= qt; kt++) {
-        const int cur = kt & 1;
-        if (kt < qt) {
-            load_tile(AT(tiles, 2 * (cur ^ 1)), q + C, (kt + 1) * TILE, T, C3);
-            load_tile(AT(tiles, 2 * (cur ^ 1) + 1), q + 2 * C, (kt + 1) * TILE, T, C3);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
-        const floatX* ks = AT(tiles, 2 * cur);
-        const floatX* vs = AT(tiles, 2 * cur + 1);
-        float s[TILE / 8][4], dp[TILE / 8][4];
-        for (int n = 0; n < TILE / 8; n++)
-            for (int e = 0; e < 4; e++) s[n][e] = dp[n][e] = 0.0f;
-        for (int kk = 0; kk < HS / 16; kk++)
-            for (int n2 = 0; n2 < TILE / 16; n2++) {
-                unsigned kb[4], vb[4];
-                ldsm_b(kb, ks, n2 * 16, kk * 16);
-                mma16816(s[2 * n2], qf[kk], kb[0], kb[1]);
-                mma16816(s[2 * n2 + 1], qf[kk], kb[2], kb[3]);
-                ldsm_b(vb, vs, n2 * 16, kk * 16);
-                mma16816(dp[2 * n2], df[kk], vb[0], vb[1]);
-                mma16816(dp[2 * n2 + 1], df[kk], vb[2], vb[3]);
-            }
-        const bool edge = kt == qt || (kt + 1) * TILE > T;
-        for (int n = 0; n < TILE / 8; n++)
-            for (int e = 0; e < 4; e++) {
-                const int key = kt * TILE + n * 8 + 2 * tig + (e & 1);
-                const int row = e < 2 ? r0 : r1;
-                const bool visible = !edge || (key <= row && key < T && row < T);
-                const float p = visible ? exp2f(s[n][e] * sl2 - (e < 2 ? lse0 : lse1)) : 0.0f;
-                s[n][e] = p * (dp[n][e] - (e < 2 ? D0 : D1));          // dS (unscaled)
-            }
-        for (int kk = 0; kk < TILE / 16; kk++) {
-            unsigned da[4];
-            acc_to_a(da, s[2 * kk], s[2 * kk + 1]);
-            for (int n2 = 0; n2 < HS / 16; n2++) {
-                unsigned kb[4];
-                ldsm_bt(kb, ks, kk * 16, n2 * 16);
-                mma16816(dq[2 * n2], da, kb[0], kb[1]);
-                mma16816(dq[2 * n2 + 1], da, kb[2], kb[3]);
-            }
-        }
-        __syncthreads();
-    }
+// dqkv's q part (B,T,C of each 3C row) = dq_acc (B,T,C) / sqrt(HS), two values per thread
+extern "C" __global__ void attention_backward_dq_store(floatX* dqkv, const float* dq_acc, int B, int T, int NH) {
+    const int C = NH * HS;
+    const long long i = 2 * ((long long)blockIdx.x * blockDim.x + threadIdx.x);     // (b*T + t) * C + c
+    if (i >= (long long)B * T * C) return;
     const float scale = 1.0f / sqrtf((float)HS);
-    for (int n = 0; n < HS / 8; n++) {
-        const int col = h * HS + n * 8 + 2 * tig;
-        if (r0 < T) *reinterpret_cast<__nv_bfloat162*>(dqkv + ((long long)b * T + r0) * C3 + col) = __floats2bfloat162_rn(dq[n][0] * scale, dq[n][1] * scale);
-        if (r1 < T) *reinterpret_cast<__nv_bfloat162*>(dqkv + ((long long)b * T + r1) * C3 + col) = __floats2bfloat162_rn(dq[n][2] * scale, dq[n][3] * scale);
-    }
+    const float2 v = *reinterpret_cast<const float2*>(dq_acc + i);
+    *reinterpret_cast<__nv_bfloat162*>(dqkv + (i / C) * 3 * C + i % C) = __floats2bfloat162_rn(v.x * scale, v.y * scale);
 }
+
 #endif

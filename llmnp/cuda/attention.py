@@ -2,7 +2,8 @@
 
 bf16 storage with a head size that is a multiple of 16 up to 128 (GPT-2's is 64) runs on the tensor-core
 kernels; everything else (fp32 storage, other head sizes up to 128) on the fp32 CUDA-core kernels.
-lse and the backward's D = rowsum(dout * out) are float32 (B,NH,T).
+lse and the backward's D = rowsum(dout * out) are float32 (B,NH,T); the tensor-core backward adds dq into a
+float32 (B,T,C) scratch buffer first.
 Shapes: B batch, T time, C channels, NH heads, hs = C/NH; qkv (B,T,3C), out/dout (B,T,C).
 """
 import numpy as np
@@ -66,19 +67,22 @@ def attention_backward(dqkv, dout, qkv, out, lse, tensor_cores=None):
     if tensor_cores is None:
         tensor_cores = use_tensor_cores(out.dtype, hs, dqkv, dout, qkv, out)
     D = scratch("attention_D", B * NH * T)
+    dq_acc = scratch("attention_dq", B * T * C) if tensor_cores else np.uint64(0)   # float (B,T,C); 0: none
     packs = hs // pack(out.dtype)                          # attention_backward_rowdot's threads per row
     lanes = packs if hs % pack(out.dtype) == 0 and 32 % packs == 0 else 32
+    sizes = (np.int32(B), np.int32(T), np.int32(NH))
     k = kernel("attention", "attention_backward_rowdot", out.dtype, HS=hs)
-    k((blocks(B * T * NH * lanes, 256),), (256,), (D, dout, out, np.int32(B), np.int32(T), np.int32(NH)))
-    args = (dqkv, dout, qkv, lse, D, np.int32(B), np.int32(T), np.int32(NH))
+    k((blocks(B * T * NH * lanes, 256),), (256,), (D, dq_acc, dout, out) + sizes)   # D, and dq_acc = 0
     grid = (blocks(T, ROWS), B * NH)
     if tensor_cores:
-        smem4, smem5 = tile_smem(hs, 4, 4 * ROWS), tile_smem(hs, 4)
-        tensor_core_kernel("attention_backward_dkdv_mma", out.dtype, hs, smem4)(grid, (128,), args, shared_mem=smem4)
-        tensor_core_kernel("attention_backward_dq_mma", out.dtype, hs, smem5)(grid, (128,), args, shared_mem=smem5)
+        smem = tile_smem(hs, 6, 4 * ROWS) + ROWS * (ROWS + 8) * 2                   # + dS^T at pitch 72
+        tensor_core_kernel("attention_backward_mma", out.dtype, hs, smem)(
+            grid, (128,), (dqkv, dq_acc, dout, qkv, lse, D) + sizes, shared_mem=smem)
+        kernel("attention", "attention_backward_dq_store", out.dtype, HS=hs)(
+            (blocks(B * T * C // 2, 256),), (256,), (dqkv, dq_acc) + sizes)
     else:
         smem = 4 * (2 * ROWS * (hs + 1) + 2 * TILE1 * hs + 2 * TILE1)
         for name in ("attention_backward_dkdv_fp32", "attention_backward_dq_fp32"):
             k = kernel("attention", name, out.dtype, HS=hs)
             k.max_dynamic_shared_size_bytes = smem
-            k(grid, (ROWS,), args, shared_mem=smem)
+            k(grid, (ROWS,), (dqkv, dout, qkv, lse, D) + sizes, shared_mem=smem)

@@ -1,0 +1,171 @@
+"""Kernel variants side by side: each one checked against the NumPy reference (float64) at a small
+shape, then timed at GPT-2 d12's training shape, so that every mainline choice can be reproduced.
+A dev tool, not part of the package; the measured tables are in dev/cuda/README.md.
+
+    python dev/cuda/variants.py                  # every family
+    python dev/cuda/variants.py attention        # one family
+
+A variant is a function that runs the kernels on CuPy arrays like the mainline launcher does. The
+mainline launchers are variants too (marked *); the others live in dev/cuda/*.cu files, which include
+their family's .cu file, or are the mainline kernels built with other -D choices.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+DEV = os.path.dirname(os.path.abspath(__file__))
+
+import cupy as cp                                       # noqa: E402
+
+from llmnp import attention as ref                      # noqa: E402
+from llmnp.cuda import attention as att                 # noqa: E402
+from llmnp.cuda.runtime import blocks, compile_options, kernel, scratch   # noqa: E402
+from llmnp.model import storage_dtype                   # noqa: E402
+
+BF16 = storage_dtype("bfloat16")
+
+
+def dev_kernel(file, name, dtype, **defines):
+    """Kernel `name` of dev/cuda/<file>.cu (which may include llmnp/cuda's files)."""
+    with open(os.path.join(DEV, file + ".cu")) as f:
+        code = f.read()
+    bf16 = np.dtype(dtype) == BF16
+    options = compile_options(bf16, tuple(sorted(defines.items()))) + (f"-I{os.path.join(ROOT, 'llmnp', 'cuda')}",)
+    return cp.RawModule(code=code, options=options).get_function(name)
+
+
+# ------------------------------------------------------------------------------------------ attention
+def attention_inputs(B, T, NH, hs, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    C = NH * hs
+    qkv = cp.asarray(rng.standard_normal((B, T, 3 * C)).astype(dtype))
+    dout = cp.asarray(rng.standard_normal((B, T, C)).astype(dtype))
+    out, lse = cp.empty((B, T, C), dtype), cp.empty((B, NH, T), np.float32)
+    dqkv = cp.empty((B, T, 3 * C), dtype)
+    att.attention_forward(out, lse, qkv)
+    return dict(qkv=qkv, dout=dout, out=out, lse=lse, dqkv=dqkv)
+
+
+def backward_split(dqkv, dout, qkv, out, lse):
+    """dev/cuda/attention_split.cu: dk/dv, then dq, each recomputing P and dP; no atomics."""
+    B, T, C3 = qkv.shape
+    NH = lse.shape[1]
+    hs = C3 // 3 // NH
+    sizes = (np.int32(B), np.int32(T), np.int32(NH))
+    D = scratch("attention_D", B * NH * T)
+    kernel("attention", "attention_backward_rowdot", dqkv.dtype, HS=hs)(
+        (blocks(B * T * NH * (hs // 8), 256),), (256,), (D, np.uint64(0), dout, out) + sizes)
+    smem = att.tile_smem(hs, 4, 4 * att.ROWS)
+    for name in ("attention_backward_dkdv_mma", "attention_backward_dq_mma"):
+        k = dev_kernel("attention_split", name, dqkv.dtype, HS=hs)
+        k.max_dynamic_shared_size_bytes = smem
+        k((blocks(T, att.ROWS), B * NH), (128,), (dqkv, dout, qkv, lse, D) + sizes, shared_mem=smem)
+
+
+def backward_fused_blocks(per_sm):
+    """The mainline fused kernel with its registers budgeted for `per_sm` blocks per SM."""
+    def run(dqkv, dout, qkv, out, lse):
+        original = att.tensor_core_kernel
+
+        def build(name, dtype, hs, smem):
+            k = kernel("attention", name, dtype, HS=hs, BWD_BLOCKS=per_sm)
+            k.max_dynamic_shared_size_bytes = smem
+            return k
+        att.tensor_core_kernel = build
+        try:
+            att.attention_backward(dqkv, dout, qkv, out, lse, tensor_cores=True)
+        finally:
+            att.tensor_core_kernel = original
+    return run
+
+
+ATTENTION_BACKWARD = [
+    ("fp32 CUDA cores", lambda *a: att.attention_backward(*a, tensor_cores=False)),
+    ("mma fused*", lambda *a: att.attention_backward(*a, tensor_cores=True)),
+    ("mma fused, 2 blocks/SM", backward_fused_blocks(2)),
+    ("mma fused, 3 blocks/SM", backward_fused_blocks(3)),
+    ("mma split (dk/dv, dq)", backward_split),
+]
+ATTENTION_FORWARD = [
+    ("fp32 CUDA cores", lambda out, lse, qkv: att.attention_forward(out, lse, qkv, tensor_cores=False)),
+    ("mma*", lambda out, lse, qkv: att.attention_forward(out, lse, qkv, tensor_cores=True)),
+]
+
+
+def relative_error(got, want):
+    got = got.astype(np.float32).get().astype(np.float64)
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+def check_attention(B=2, T=200, NH=2, hs=64, dtype=BF16):
+    """Each variant against llmnp/attention.py in float64 on the same (bf16-rounded) inputs."""
+    x = attention_inputs(B, T, NH, hs, dtype)
+    qkv_h = x["qkv"].astype(np.float32).get().astype(np.float64)
+    dout_h = x["dout"].astype(np.float32).get().astype(np.float64)
+    want, lse_h = np.empty(x["out"].shape), np.empty(x["lse"].shape)
+    ref.attention_forward(want, lse_h, qkv_h)
+    errors = {}
+    for name, run in ATTENTION_FORWARD:
+        out = cp.full_like(x["out"], np.nan)
+        run(out, x["lse"], x["qkv"])
+        errors["forward", name] = relative_error(out, want)
+    dwant = np.empty(qkv_h.shape)
+    ref.attention_backward(dwant, dout_h, qkv_h, x["out"].astype(np.float32).get().astype(np.float64),
+                           x["lse"].get().astype(np.float64))
+    for name, run in ATTENTION_BACKWARD:
+        dqkv = cp.full_like(x["dqkv"], np.nan)
+        run(dqkv, x["dout"], x["qkv"], x["out"], x["lse"])
+        errors["backward", name] = relative_error(dqkv, dwant)
+    return errors
+
+
+def time_ms(run, reps):
+    run()
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    start.record()
+    for _ in range(reps):
+        run()
+    end.record()
+    end.synchronize()
+    return cp.cuda.get_elapsed_time(start, end)
+
+
+def attention(shapes=((64, 1024, 12, 64), (16, 1024, 16, 128)), tol=2e-2):
+    errors = check_attention()
+    print("| attention variant | max rel. error vs NumPy | " + " | ".join(
+        f"ms x12, B={B} T={T} NH={NH} hs={hs}" for B, T, NH, hs in shapes) + " |")
+    print("|---|---|" + "---|" * len(shapes))
+    inputs = [attention_inputs(*shape, BF16) for shape in shapes]
+    for direction, variants in (("forward", ATTENTION_FORWARD), ("backward", ATTENTION_BACKWARD)):
+        for name, run in variants:
+            times = []
+            for x in inputs:
+                args = ((x["out"], x["lse"], x["qkv"]) if direction == "forward"
+                        else (x["dqkv"], x["dout"], x["qkv"], x["out"], x["lse"]))
+                times.append(time_ms(lambda: run(*args), 12))
+            err = errors[direction, name]
+            flag = "" if err < tol else " FAILS"
+            print(f"| {direction} {name} | {err:.2e}{flag} | " + " | ".join(f"{t:.2f}" for t in times) + " |")
+
+
+FAMILIES = {"attention": attention}
+
+
+def main():
+    p = argparse.ArgumentParser(description="Kernel variants: checked against NumPy, then timed.")
+    p.add_argument("families", nargs="*", help=f"some of: {', '.join(FAMILIES)} [all]")
+    args = p.parse_args()
+    unknown = set(args.families) - set(FAMILIES)
+    if unknown:
+        p.error(f"no variants for {', '.join(sorted(unknown))} (there are: {', '.join(FAMILIES)})")
+    print(f"{cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}, bf16 inputs")
+    for family in args.families or FAMILIES:
+        FAMILIES[family]()
+
+
+if __name__ == "__main__":
+    main()
