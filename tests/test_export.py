@@ -60,6 +60,27 @@ def test_folder_is_in_hugging_face_gpt2_layout(tmp_path):
     np.testing.assert_array_equal(names["h.1.attn.c_attn.weight"], model.params["qkvw"][1].T)
     np.testing.assert_array_equal(names["h.0.mlp.c_proj.weight"], model.params["fcprojw"][0].T)
     assert not any(k.startswith("lm_head") for k in tensors)           # tied to wte
+    # the rest of what transformers' GPT2Config reads to build this model: GPT-2's tanh GELU
+    # ("gelu_new"), layernorm eps 1e-5, scaled attention, tied embeddings, <|endoftext|> (50256) as bos
+    # and eos, GPT-2's init std, float32 weights, and no dropout (llm.c trains without it)
+    expected = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
+                "n_ctx": 12, "n_inner": None, "layer_norm_epsilon": 1e-5, "initializer_range": 0.02,
+                "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "scale_attn_weights": True,
+                "tie_word_embeddings": True, "bos_token_id": 50256, "eos_token_id": 50256, "torch_dtype": "float32"}
+    assert {k: cfg.get(k, "missing") for k in expected} == expected
+    raw = (tmp_path / "hf" / "model.safetensors").read_bytes()             # header: u64 length, then JSON
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    assert header["__metadata__"] == {"format": "pt"}                       # transformers refuses other formats
+    assert {info["dtype"] for key, info in header.items() if key != "__metadata__"} == {"F32"}
+
+
+def test_save_hf_writes_float32_from_any_float_buffer(tmp_path):
+    from llmnp.checkpoint import read_safetensors, save_hf
+    model = perturbed_model(np.float32, CONFIG)
+    save_hf(str(tmp_path / "hf"), CONFIG, model.params_memory.astype(np.float64))
+    tensors = read_safetensors(str(tmp_path / "hf" / "model.safetensors"))
+    assert {a.dtype for a in tensors.values()} == {np.dtype(np.float32)}
+    np.testing.assert_array_equal(tensors["transformer.wpe.weight"], model.params["wpe"])
 
 
 def test_bad_input_is_one_line(tmp_path):

@@ -178,3 +178,41 @@ def test_gelu_recompute_gives_the_same_gradients_in_less_memory():
     np.testing.assert_array_equal(g0, g1)
     L, C = TINY.num_layers, TINY.channels
     assert n0 - n1 == (L - 1) * 2 * 6 * 4 * C
+
+
+@pytest.mark.parametrize("dtype", [np.float32, "bfloat16"])
+def test_load_optimizer_state_restores_this_shards_state(dtype):
+    """m and v of the shard as given (in the state dtype, float32); with bf16 parameters, the master
+    weights of the shard too, and the parameters rounded from them; nothing outside the shard moves."""
+    model = GPT2(TINY, dtype=dtype, seed=0)
+    n = model.num_parameters
+    lo, hi = n // 3, 2 * n // 3
+    model.set_shard(lo, hi)
+    before = np.array(model.params_memory, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    m, v, master = (rng.standard_normal(hi - lo) for _ in range(3))       # float64, as a state file gives
+    model.load_optimizer_state(m, v, master)
+    assert model.m_memory.dtype == model.v_memory.dtype == np.float32
+    np.testing.assert_array_equal(model.m_memory, m.astype(np.float32))
+    np.testing.assert_array_equal(model.v_memory, v.astype(np.float32))
+    after = np.array(model.params_memory, dtype=np.float64)
+    np.testing.assert_array_equal(after[:lo], before[:lo])
+    np.testing.assert_array_equal(after[hi:], before[hi:])
+    if model.master_memory is not None:                                  # bf16: master weights
+        np.testing.assert_array_equal(model.master_memory[lo:hi], master.astype(np.float32))
+        np.testing.assert_array_equal(model.params_memory[lo:hi], master.astype(np.float32).astype(model.dtype))
+    else:
+        np.testing.assert_array_equal(after[lo:hi], before[lo:hi])      # no master: parameters stay
+    with pytest.raises(ValueError, match=f"this shard has {hi - lo:,}"):
+        model.load_optimizer_state(m[:-1], v[:-1])
+
+
+def test_pick_device(monkeypatch):
+    """cpu and cuda are taken as given; auto is cuda exactly when CuPy sees a GPU, cpu without CuPy."""
+    import sys
+    from conftest import gpu_available
+    from llmnp.model import pick_device
+    assert pick_device("cpu") == "cpu" and pick_device("cuda") == "cuda"
+    assert pick_device("auto") == ("cuda" if gpu_available() else "cpu")
+    monkeypatch.setitem(sys.modules, "cupy", None)                       # import cupy raises ImportError
+    assert pick_device("auto") == "cpu"

@@ -125,3 +125,23 @@ def test_cuda_without_a_gpu_is_one_clear_line(shards):
                         "-i", train, "-j", val, "-x", "1"], capture_output=True, text=True, cwd=ROOT)
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), p.stderr
+
+
+def test_sampling_rng_is_xorshift64_star():
+    """llm.c's sampler coin: Marsaglia's xorshift64* (shifts 12, 25, 27, multiplier 0x2545F4914F6CDD1D,
+    the high 32 bits out) from seed 1337, here in wrapping uint64 arithmetic, against the trainer's
+    Python-integer version; floats are the top 24 bits over 2^24."""
+    x = np.array([1337], dtype=np.uint64)
+    rng = train_gpt2.XorShift(1337)
+    for _ in range(200):
+        x ^= x >> np.uint64(12)
+        x ^= x << np.uint64(25)
+        x ^= x >> np.uint64(27)
+        with np.errstate(over="ignore"):
+            want = int((x * np.uint64(0x2545F4914F6CDD1D))[0] >> np.uint64(32))
+        assert rng.random_u32() == want
+    floats = [train_gpt2.XorShift(seed).random_f32() for seed in (1, 1337, 2**63 + 5)]
+    assert all(0.0 <= f < 1.0 for f in floats)
+    copy = train_gpt2.XorShift(1337)
+    u = copy.random_u32()
+    assert train_gpt2.XorShift(1337).random_f32() == (u >> 8) / 2**24
