@@ -5,7 +5,7 @@ import os
 import re
 
 CUDA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "llmnp", "cuda")
-DEFINED = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\([^)]*\) )?(\w+)\(')
+DEFINED = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\([^)]*\)\s+)?(\w+)\(')
 # a kernel's name in a launcher: kernel("family", "name"), tensor_core_kernel("name", ...), or a loop over names
 NAMED = re.compile(r'(?:kernel\("\w+", |tensor_core_kernel\(|for name in \()"(\w+)"(?:, "(\w+)")?')
 

@@ -445,9 +445,9 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_mma(floatX* 
 #ifndef BWD_BLOCKS
 #define BWD_BLOCKS (HS <= 64 ? 3 : 2)
 #endif
-extern "C" __global__ void __launch_bounds__(128, BWD_BLOCKS) attention_backward_mma(floatX* dqkv, float* dq_acc, const floatX* dout,
-                                                                      const floatX* qkv, const float* lse,
-                                                                      const float* D, int B, int T, int NH) {
+extern "C" __global__ void __launch_bounds__(128, BWD_BLOCKS)
+attention_backward_mma(floatX* dqkv, float* dq_acc, const floatX* dout, const floatX* qkv, const float* lse,
+                       const float* D, int B, int T, int NH) {
     floatX* tiles = smem16;                                       // 4 tiles: [2 cur]: Q, [2 cur + 1]: dO
     floatX* ks = AT(tiles, 4);                                    // this block's keys
     floatX* vs = AT(tiles, 5);                                    // and values
