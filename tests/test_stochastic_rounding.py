@@ -78,3 +78,37 @@ def test_model_rounding_on_the_gpu():
         want = stochastic_round_bf16(master[offset:offset + n], rounding_seed(1, name), offset)
         assert np.array_equal(params[offset:offset + n].view(np.uint16), want.view(np.uint16)), name
         offset += n
+
+
+def lowbias32_reference(index, seed):
+    """rounding_bits for one index, from the hash's definition in Python integers (masking to 32 bits):
+    the index's two 32-bit halves folded (high half times 0x9E3779B9), the seed xor-ed in, then
+    lowbias32 (xorshift 16, multiply 0x7FEB352D, xorshift 15, multiply 0x846CA68B, xorshift 16)."""
+    M = 0xFFFFFFFF
+    x = (index & M) ^ (((index >> 32) * 0x9E3779B9) & M) ^ seed
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & M
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & M
+    x ^= x >> 16
+    return x & 0xFFFF
+
+
+def test_rounding_bits_are_the_lowbias32_hash():
+    from llmnp.adamw import rounding_bits
+    index = np.array([0, 1, 2, 12345, 2**31 + 7, 2**32 - 1, 2**32, 2**32 + 5, 3 * 2**40 + 99, 2**63 + 11],
+                     dtype=np.uint64)
+    for seed in (0, 1, 0x9E3779B1, 0xFFFFFFFF):
+        got = rounding_bits(index, seed)
+        assert [int(b) for b in got] == [lowbias32_reference(int(i), seed) for i in index]
+
+
+def test_rounding_takes_any_float_array_and_keeps_its_shape():
+    """float64 input is rounded from its float32 value; a 2-D array keeps its shape and element order
+    (element (i, j) draws the bits of offset + i * columns + j)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 5))
+    got = stochastic_round_bf16(x, seed=9, offset=40)
+    assert got.shape == (3, 5) and got.dtype == BF16
+    flat = stochastic_round_bf16(x.astype(np.float32).ravel(), seed=9, offset=40)
+    np.testing.assert_array_equal(got.ravel().view(np.uint16), flat.view(np.uint16))
