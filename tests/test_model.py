@@ -216,3 +216,42 @@ def test_pick_device(monkeypatch):
     assert pick_device("auto") == ("cuda" if gpu_available() else "cpu")
     monkeypatch.setitem(sys.modules, "cupy", None)                       # import cupy raises ImportError
     assert pick_device("auto") == "cpu"
+
+
+@pytest.mark.parametrize("reader", ["load", "from_checkpoint", "from_pretrained"])
+def test_model_readers_pass_every_option_on(tmp_path, reader):
+    """Each reader builds the model it is asked for: dtype, recompute and master weights as given."""
+    GPT2(TINY, seed=0).save_checkpoint(str(tmp_path / "m.bin"))
+    read = getattr(GPT2, reader)
+    for recompute, master in ((2, False), (1, True)):
+        model = read(str(tmp_path / "m.bin"), "cpu", "bfloat16", recompute, master)
+        assert model.recompute == recompute and model.dtype.name == "bfloat16"
+        assert (model.master_memory is not None) == master
+        assert model.source == str(tmp_path / "m.bin")
+
+
+def test_is_finite_sees_the_master_weights_and_the_parameters():
+    model = GPT2(TINY, dtype="bfloat16", seed=0)
+    assert model.is_finite()
+    model.master_memory[7] = np.nan                      # the parameters are still finite
+    assert not model.is_finite()
+    model = GPT2(TINY, seed=0)
+    model.params_memory[3] = np.inf
+    assert not model.is_finite()
+
+
+def test_optimizer_state_leaves_as_float32_and_one_shard_only():
+    """A checkpoint stores m and v in float32 whatever the model's dtype (a float64 model here); the
+    ZeRO-1 shard cannot change once its state exists."""
+    model = GPT2(TINY, dtype=np.float64, seed=0)
+    x, y = batch(TINY, 2, 4)
+    model.forward(x, y)
+    model.zero_grad()
+    model.backward()
+    model.update(1e-3, 0.9, 0.95, 1e-8, 0.0, 1)
+    m, v, master = model.optimizer_state_to_host()
+    assert m.dtype == v.dtype == np.float32 and master is None
+    np.testing.assert_array_equal(m, model.m_memory.astype(np.float32))
+    model.set_shard(*model.shard)                        # the same shard: fine
+    with pytest.raises(RuntimeError, match="another shard"):
+        model.set_shard(0, 10)
