@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from llmnp import corpus
+from llmnp import corpus, data
 from llmnp.corpus import ShardWriter, default_corpus
 from llmnp.data import MT19937, DataLoader, read_shard, shard_num_tokens, write_shard
 from llmnp.errors import UserError
@@ -151,7 +151,64 @@ def test_a_token_id_too_large_is_found_anywhere(tmp_path, where):
         DataLoader(str(tmp_path / "*.bin"), 1, 2, vocab_size=99)
 
 
+def test_write_shard_refuses_what_a_shard_cannot_hold(tmp_path):
+    """A shard is a flat run of uint16 ids: a 2-D array is refused (not flattened into a shard), and
+    65536, the first id past uint16, is refused (not wrapped to 0); nothing is written either time."""
+    with pytest.raises(ValueError):
+        write_shard(tmp_path / "a.bin", np.ones((2, 3), dtype=np.int64))
+    with pytest.raises(ValueError):
+        write_shard(tmp_path / "b.bin", [1, 65536, 2])
+    assert os.listdir(tmp_path) == []
+
+
+def test_write_shard_refuses_2_31_tokens_at_once(tmp_path, monkeypatch):
+    """The header's token count is an int32, so 2^31 tokens (the first count it cannot hold) are refused
+    with ValueError before anything else. The array is a zero-copy broadcast (no 4 GiB in memory), and
+    writing is stubbed to fail loudly, so that a broken size check cannot fill the disk."""
+    def no_write(*args):
+        raise AssertionError("write_shard went on to write 2^31 tokens")
+    monkeypatch.setattr(data, "write_atomic", no_write)
+    with pytest.raises(ValueError):
+        write_shard(tmp_path / "big.bin", np.broadcast_to(np.uint16(1), (2**31,)))
+
+
+def test_read_shard_reads_the_count_in_its_header_even_if_the_file_grows(tmp_path, monkeypatch):
+    """read_shard reads exactly the N tokens the header announces: a writer appending to the shard after
+    its size was checked (simulated by appending inside the size check) changes nothing it returns."""
+    path = tmp_path / "a.bin"
+    path.write_bytes(struct_shard([5, 6, 7]))
+    real_size = data.file_size
+
+    def size_then_append(f):
+        size = real_size(f)
+        with open(path, "ab") as g:
+            g.write(struct.pack("<2H", 8, 9))
+        return size
+    monkeypatch.setattr(data, "file_size", size_then_append)
+    assert read_shard(path).tolist() == [5, 6, 7]
+
+
 # ------------------------------------------------------------------------------------------ mt19937
+def test_mt19937_struct_holds_the_seed_as_a_u64():
+    """The state struct's u64 seed_ field holds the seed (checkpoint.py's format note; llm.c itself leaves
+    it unset): 1337 in full, not cut to its low bits, and -1 as the u64 2^64-1 (torch's remapping of a
+    negative seed), whose draws are those of seed 2^32-1 (init_genrand takes the low 32 bits). Expected
+    structs from struct.pack and the pure-Python RefMT."""
+    for seed, field, low32 in ((1337, 1337, 1337), (-1, 2**64 - 1, 2**32 - 1)):
+        ref = RefMT(low32)
+        raw = MT19937(seed).to_bytes()
+        assert raw == struct.pack("<QiI624I2I", field, 1, 0, *ref.state, 0, 0x9908B0DF)
+        assert MT19937.from_bytes(raw).state_dict()["seed"] == field
+
+
+@pytest.mark.parametrize("left, words", [(1, 623), (0, 624), (625, 624), (1, 625)])
+def test_mt19937_state_with_a_bad_field_is_refused(left, words):
+    """load_state_dict refuses a state whose `left` is outside 1..624 or whose word count is not 624,
+    each on its own (one bad field is enough), with a UserError rather than NumPy's own error."""
+    with pytest.raises(UserError, match="corrupt mt19937 state"):
+        MT19937(0).load_state_dict({"seed": 0, "left": left, "next": 0, "state": [5] * words})
+
+
 def test_mt19937_matches_torch_and_llmc_state():
     # the sequence llmc/rand.h documents for torch.manual_seed(137)
     assert MT19937(137).randint32(5).tolist() == [4053805790, 2173880614, 380293709, 1237255315, 2986595568]
@@ -245,6 +302,70 @@ def test_shuffle_reproducible_and_different_per_rank(tmp_path):
     first = lambda **kw: [DataLoader(pattern, 2, 4, vocab_size=1000, **kw).next_batch()[0].tolist() for _ in range(1)]
     assert first(shuffle=True, seed=3) == first(shuffle=True, seed=3)
     assert first(shuffle=True, seed=3) != first(shuffle=True, seed=4)
+
+
+# ------------------------------------------------------------------------------------------ loader state
+def hand_shards(tmp_path, sizes, seed=1):
+    """Shards written with struct (not write_shard); returns the glob and the token lists."""
+    rng = np.random.default_rng(seed)
+    shards = [rng.integers(0, 1000, n).tolist() for n in sizes]
+    for i, toks in enumerate(shards):
+        (tmp_path / f"h_{i:02d}.bin").write_bytes(struct_shard(toks))
+    return str(tmp_path / "h_*.bin"), shards
+
+
+def test_loader_state_without_the_shuffle_flag_is_an_unshuffled_one(tmp_path):
+    """A saved loader state without `should_shuffle` counts as unshuffled: an unshuffled loader resumes
+    from it at the saved sample, a shuffling loader refuses it. Expected batch from the token list:
+    sample 3 of shard 0 is tokens [3*B*T, 4*B*T]."""
+    pattern, shards = hand_shards(tmp_path, [41, 33])
+    B, T = 2, 4
+    state = {"current_shard_idx": 0, "current_sample_idx": 3}
+    loader = DataLoader(pattern, B, T, vocab_size=1000)
+    loader.load_state_dict(dict(state))
+    x, y = loader.next_batch()
+    assert x.ravel().tolist() == shards[0][24:32] and y.ravel().tolist() == shards[0][25:33]
+    with pytest.raises(UserError, match="shuffle"):
+        DataLoader(pattern, B, T, shuffle=True, vocab_size=1000).load_state_dict(dict(state))
+
+
+@pytest.mark.parametrize("saved, mine", [((2, 0), (1, 0)), ((2, 1), (2, 0)), ((3, 2), (3, 1))])
+def test_loader_state_of_another_process_layout_is_refused(tmp_path, saved, mine):
+    """A state saved by process `rank` of `num_processes` loads only into the same process of the same
+    number: the other process count alone (same rank 0), or the other rank alone, is refused."""
+    pattern, _ = hand_shards(tmp_path, [3 * 2 * 4 + 1, 3 * 2 * 4 + 1])
+    (P, rank), (P2, rank2) = saved, mine
+    state = DataLoader(pattern, 2, 4, rank=rank, world_size=P, vocab_size=1000).state_dict()
+    with pytest.raises(UserError, match="saved loader state has (num_processes|rank)="):
+        DataLoader(pattern, 2, 4, rank=rank2, world_size=P2, vocab_size=1000).load_state_dict(state)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_loader_state_past_the_last_shard_is_refused(tmp_path, shuffle):
+    """current_shard_idx must name a shard: the number of shards (one past the last) is refused with a
+    UserError, not an IndexError."""
+    pattern, _ = hand_shards(tmp_path, [41, 33])
+    loader = DataLoader(pattern, 2, 4, shuffle=shuffle, vocab_size=1000)
+    state = loader.state_dict()
+    state["current_shard_idx"] = 2
+    with pytest.raises(UserError, match="points at shard 2"):
+        DataLoader(pattern, 2, 4, shuffle=shuffle, vocab_size=1000).load_state_dict(state)
+
+
+def test_loader_resumes_from_the_end_of_a_shard(tmp_path):
+    """A state taken right after a shard's last sample (current_sample_idx == its number of samples, as
+    state_dict gives it then) is legal; the next batch is the first window of the next shard. Shard 0 of
+    41 tokens holds (41-1)//8 = 5 samples."""
+    pattern, shards = hand_shards(tmp_path, [41, 33])
+    a = DataLoader(pattern, 2, 4, vocab_size=1000)
+    for _ in range(5):
+        a.next_batch()
+    state = a.state_dict()
+    assert (state["current_shard_idx"], state["current_sample_idx"]) == (0, 5)
+    b = DataLoader(pattern, 2, 4, vocab_size=1000)
+    b.load_state_dict(state)
+    x, y = b.next_batch()
+    assert x.ravel().tolist() == shards[1][0:8] and y.ravel().tolist() == shards[1][1:9]
 
 
 # ------------------------------------------------------------------------------------------ eval file
