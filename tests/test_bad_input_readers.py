@@ -243,6 +243,10 @@ STATE_CASES = {
     "loader order": (lambda t: state_bytes(t, shuffle=True).replace(struct.pack("<3i", 2, 0, 1),
                                                                      struct.pack("<3i", 2, 2, 1)),
                      "data-loader state"),
+    # the shard order [1, 0] made [1, 1] (the sample order still a permutation): each order is checked
+    "shard order": (lambda t: state_bytes(t, shuffle=True).replace(struct.pack("<Q2i", 2, 1, 0),
+                                                                    struct.pack("<Q2i", 2, 1, 1)),
+                    "data-loader state"),
 }
 
 

@@ -1,5 +1,6 @@
 """llm.c model / debug-state / training-state files byte for byte against struct-based writers, bf16
-rounding, and HF GPT-2 safetensors import/export checked against a from-the-paper forward pass."""
+rounding, HF GPT-2 safetensors import/export checked against a from-the-paper forward pass, and
+safetensors / HF files built by hand from the format's definition."""
 import dataclasses
 import json
 import os
@@ -10,10 +11,10 @@ import pytest
 
 from llmnp import GPT2, GPT2Config
 from llmnp.checkpoint import (bf16_bits_to_float32, float32_to_bf16_bits, load_hf, load_model, load_state,
-                              read_debug_state, read_safetensors, save_hf, save_model, save_state,
+                              read_debug_state, read_safetensors, read_weights, save_hf, save_model, save_state,
                               write_debug_state, write_safetensors)
 from llmnp.config import pad_vocab
-from llmnp.data import DataLoader, write_shard
+from llmnp.data import MT19937, DataLoader, write_shard
 from llmnp.errors import UserError
 from llmnp.params import num_parameters
 
@@ -130,6 +131,20 @@ def test_gpt2_from_and_to_checkpoint(tmp_path):
     assert np.allclose(half.params_memory, model.params_memory, rtol=2**-8, atol=1e-30)
 
 
+def test_training_folder_reads_its_latest_complete_checkpoint(tmp_path):
+    """A train_gpt2.py output folder as a model path: the checkpoint read is the highest step with both
+    a DONE_ marker (written last) and its model file. Steps 5 and 20 are complete, 30 has no DONE_ yet
+    (still being written), 40's model file is gone: step 20's weights."""
+    flats = {step: random_flat(TINY, seed=step) for step in (5, 20, 30)}
+    for step, flat in flats.items():
+        (tmp_path / f"model_{step:08d}.bin").write_bytes(struct_model_file(TINY, flat, 3))
+    for step in (5, 20, 40):
+        (tmp_path / f"DONE_{step:08d}").touch()
+    config, flat, path = read_weights(tmp_path)
+    assert path == str(tmp_path / "model_00000020.bin")
+    assert config == TINY and np.array_equal(flat, flats[20])
+
+
 # ------------------------------------------------------------------------------------------ debug state
 def test_debug_state_byte_exact(tmp_path):
     B, T, V = 2, 3, TINY.vocab_size
@@ -225,6 +240,48 @@ def test_training_state_byte_exact_and_resume(tmp_path, shuffle, with_master):
         (tmp_path / name).write_bytes(bad)
         with pytest.raises(UserError):
             load_state(tmp_path / name)
+
+
+def shuffled_state_file(m, v, shards, samples, seed=5):
+    """A training state (no master weights) with a data-loader section, laid out by hand: header, m, v as
+    little-endian float32, u64 n, n int32 shard order, u64 k, k int32 sample order, the mt19937 struct."""
+    loader = {"should_shuffle": 1, "current_shard_idx": 0, "current_sample_idx": 0, "shard_indices": shards,
+              "intra_shard_indices": samples, "rng": MT19937(seed).state_dict()}
+    head = struct_state_file(3, np.zeros(0), np.zeros(0), None, 1, 0, 0, 0, loader)[:HEADER]
+    r = loader["rng"]
+    return (head + np.asarray(m, "<f4").tobytes() + np.asarray(v, "<f4").tobytes()
+            + struct.pack(f"<Q{len(shards)}i", len(shards), *shards)
+            + struct.pack(f"<Q{len(samples)}i", len(samples), *samples)
+            + struct.pack("<QiI624I2I", r["seed"], r["left"], r["next"], *r["state"], 0, 0x9908B0DF))
+
+
+@pytest.mark.parametrize("shards, samples", [([1, 0, 2], [0]), ([0], [1, 0, 2]), ([0], [2, 3, 0, 1]),
+                                             ([2, 3, 0, 1], [0])])
+def test_training_state_loader_orders_found_without_the_parameter_count(tmp_path, shards, samples):
+    """Without num_parameters, load_state finds where m and v end by walking back from the end: the
+    mt19937 struct, [u64 k][k int32 sample order], [u64 n][n int32 shard order]. Some permutations hold
+    look-alikes: [1, 0, 2] holds (1, 0), a u64 1 followed by one int32 ([2], not a permutation) just
+    after the real [u64 3]; [2, 3, 0, 1] ends in [0, 1], a permutation of 2 int32 that follow a 2 (but the
+    u64 there is 2 + 3 * 2^32, not 2). Each must be passed over to the real count, in the shard order
+    as in the sample order."""
+    P = 3
+    m, v = np.array([0.5, -1.25, 3.0], np.float32), np.array([0.25, 2.0, 0.125], np.float32)
+    (tmp_path / "s.bin").write_bytes(shuffled_state_file(m, v, shards, samples))
+    st = load_state(tmp_path / "s.bin")
+    assert st["m"].tolist() == m.tolist() and st["v"].tolist() == v.tolist() and len(st["m"]) == P
+    assert st["loader_state"]["shard_indices"] == shards and st["loader_state"]["intra_shard_indices"] == samples
+
+
+def test_training_state_of_a_large_model_without_the_parameter_count(tmp_path):
+    """A model of 2^21 + 1 parameters (m and v: 16 MiB, more than 4M int32 to walk back over, where the
+    search goes a few million positions at a time), shuffled: its size is still found from the file."""
+    P = 2**21 + 1
+    m, v = np.full(P, 0.5, np.float32), np.full(P, 0.25, np.float32)
+    m[-1], v[0] = -3.0, 7.0
+    (tmp_path / "s.bin").write_bytes(shuffled_state_file(m, v, [1, 0], [2, 0, 1]))
+    st = load_state(tmp_path / "s.bin")
+    assert len(st["m"]) == P and st["m"][-1] == -3.0 and st["v"][0] == 7.0 and st["v"][-1] == 0.25
+    assert st["loader_state"]["shard_indices"] == [1, 0] and st["loader_state"]["intra_shard_indices"] == [2, 0, 1]
 
 
 # ------------------------------------------------------------------------------------------ HF GPT-2
@@ -367,6 +424,219 @@ def test_safetensors_interop(tmp_path):
     bits = np.array([[0x3F80, 0xC020]], "<u2")
     (tmp_path / "bf.safetensors").write_bytes(struct.pack("<Q", len(head)) + head + bits.tobytes())
     assert read_safetensors(tmp_path / "bf.safetensors")["w"].tolist() == [[1.0, -2.5]]
+
+
+# ------------------------------------------------------------------------------ safetensors by hand
+# safetensors and HF GPT-2 files built byte by byte here, from the format's definition (8-byte
+# little-endian header length, a JSON header of {name: {dtype, shape, data_offsets}}, then the raw
+# little-endian data), never with llmnp's own writer, so a bug shared by the writer and the reader
+# shows.
+def st_bytes(entries, metadata=None):
+    """A safetensors file: entries [(name, dtype, shape, raw bytes)], data laid out in that order, the
+    header listing them in the reverse order (a JSON object's order means nothing: data_offsets place
+    each tensor), padded with spaces to 8 bytes."""
+    offsets, end = [], 0
+    for _, _, _, raw in entries:
+        offsets.append([end, end + len(raw)])
+        end += len(raw)
+    head = {} if metadata is None else {"__metadata__": metadata}
+    for (name, dtype, shape, _), span in reversed(list(zip(entries, offsets))):
+        head[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": span}
+    blob = json.dumps(head).encode()
+    blob += b" " * (-len(blob) % 8)
+    return struct.pack("<Q", len(blob)) + blob + b"".join(raw for _, _, _, raw in entries)
+
+
+def f32(values):
+    values = list(np.ravel(values))
+    return struct.pack(f"<{len(values)}f", *values)
+
+
+def write_file(path, raw):
+    path.write_bytes(raw)
+    return path
+
+
+# read_safetensors, files by hand
+def test_read_safetensors_every_float_dtype_as_float32(tmp_path):
+    """F32, F64, F16 and BF16 tensors (a scalar too), the header in another order than the data: each
+    comes back as float32 of the right shape and value. F16 0x3C00 / 0xC000 are 1.0 / -2.0 (IEEE half);
+    BF16 0x3F80 / 0x4049 are 1.0 / 3.140625 (float32's upper 16 bits)."""
+    entries = [("x.f64", "F64", [3], struct.pack("<3d", 0.5, -2.25, 1000.0)),
+               ("a.f32", "F32", [2, 2], f32([1.5, -3.0, 0.25, 7.0])),
+               ("m.f16", "F16", [2], struct.pack("<2H", 0x3C00, 0xC000)),
+               ("b.bf16", "BF16", [1, 2], struct.pack("<2H", 0x3F80, 0x4049)),
+               ("s", "F32", [], f32([-0.75]))]
+    path = write_file(tmp_path / "t.safetensors", st_bytes(entries, metadata={"format": "pt"}))
+    got = read_safetensors(path)
+    expected = {"x.f64": [0.5, -2.25, 1000.0], "a.f32": [[1.5, -3.0], [0.25, 7.0]], "m.f16": [1.0, -2.0],
+                "b.bf16": [[1.0, 3.140625]], "s": -0.75}
+    assert set(got) == set(expected)                          # __metadata__ is not a tensor
+    for name, values in expected.items():
+        assert got[name].dtype == np.float32, name            # whatever the stored dtype
+        assert got[name].shape == np.shape(values), name
+        assert got[name].tolist() == values, name
+
+
+def test_read_safetensors_header_only_and_zero_size_tensors(tmp_path):
+    """A file that is only its header (no tensors, or only empty ones: 8 + n bytes exactly) is a valid
+    safetensors file; a zero-size tensor has data_offsets [b, b] (begin == end), also between two others
+    (at the offset where the next one starts)."""
+    only_metadata = write_file(tmp_path / "m.safetensors", st_bytes([], metadata={"format": "pt"}))
+    assert read_safetensors(only_metadata) == {}
+    empty = write_file(tmp_path / "e.safetensors", st_bytes([("e", "F32", [0, 4], b"")]))
+    got = read_safetensors(empty)
+    assert list(got) == ["e"] and got["e"].shape == (0, 4) and got["e"].dtype == np.float32
+    entries = [("a", "F32", [1], f32([2.0])), ("z", "F32", [0], b""), ("c", "F32", [1], f32([3.0]))]
+    between = write_file(tmp_path / "b.safetensors", st_bytes(entries))
+    got = read_safetensors(between)
+    assert got["a"].tolist() == [2.0] and got["z"].shape == (0,) and got["c"].tolist() == [3.0]
+
+
+@pytest.mark.parametrize("size", range(8))
+def test_read_safetensors_shorter_than_the_header_length(tmp_path, size):
+    """0 to 7 bytes cannot hold the u64 header length: refused as not a safetensors file (one line)."""
+    path = write_file(tmp_path / "s.safetensors", b"\x02" * size)
+    with pytest.raises(UserError, match="not a safetensors file"):
+        read_safetensors(path)
+
+
+def test_read_safetensors_header_length_beyond_the_file(tmp_path):
+    """The header length says 64 bytes, the file holds 2 after it (b'{}', valid JSON on its own): the
+    length is checked against the file before any JSON is read, so the file is refused as not a
+    safetensors file (not read as an empty header with a negative data size)."""
+    path = write_file(tmp_path / "h.safetensors", struct.pack("<Q", 64) + b"{}")
+    with pytest.raises(UserError, match="not a safetensors file"):
+        read_safetensors(path)
+
+
+def test_read_safetensors_shape_whose_size_overflows_int64(tmp_path):
+    """shape [2^32, 2^32] of F32 is 2^66 bytes (2^64 elements wrap to 0 in int64): its empty
+    data_offsets [0, 0] do not match, and the header is refused as corrupt, not accepted as 0 bytes."""
+    raw = st_bytes([("big", "F32", [2**32, 2**32], b"")])
+    path = write_file(tmp_path / "o.safetensors", raw)
+    with pytest.raises(UserError, match="corrupt safetensors header"):
+        read_safetensors(path)
+
+
+# write_safetensors, files by hand
+def test_write_safetensors_layout_by_hand(tmp_path):
+    """The file field by field: u64 header length (a multiple of 8, space-padded), the JSON header with
+    __metadata__ and each tensor's F32 dtype, shape and data_offsets in name order, then the data as
+    little-endian float32, whatever the input's dtype or byte order (float64 rounded to float32 by
+    struct, big-endian float32 swapped)."""
+    tensors = {"b": np.array([0.1, 3.0], np.float64), "a": np.array([[1.5, -2.0]], ">f4")}
+    path = tmp_path / "w.safetensors"
+    write_safetensors(path, tensors, metadata={"format": "pt"})
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    assert n % 8 == 0
+    assert json.loads(raw[8:8 + n]) == {
+        "__metadata__": {"format": "pt"},
+        "a": {"dtype": "F32", "shape": [1, 2], "data_offsets": [0, 8]},
+        "b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}
+    assert raw[8 + n:] == struct.pack("<4f", 1.5, -2.0, 0.1, 3.0)
+
+
+# load_hf, files by hand
+# llm.c's parameter order (ParameterTensors) with each one's HF GPT-2 name and whether HF's Conv1D stores
+# it [in, out] (llm.c keeps (out, in)); the per-layer ones are stacked over layers in llm.c's file
+LLMC_ORDER = [("wte.weight", False), ("wpe.weight", False), ("ln_1.weight", False), ("ln_1.bias", False),
+              ("attn.c_attn.weight", True), ("attn.c_attn.bias", False), ("attn.c_proj.weight", True),
+              ("attn.c_proj.bias", False), ("ln_2.weight", False), ("ln_2.bias", False),
+              ("mlp.c_fc.weight", True), ("mlp.c_fc.bias", False), ("mlp.c_proj.weight", True),
+              ("mlp.c_proj.bias", False), ("ln_f.weight", False), ("ln_f.bias", False)]
+UNSTACKED = ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias")
+
+
+def gpt2_tensors(V, maxT, C, L, seed=0):
+    """HF GPT-2 tensors (Conv1D weights [in, out]) of random multiples of 1/8 (exact in float32)."""
+    rng = np.random.default_rng(seed)
+    shapes = {"wte.weight": (V, C), "wpe.weight": (maxT, C), "ln_f.weight": (C,), "ln_f.bias": (C,)}
+    for l in range(L):
+        shapes.update({f"h.{l}.ln_1.weight": (C,), f"h.{l}.ln_1.bias": (C,), f"h.{l}.ln_2.weight": (C,),
+                       f"h.{l}.ln_2.bias": (C,), f"h.{l}.attn.c_attn.weight": (C, 3 * C),
+                       f"h.{l}.attn.c_attn.bias": (3 * C,), f"h.{l}.attn.c_proj.weight": (C, C),
+                       f"h.{l}.attn.c_proj.bias": (C,), f"h.{l}.mlp.c_fc.weight": (C, 4 * C),
+                       f"h.{l}.mlp.c_fc.bias": (4 * C,), f"h.{l}.mlp.c_proj.weight": (4 * C, C),
+                       f"h.{l}.mlp.c_proj.bias": (C,)})
+    return {k: rng.integers(-64, 64, s).astype(np.float64) / 8 for k, s in shapes.items()}
+
+
+def llmc_flat(t, V, C, L, Vp):
+    """The flat float64 buffer of an llm.c model file built from HF tensors by the rules above: wte padded
+    with zero rows to Vp, Conv1D weights transposed, per-layer tensors stacked."""
+    parts = []
+    for name, conv1d in LLMC_ORDER:
+        for a in ([t[name]] if name in UNSTACKED else [t[f"h.{l}.{name}"] for l in range(L)]):
+            parts.append((a.T if conv1d else a).ravel())
+        if name == "wte.weight":
+            parts.append(np.zeros((Vp - V) * C))
+    return np.concatenate(parts)
+
+
+def hf_folder(path, tensors, config=None, prefix="transformer."):
+    os.makedirs(path)
+    entries = [(prefix + k, "F32", a.shape, f32(a)) for k, a in tensors.items()]
+    write_file(path / "model.safetensors", st_bytes(entries, metadata={"format": "pt"}))
+    if config is not None:
+        (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_load_hf_one_layer_one_head_in_llmc_order(tmp_path):
+    """A 1-layer, 1-head GPT-2 (V=5 padded to 128, T=3, C=8) as HF stores it, with GPT-2's config.json
+    fields: every size 1 is valid, and the parameters come back float32 in llm.c's order and layout."""
+    V, maxT, C, L = 5, 3, 8, 1
+    t = gpt2_tensors(V, maxT, C, L)
+    cfg = {"model_type": "gpt2", "vocab_size": V, "n_positions": maxT, "n_ctx": maxT, "n_embd": C,
+           "n_layer": L, "n_head": 1}
+    config, flat = load_hf(hf_folder(tmp_path / "hf", t, cfg))
+    assert config == GPT2Config(max_seq_len=3, vocab_size=5, padded_vocab_size=128, num_layers=1, num_heads=1,
+                                channels=8)
+    assert flat.dtype == np.float32
+    assert flat.tolist() == llmc_flat(t, V, C, L, 128).tolist()
+
+
+def test_load_hf_config_without_n_head_uses_64_wide_heads(tmp_path):
+    """config.json without n_head (the other fields agree): NH = C / 64 as in every GPT-2, so C=128
+    gives 2 heads; with C=8 that is 0 heads, refused in one line."""
+    t = gpt2_tensors(5, 3, 128, 1)
+    config, _ = load_hf(hf_folder(tmp_path / "a", t, {"model_type": "gpt2", "n_layer": 1}))
+    assert (config.num_heads, config.channels) == (2, 128)
+    with pytest.raises(UserError, match="n_head=0"):
+        load_hf(hf_folder(tmp_path / "b", gpt2_tensors(5, 3, 8, 1), {"n_layer": 1}))
+
+
+@pytest.mark.parametrize("field, value", [("vocab_size", 6), ("n_positions", 4), ("n_ctx", 4), ("n_embd", 16),
+                                          ("n_layer", 2)])
+def test_load_hf_config_size_disagreeing_with_the_weights(tmp_path, field, value):
+    """Each size config.json gives is checked against the tensors (V=5, T=3, C=8, L=1); n_ctx is the
+    context length when n_positions is absent (older GPT-2 configs)."""
+    folder = hf_folder(tmp_path / "hf", gpt2_tensors(5, 3, 8, 1), {"n_head": 1, field: value})
+    with pytest.raises(UserError, match="says V, maxT, L, C"):
+        load_hf(folder)
+
+
+@pytest.mark.parametrize("value", [0, -3, True, 2.0, "3"])
+def test_load_hf_config_n_ctx_not_a_positive_integer(tmp_path, value):
+    """n_ctx must be a positive integer even where n_positions (which wins) is right: a bad config.json
+    is refused, not half used."""
+    folder = hf_folder(tmp_path / "hf", gpt2_tensors(5, 3, 8, 1), {"n_head": 1, "n_positions": 3, "n_ctx": value})
+    with pytest.raises(UserError, match="n_ctx is .*not a positive integer"):
+        load_hf(folder)
+
+
+# save_hf, files by hand
+def test_save_hf_writes_only_its_folder(tmp_path, monkeypatch):
+    """save_hf creates the export folder (and its parents) and writes config.json and model.safetensors
+    in it, nothing elsewhere (the working folder stays as it was)."""
+    monkeypatch.chdir(tmp_path)
+    config = GPT2Config.tiny(vocab_size=5, max_seq_len=3, num_layers=1, num_heads=1, channels=8, pad_to=8)
+    n = 8 * 8 + 3 * 8 + 1 * (12 * 8 * 8 + 13 * 8) + 2 * 8          # wte (Vp=8) + wpe + one layer + ln_f
+    save_hf(str(tmp_path / "deep" / "out"), config, np.zeros(n, np.float32))
+    assert os.listdir(tmp_path) == ["deep"] and os.listdir(tmp_path / "deep") == ["out"]
+    assert sorted(os.listdir(tmp_path / "deep" / "out")) == ["config.json", "model.safetensors"]
 
 
 # ------------------------------------------------------------------------------------------ download
