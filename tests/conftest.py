@@ -1,8 +1,10 @@
 """Shared by the tests: `requires_gpu` skips a test where CuPy sees no CUDA GPU (CI has none); the
 `tiny_run` fixture; and, under mutation testing only, which tests run against a mutant."""
+import functools
 import json
 import os
 import re
+import signal
 
 import pytest
 
@@ -59,18 +61,51 @@ MUTATION_TESTS = {
 MUTATION_SLOW_S = 3.0
 
 
-def pytest_collection_modifyitems(config, items):
+def mutated_module():
+    """The module of the mutant under test ("llmnp.gelu"), or None outside mutation testing (including
+    mutmut's own clean and stats runs)."""
     mutant = re.match(r"(.+?)\.x[_\u01c1].*__mutmut_\d+$", os.environ.get("MUTANT_UNDER_TEST", ""))
-    if not mutant:
-        return                                     # a normal run, or mutmut's own clean and stats runs
-    files = MUTATION_TESTS.get(mutant.group(1), [])
+    return mutant.group(1) if mutant else None
+
+
+@functools.lru_cache(maxsize=None)
+def recorded_seconds():
+    """Each test's duration from mutmut's clean run (mutmut runs in its mutants/ folder)."""
     try:
-        with open("mutmut-stats.json") as f:      # mutmut runs in its mutants/ folder
-            seconds = json.load(f)["duration_by_test"]
+        with open("mutmut-stats.json") as f:
+            return json.load(f)["duration_by_test"]
     except (OSError, ValueError, KeyError):
-        seconds = {}
+        return {}
+
+
+def pytest_collection_modifyitems(config, items):
+    module = mutated_module()
+    if module is None:
+        return
+    files = MUTATION_TESTS.get(module, [])
+    seconds = recorded_seconds()
     keep = [item for item in items if os.path.basename(str(item.path)) in files
             and seconds.get(item.nodeid, 0.0) <= MUTATION_SLOW_S]
     kept = set(keep)
     config.hook.pytest_deselected(items=[item for item in items if item not in kept])
     items[:] = sorted(keep, key=lambda item: seconds.get(item.nodeid, 0.0))
+
+
+@pytest.fixture(autouse=True)
+def mutation_time_limit(request):
+    """Under mutation testing only: a test taking 5 s + 5x its clean time fails, so that a mutant which
+    makes the code loop forever costs seconds (and counts as caught), not mutmut's CPU-time limit."""
+    if mutated_module() is None:
+        yield
+        return
+    limit = 5.0 + 5.0 * recorded_seconds().get(request.node.nodeid, 0.0)
+
+    def stop(signum, frame):
+        raise TimeoutError(f"over {limit:.0f} s with a mutant")
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, limit)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
