@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import tempfile
 
 import numpy as np
@@ -173,3 +174,59 @@ def test_check_writable_probes_inside_the_folder(tmp_path, monkeypatch):
         fileio.check_writable("/proc", "-o folder")
     assert "/proc" in str(e.value)
     assert os.listdir(tmp_path) == []
+
+
+def test_make_dir_names_the_folder_it_cannot_create(tmp_path):
+    """The error for a folder that cannot be created names that folder (here a path through a file)."""
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    with pytest.raises(UserError) as e:
+        fileio.make_dir(str(a_file / "sub"))
+    assert str(a_file / "sub") in str(e.value)
+
+
+def test_make_dir_when_another_process_creates_the_folder_first(tmp_path, monkeypatch):
+    """Several processes of one run make the same output folder: one that finds the folder missing and
+    then sees it appear (made by another process between its check and its makedirs) carries on. The
+    race is made here by creating the folder right after make_dir's existence check."""
+    target = str(tmp_path / "out" / "run")
+    real_exists = os.path.exists
+
+    def exists_then_created_elsewhere(path):
+        seen = real_exists(path)
+        if path == target and not seen:
+            os.makedirs(target)
+        return seen
+    monkeypatch.setattr(os.path, "exists", exists_then_created_elsewhere)
+    assert fileio.make_dir(target) == target
+    assert os.path.isdir(target)
+
+
+def test_open_file_never_blocks_on_a_fifo_swapped_in_after_its_check(tmp_path, monkeypatch):
+    """open_file checks the path is a regular file, then opens it without blocking and checks again on
+    the open file: a named pipe put in its place between the two (simulated by swapping the file for a
+    FIFO inside os.stat) is refused at once, the descriptor closed. A blocking open would wait for a
+    writer forever; a timer turns that into a failure after 2 s."""
+    path = str(tmp_path / "model.bin")
+    with open(path, "wb") as f:
+        f.write(b"x" * 16)
+    real_stat = os.stat
+
+    def stat_then_swap(p, *args, **kwargs):
+        st = real_stat(p, *args, **kwargs)
+        if str(p) == path:
+            os.remove(path)
+            os.mkfifo(path)
+        return st
+    monkeypatch.setattr(os, "stat", stat_then_swap)
+
+    def blocked(signum, frame):
+        raise TimeoutError("open_file blocked opening a FIFO")
+    old = signal.signal(signal.SIGALRM, blocked)
+    signal.setitimer(signal.ITIMER_REAL, 2.0)
+    try:
+        with pytest.raises(UserError, match="named pipe"):
+            fileio.open_file(path, "model file")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
