@@ -100,6 +100,21 @@ def test_unpadded_version1_file(tmp_path):
     assert config.padded_vocab_size == pad_vocab(V) == 128 and config.vocab_size == V
     assert np.array_equal(got[:V * C], flat[:V * C]) and not got[V * C:config.padded_vocab_size * C].any()
     assert np.array_equal(got[config.padded_vocab_size * C:], flat[Vp * C:])
+    assert got.dtype == np.float32                      # the zero rows added too: float32 like the rest
+
+
+@pytest.mark.parametrize("field", ["maxT", "V", "L", "NH", "C"])
+def test_model_file_with_a_zero_size_refused(tmp_path, field):
+    """A header with one size 0 (maxT, V, L, NH or C), the file as long as that header says (llm.c's
+    parameter count: Vp*C + maxT*C + L*(12*C*C + 13*C) + 2*C floats, Vp from the header): refused as a
+    corrupt header, not read as an empty model (nor crashing on 0 heads)."""
+    sizes = {"maxT": 16, "V": 50, "L": 2, "NH": 2, "C": 8, "Vp": 64}
+    sizes[field] = 0
+    maxT, V, L, NH, C, Vp = (sizes[k] for k in ("maxT", "V", "L", "NH", "C", "Vp"))
+    n = Vp * C + maxT * C + L * (12 * C * C + 13 * C) + 2 * C
+    (tmp_path / "z.bin").write_bytes(header(20240326, 3, maxT, V, L, NH, C, Vp) + bytes(4 * n))
+    with pytest.raises(UserError, match="corrupt header"):
+        load_model(tmp_path / "z.bin")
 
 
 def test_model_file_errors(tmp_path):
@@ -625,6 +640,18 @@ def test_load_hf_config_n_ctx_not_a_positive_integer(tmp_path, value):
     folder = hf_folder(tmp_path / "hf", gpt2_tensors(5, 3, 8, 1), {"n_head": 1, "n_positions": 3, "n_ctx": value})
     with pytest.raises(UserError, match="n_ctx is .*not a positive integer"):
         load_hf(folder)
+
+
+def test_read_weights_takes_an_hf_folder_or_its_safetensors_file(tmp_path):
+    """read_weights (what every command loads with) on a hand-built HF folder and on its model.safetensors:
+    the same config and parameters, and the file it read is model.safetensors in both cases."""
+    t = gpt2_tensors(5, 3, 8, 1)
+    folder = hf_folder(tmp_path / "hf", t, {"n_head": 1})
+    expected = llmc_flat(t, 5, 8, 1, 128).tolist()
+    for path in (folder, folder / "model.safetensors", str(folder / "model.safetensors")):
+        config, flat, read = read_weights(path)
+        assert (config.num_layers, config.num_heads, config.channels, config.vocab_size) == (1, 1, 8, 5)
+        assert flat.tolist() == expected and read == str(folder / "model.safetensors")
 
 
 # save_hf, files by hand
