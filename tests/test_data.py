@@ -368,6 +368,26 @@ def test_loader_resumes_from_the_end_of_a_shard(tmp_path):
     assert x.ravel().tolist() == shards[1][0:8] and y.ravel().tolist() == shards[1][1:9]
 
 
+@pytest.mark.parametrize("B, T, rank, world_size", [(0, 4, 0, 1), (2, 0, 0, 1), (2, 4, 1, 1), (2, 4, 3, 3),
+                                                    (2, 4, -1, 2)])
+def test_loader_refuses_bad_settings_each_alone(tmp_path, B, T, rank, world_size):
+    """B < 1, T < 1, and a rank outside 0..world_size-1 are each refused on their own with a UserError
+    (not a division by zero, not a process reading another's windows), on shards that would do otherwise."""
+    pattern, _ = hand_shards(tmp_path, [200, 200])
+    with pytest.raises(UserError, match="bad loader settings"):
+        DataLoader(pattern, B, T, rank=rank, world_size=world_size, vocab_size=1000)
+
+
+def test_loader_default_vocabulary_is_gpt2s(tmp_path):
+    """Without vocab_size the loader checks ids against GPT-2's vocabulary of 50257 tokens: 50256 (EOT)
+    is the largest id accepted, 50257 is refused."""
+    (tmp_path / "a.bin").write_bytes(struct_shard([50256] * 9))
+    DataLoader(str(tmp_path / "a.bin"), 2, 4)
+    (tmp_path / "b.bin").write_bytes(struct_shard([50256] * 8 + [50257]))
+    with pytest.raises(UserError, match="token id 50257"):
+        DataLoader(str(tmp_path / "b.bin"), 2, 4)
+
+
 # ------------------------------------------------------------------------------------------ eval file
 def struct_eval_file(examples):
     body, longest = b"", 0
