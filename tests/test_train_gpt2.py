@@ -145,3 +145,208 @@ def test_sampling_rng_is_xorshift64_star():
     copy = train_gpt2.XorShift(1337)
     u = copy.random_u32()
     assert train_gpt2.XorShift(1337).random_f32() == (u >> 8) / 2**24
+
+
+# ----------------------------------------------------------------- the trainer's parts, called directly
+# (found by mutation testing: each pins one rule of sample_tokens, save_checkpoint, resume,
+# training_state, StopRequest, last_checkpoint_words, gpu_memory_line, preset and prepare_output_dir)
+import struct                                                              # noqa: E402
+import sys as _sys                                                         # noqa: E402
+import types                                                               # noqa: E402
+
+from llmnp import GPT2, GPT2Config                                         # noqa: E402
+from llmnp.errors import Interrupted, UserError                            # noqa: E402
+
+GPT2_EOT = 50256                                  # <|endoftext|>, where llm.c's samples start
+
+
+def xorshift_coins(seed=1337):
+    """llm.c's random_f32: xorshift64* in wrapping uint64 (shifts 12, 25, 27, the multiplier's high 32
+    bits), the top 24 of those 32 bits over 2^24."""
+    x = np.array([seed], dtype=np.uint64)
+    while True:
+        x ^= x >> np.uint64(12)
+        x ^= x << np.uint64(25)
+        x ^= x >> np.uint64(27)
+        with np.errstate(over="ignore"):
+            u32 = int((x * np.uint64(0x2545F4914F6CDD1D))[0] >> np.uint64(32))
+        yield (u32 >> 8) / 2**24
+
+
+def reference_sample(row, V, start, limit):
+    """llm.c's sampling loop: softmax in float64, coin in [0, 1), the first index whose cumulative
+    probability exceeds the coin, V-1 when none does (its guard against rounding; NaN never does)."""
+    tokens, coins = [start], xorshift_coins()
+    for t in range(1, limit):
+        logits = np.asarray(row(t - 1, tokens), dtype=np.float64)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        past = np.nonzero(np.cumsum(probs) > next(coins))[0]
+        tokens.append(int(past[0]) if past.size else V - 1)
+    return tokens
+
+
+class LogitsModel:
+    """A stand-in for GPT2 in sample_tokens: forward records its input and makes the logits of
+    position i from row(i, tokens); positions past the input hold a stale row (all on token 0)."""
+
+    def __init__(self, V, row, max_seq_len=1024, T=64):
+        self.config = types.SimpleNamespace(vocab_size=V, max_seq_len=max_seq_len)
+        self.batch_shape = (1, T)
+        self.row, self.inputs, self.V = row, [], V
+        model = self
+
+        class Logits:                     # model.logits[0, i, :V], made when read
+            def __getitem__(self, key):
+                b, i, cols = key
+                tokens = model.inputs[-1][0].tolist()
+                i = i % T
+                r = np.asarray(row(i, tokens), np.float32) if i < len(tokens) else \
+                    np.where(np.arange(V) == 0, 0.0, -np.inf).astype(np.float32)
+                return r[cols]
+        self.logits = Logits()
+
+    def forward(self, x):
+        x = np.asarray(x)
+        assert x.ndim == 2 and x.shape[0] == 1
+        self.inputs.append(x.copy())
+
+    def to_host(self, a):
+        return np.asarray(a)
+
+
+def _row_64(i, tokens):
+    """Logits of position i for a 64-token vocabulary: near 500 (so that exp(logits) alone overflows),
+    a function of the position and of the token there; position 5 is NaN (a diverged model), and
+    position 9 allows only the last token."""
+    V = 64
+    if i == 5:
+        return np.full(V, np.nan)
+    if i == 9:
+        return np.where(np.arange(V) == V - 1, 500.0, -np.inf)
+    r = 500.0 + 2.0 * np.random.default_rng(1000 * i + tokens[i]).standard_normal(V)
+    r[(7 * tokens[i] + 1) % V] += 3.0
+    return r
+
+
+def test_sample_tokens_follows_llmcs_sampler():
+    """Start token min(EOT, V-1) (V=64: 63), logits row t-1 of the forward of the t tokens so far,
+    softmax, xorshift64*(1337) coin, first cumulative probability past the coin; a NaN row gives V-1."""
+    got = []
+    model = LogitsModel(64, _row_64, T=40)
+    tokens = train_gpt2.sample_tokens(model, 30, got.append)
+    want = reference_sample(_row_64, 64, 63, 30)
+    assert tokens == want and got == want[1:]
+    assert want[6] == 63 and want[10] == 63                  # the NaN row and the last-token row
+    assert len(set(want)) > 10                               # the coin matters
+    assert [x.tolist()[0] for x in model.inputs] == [want[:n] for n in range(1, 30)]
+
+
+@pytest.mark.parametrize("gen_tokens, T, max_seq_len", [(7, 40, 1024), (30, 9, 1024), (30, 40, 11)])
+def test_sample_tokens_stops_at_the_smallest_limit(gen_tokens, T, max_seq_len):
+    """min(-g, the activations' T, max_seq_len) tokens, the start token included."""
+    limit = min(gen_tokens, T, max_seq_len)
+    model = LogitsModel(64, lambda i, tokens: _row_64(i + 20, [0] * (i + 21)), max_seq_len=max_seq_len, T=T)
+    got = []
+    tokens = train_gpt2.sample_tokens(model, gen_tokens, got.append)
+    assert len(tokens) == limit and len(got) == limit - 1
+    assert tokens == reference_sample(lambda i, t: _row_64(i + 20, [0] * (i + 21)), 64, 63, limit)
+
+
+def test_sample_tokens_on_a_cumulative_boundary_takes_the_next_token():
+    """A uniform row over V = 2^19 tokens: cumulative probabilities k / 2^19 and coins m / 2^24 are exact,
+    so a coin whose m is a multiple of 32 lands exactly on one; the token is then the next one (llm.c's
+    coin < cdf). V > EOT: the sample starts from EOT."""
+    V = 2**19
+    coins = xorshift_coins()
+    ms = [int(next(coins) * 2**24) for _ in range(40)]       # ms[t - 1]: the coin of token t
+    ties = [t for t in range(1, 40) if ms[t - 1] % 32 == 0]
+    assert ties and ties[0] < 30                             # seed 1337 has one early (m = 8885600)
+    limit = ties[0] + 1
+    uniform = lambda i, tokens: np.zeros(V)                  # noqa: E731
+    tokens = train_gpt2.sample_tokens(LogitsModel(V, uniform), limit, lambda tok: None)
+    want = reference_sample(uniform, V, GPT2_EOT, limit)
+    assert tokens == want
+    assert want[-1] == ms[limit - 2] * V // 2**24            # the coin is k exactly: token k, not k - 1
+
+
+TINY = GPT2Config(max_seq_len=32, vocab_size=64, padded_vocab_size=128, num_layers=2, num_heads=2, channels=16)
+
+
+class Processes:
+    """A stand-in for Distributed: process `rank` of `world_size`, recording what it is asked to gather."""
+
+    def __init__(self, rank=0, world_size=1):
+        self.rank, self.world_size, self.gathered = rank, world_size, []
+
+    def gather_master_weights(self, model):
+        self.gathered.append(model)
+
+    def barrier(self):
+        pass
+
+
+def tiny_loader(tmp_path, rank=0, world_size=1):
+    from llmnp.data import DataLoader
+    path = tmp_path / "train.bin"
+    if not path.exists():
+        write_shard(str(path), np.arange(2000) % 64)
+    return DataLoader(str(path), 2, 8, rank=rank, world_size=world_size, vocab_size=64)
+
+
+def checkpoint_args(out, dtype="fp32", kept=0, every=0, major=0):
+    return types.SimpleNamespace(output_dir=str(out), dtype=dtype, checkpoints_kept=kept, checkpoint_every=every,
+                                 major_every=major, resume=0)
+
+
+def saved_steps(out):
+    """{step: the kinds of file it has} in a run folder."""
+    steps = {}
+    for f in os.listdir(out):
+        m = re.fullmatch(r"(model|state|DONE)_(\d{8})(_\d{5})?(\.bin)?", f)
+        if m:
+            steps.setdefault(int(m.group(2)), set()).add(m.group(1))
+    return steps
+
+
+@pytest.mark.parametrize("dtype, version, itemsize", [("fp32", 3, 4), ("bf16", 5, 2)])
+def test_save_checkpoint_writes_llmcs_files(tmp_path, dtype, version, itemsize):
+    """model_%08d.bin in the run's dtype (llm.c's header: magic 20240326, version 3 fp32 / 5 bf16, maxT,
+    V, L, NH, C, Vp; then the parameters), the state file, and an empty DONE_%08d; the model is handed to
+    gather_master_weights first (ZeRO-1's master weights come home before they are saved)."""
+    model = GPT2(TINY, seed=3).allocate(2, 8)
+    dist, out = Processes(), tmp_path / "run"
+    out.mkdir()
+    train_gpt2.save_checkpoint(checkpoint_args(out, dtype), dist, model, tiny_loader(tmp_path), 12, lambda *a, **k: None)
+    assert len(dist.gathered) == 1 and dist.gathered[0] is model
+    assert saved_steps(out) == {12: {"model", "state", "DONE"}}
+    assert os.path.getsize(out / "DONE_00000012") == 0
+    raw = (out / "model_00000012.bin").read_bytes()
+    n = model.num_parameters
+    assert len(raw) == 256 * 4 + n * itemsize
+    assert struct.unpack("<8i", raw[:32]) == (20240326, version, 32, 64, 2, 2, 16, 128)
+    weights = model.params_memory.astype(np.float32)
+    if dtype == "fp32":
+        assert np.array_equal(np.frombuffer(raw[1024:], "<f4"), weights)
+    else:
+        import ml_dtypes
+        assert np.array_equal(np.frombuffer(raw[1024:], "<u2"), weights.astype(ml_dtypes.bfloat16).view(np.uint16))
+
+
+@pytest.mark.parametrize("kept, every, major, steps, want", [
+    (1, 1, 0, [1, 2, 3, 4], [4]),               # -nk 1: exactly one
+    (2, 1, 0, [1, 2, 3, 4], [3, 4]),
+    (1, 2, 0, [2, 4, 6], [6]),                  # the oldest is step - kept * every
+    (1, 0, 0, [5], [5]),                        # -n 0 (only at the end): nothing to delete
+    (1, 1, 1, [1, 2, 3], [1, 2, 3]),            # -nm 1: every checkpoint is a major one
+    (1, 1, 2, [1, 2, 3, 4, 5], [2, 4, 5]),
+    (0, 1, 0, [1, 2, 3], [1, 2, 3]),            # -nk 0: all
+])
+def test_save_checkpoint_keeps_the_last_nk(tmp_path, kept, every, major, steps, want):
+    model = GPT2(TINY, seed=3).allocate(2, 8)
+    out = tmp_path / "run"
+    out.mkdir()
+    args, loader = checkpoint_args(out, kept=kept, every=every, major=major), tiny_loader(tmp_path)
+    for step in steps:
+        train_gpt2.save_checkpoint(args, Processes(), model, loader, step, lambda *a, **k: None)
+    assert saved_steps(out) == {s: {"model", "state", "DONE"} for s in want}
