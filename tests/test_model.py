@@ -216,6 +216,10 @@ def test_pick_device(monkeypatch):
     assert pick_device("auto") == ("cuda" if gpu_available() else "cpu")
     monkeypatch.setitem(sys.modules, "cupy", None)                       # import cupy raises ImportError
     assert pick_device("auto") == "cpu"
+    for present in (True, False):                                       # a CuPy that sees a GPU, or not
+        cuda = type("cuda", (), {"is_available": staticmethod(lambda present=present: present)})
+        monkeypatch.setitem(sys.modules, "cupy", type("cupy", (), {"cuda": cuda}))
+        assert pick_device("auto") == ("cuda" if present else "cpu")
 
 
 @pytest.mark.parametrize("reader", ["load", "from_checkpoint", "from_pretrained"])
@@ -228,6 +232,8 @@ def test_model_readers_pass_every_option_on(tmp_path, reader):
         assert model.recompute == recompute and model.dtype.name == "bfloat16"
         assert (model.master_memory is not None) == master
         assert model.source == str(tmp_path / "m.bin")
+    model = read(str(tmp_path / "m.bin"), dtype="bfloat16")          # the defaults: no recompute, master
+    assert model.recompute == 0 and model.master_memory is not None   # weights for bf16
 
 
 def test_is_finite_sees_the_master_weights_and_the_parameters():
