@@ -350,3 +350,112 @@ def test_save_checkpoint_keeps_the_last_nk(tmp_path, kept, every, major, steps, 
     for step in steps:
         train_gpt2.save_checkpoint(args, Processes(), model, loader, step, lambda *a, **k: None)
     assert saved_steps(out) == {s: {"model", "state", "DONE"} for s in want}
+
+
+def state_file(out, step, rank, **fields):
+    from llmnp.checkpoint import save_state
+    path = os.path.join(out, f"state_{step:08d}_{rank:05d}.bin")
+    save_state(path, step, rank=rank, **fields)
+    return path
+
+
+def test_resume_loads_this_processes_shard_and_loader_position(tmp_path):
+    """ZeRO-1, process 1 of 2: the state file of rank 1 holds AdamW's m and v for this process's slice
+    [start, end) only (load_state is told its end - start parameters), and the loader's position."""
+    model = GPT2(TINY, seed=3)
+    N = model.num_parameters
+    start = N // 3
+    model.set_shard(start, N)
+    model.allocate(2, 8)
+    m, v = np.linspace(-1, 1, N - start, dtype=np.float32), np.linspace(0, 2, N - start, dtype=np.float32)
+    writer = tiny_loader(tmp_path, rank=1, world_size=2)
+    for _ in range(3):
+        writer.next_batch()
+    out = tmp_path / "run"
+    state_file(out, 4, 1, m=m, v=v, world_size=2, loader_state=writer.state_dict())
+    loader = tiny_loader(tmp_path, rank=1, world_size=2)
+    args = types.SimpleNamespace(output_dir=str(out))
+    assert train_gpt2.resume(args, Processes(1, 2), model, loader, (4, str(out / "model_00000004.bin"))) == 4
+    assert np.array_equal(model.m_memory, m) and np.array_equal(model.v_memory, v)
+    assert loader.current_sample_idx == 3
+
+
+def test_resume_restores_the_master_weights(tmp_path):
+    """bf16 parameters with fp32 master weights: the state's master weights come back, and the bf16
+    parameters are them rounded to nearest."""
+    import ml_dtypes
+    model = GPT2(TINY, dtype="bfloat16", seed=3).allocate(2, 8)
+    N = model.num_parameters
+    master = np.linspace(-0.3, 0.3, N, dtype=np.float32) + np.float32(1e-4)   # not what init drew
+    out = tmp_path / "run"
+    state_file(out, 6, 0, m=np.full(N, 0.5, np.float32), v=np.full(N, 0.25, np.float32), master=master,
+               loader_state=tiny_loader(tmp_path).state_dict())
+    args = types.SimpleNamespace(output_dir=str(out))
+    assert train_gpt2.resume(args, Processes(), model, tiny_loader(tmp_path), (6, "")) == 6
+    assert np.array_equal(model.master_memory, master)
+    assert np.array_equal(model.params_memory.astype(np.float32), master.astype(ml_dtypes.bfloat16).astype(np.float32))
+
+
+def test_resume_refuses_a_state_of_another_model(tmp_path):
+    model = GPT2(TINY, seed=3).allocate(2, 8)
+    N = model.num_parameters
+    out = tmp_path / "run"
+    state_file(out, 4, 0, m=np.zeros(N + 16, np.float32), v=np.zeros(N + 16, np.float32))
+    args = types.SimpleNamespace(output_dir=str(out))
+    with pytest.raises(UserError, match=f"for {N + 16:,} parameters, this run's model has {N:,}"):
+        train_gpt2.resume(args, Processes(), model, tiny_loader(tmp_path), (4, ""))
+
+
+@pytest.mark.parametrize("written_by, this, words", [
+    ((0, 2), (0, 1), "written by process 0 of 2, this is process 0 of 1"),     # another count alone
+    ((1, 2), (0, 2), "written by process 1 of 2, this is process 0 of 2"),     # another rank alone
+])
+def test_resume_refuses_a_state_of_another_process(tmp_path, written_by, this, words):
+    model = GPT2(TINY, seed=3).allocate(2, 8)
+    N = model.num_parameters
+    out = tmp_path / "run"
+    rank, world_size = this
+    from llmnp.checkpoint import save_state
+    os.makedirs(out)                             # this process's file name, the header of another process
+    save_state(str(out / f"state_00000004_{rank:05d}.bin"), 4, np.zeros(N, np.float32), np.zeros(N, np.float32),
+               rank=written_by[0], world_size=written_by[1],
+               loader_state=tiny_loader(tmp_path, rank, world_size).state_dict())
+    args = types.SimpleNamespace(output_dir=str(out))
+    with pytest.raises(UserError, match=re.escape(words)):
+        train_gpt2.resume(args, Processes(rank, world_size), model, tiny_loader(tmp_path, rank, world_size), (4, ""))
+
+
+def test_resume_without_this_processes_state_counts_the_others(tmp_path):
+    model = GPT2(TINY, seed=3).allocate(2, 8)
+    out = tmp_path / "run"
+    out.mkdir()
+    args = types.SimpleNamespace(output_dir=str(out))
+    with pytest.raises(UserError, match="the checkpoint at step 4 has no state files"):
+        train_gpt2.resume(args, Processes(), model, tiny_loader(tmp_path), (4, ""))
+    for rank in (1, 2):
+        (out / f"state_00000004_{rank:05d}.bin").write_bytes(b"")
+    (out / "state_00000008_00003.bin").write_bytes(b"")           # another step's: not counted
+    with pytest.raises(UserError, match=re.escape("has 2 state file(s), this run has 1 processes")):
+        train_gpt2.resume(args, Processes(), model, tiny_loader(tmp_path), (4, ""))
+
+
+def test_training_state_is_this_processes_share(tmp_path):
+    """What save_state writes: the step, this process's rank of the count, AdamW's m and v, the master
+    weights (bf16 parameters) and the loader's position."""
+    from llmnp.checkpoint import load_state, save_state
+    model = GPT2(TINY, dtype="bfloat16", seed=3).allocate(2, 8)
+    N = model.num_parameters
+    model.m_memory[...] = np.linspace(-1, 1, N)
+    model.v_memory[...] = np.linspace(0, 1, N)
+    model.master_memory[...] = np.linspace(-0.5, 0.5, N)
+    loader = tiny_loader(tmp_path, rank=2, world_size=3)
+    loader.next_batch()
+    state = train_gpt2.training_state(model, Processes(2, 3), loader, 7)
+    assert (state["step"], state["rank"], state["world_size"]) == (7, 2, 3)
+    assert np.array_equal(state["m"], np.linspace(-1, 1, N, dtype=np.float32))
+    assert np.array_equal(state["v"], np.linspace(0, 1, N, dtype=np.float32))
+    assert np.array_equal(state["master"], np.linspace(-0.5, 0.5, N, dtype=np.float32))
+    assert state["loader_state"] == loader.state_dict() and state["loader_state"]["current_sample_idx"] == 1
+    save_state(str(tmp_path / "s.bin"), **state)
+    back = load_state(str(tmp_path / "s.bin"), num_parameters=N)
+    assert (back["rank"], back["world_size"]) == (2, 3) and np.array_equal(back["master"], state["master"])
