@@ -188,6 +188,26 @@ def test_read_shard_reads_the_count_in_its_header_even_if_the_file_grows(tmp_pat
     assert read_shard(path).tolist() == [5, 6, 7]
 
 
+def test_token_id_check_reads_the_count_in_the_header_even_if_the_file_grows(tmp_path, monkeypatch):
+    """The id check looks at exactly the N tokens a shard's header announces (the ones the loader reads):
+    an id past the vocabulary appended after the size check (simulated inside the size check) is not
+    one of them and does not stop the run."""
+    path = tmp_path / "a.bin"
+    path.write_bytes(struct_shard([1] * 10))
+    real_size = data.file_size
+
+    def size_then_append(f):
+        size = real_size(f)
+        with open(path, "ab") as g:
+            g.write(struct.pack("<H", 999))
+        return size
+    monkeypatch.setattr(data, "file_size", size_then_append)
+    loader = DataLoader.__new__(DataLoader)
+    loader.files, loader.shard_tokens, loader.num_tokens = [str(path)], [10], 10
+    loader.vocab_size, loader.rank = 100, 0
+    loader._check_token_ids(block=4)
+
+
 # ------------------------------------------------------------------------------------------ mt19937
 def test_mt19937_struct_holds_the_seed_as_a_u64():
     """The state struct's u64 seed_ field holds the seed (checkpoint.py's format note; llm.c itself leaves
