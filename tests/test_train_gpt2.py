@@ -459,3 +459,107 @@ def test_training_state_is_this_processes_share(tmp_path):
     save_state(str(tmp_path / "s.bin"), **state)
     back = load_state(str(tmp_path / "s.bin"), num_parameters=N)
     assert (back["rank"], back["world_size"]) == (2, 3) and np.array_equal(back["master"], state["master"])
+
+
+# ---------------------------------------------------------------------------------- signals
+@pytest.mark.parametrize("saving", [True, False])
+def test_stop_request_finishes_the_step_then_a_second_signal_stops_at_once(saving):
+    """In process: the first signal sets the flag and says (flushed at once) what happens next; a second
+    one raises Interrupted saying whether and where anything was saved; close() puts back the handlers
+    that were there before."""
+    lines = []
+
+    def log(*a, **k):
+        lines.append((a, k))
+
+    def before_int(signum, frame):
+        pass
+
+    def before_term(signum, frame):
+        pass
+    outer = signal.signal(signal.SIGINT, before_int), signal.signal(signal.SIGTERM, before_term)
+    try:
+        stop = train_gpt2.StopRequest(log, saving=saving)
+        assert signal.getsignal(signal.SIGINT) == stop.handle and signal.getsignal(signal.SIGTERM) == stop.handle
+        assert stop.signum is None and stop.saved_step is None and lines == []
+        stop.handle(signal.SIGTERM, None)
+        assert stop.signum == signal.SIGTERM
+        assert len(lines) == 1 and lines[0][1] == {"flush": True}
+        (text,), _ = lines[0]
+        then = "writing a checkpoint" if saving else "stopping; nothing will be saved (no -o given)"
+        assert text == f"\nSIGTERM: finishing this step, then {then}; SIGTERM again stops at once"
+        with pytest.raises(Interrupted) as e:
+            stop.handle(signal.SIGINT, None)
+        assert e.value.signum == signal.SIGINT
+        saved = "nothing saved since the start" if saving else "nothing was saved (no -o given)"
+        assert str(e.value) == f"SIGINT again: stopped at once; {saved}"
+        if saving:
+            stop.saved_step = 8
+            with pytest.raises(Interrupted, match="^SIGTERM again: stopped at once; nothing saved after the "
+                                                  "checkpoint at step 8$"):
+                stop.handle(signal.SIGTERM, None)
+        assert stop.signum == signal.SIGTERM and len(lines) == 1      # the first signal's, kept
+        stop.close()
+        assert signal.getsignal(signal.SIGINT) is before_int and signal.getsignal(signal.SIGTERM) is before_term
+    finally:
+        signal.signal(signal.SIGINT, outer[0])
+        signal.signal(signal.SIGTERM, outer[1])
+
+
+def test_last_checkpoint_words(tmp_path):
+    """Nothing saved (and why: no -o), or the newest step with both its DONE marker and its model file."""
+    assert train_gpt2.last_checkpoint_words(None) == "nothing was saved (no -o given)"
+    assert train_gpt2.last_checkpoint_words(str(tmp_path / "never_made")) == "nothing was saved"
+    out = tmp_path / "run"
+    out.mkdir()
+    assert train_gpt2.last_checkpoint_words(str(out)) == "nothing was saved"
+    for name in ("DONE_00000004", "model_00000004.bin", "DONE_00000007", "model_00000009.bin"):
+        (out / name).write_bytes(b"")            # 7: no model file; 9: not complete
+    assert train_gpt2.last_checkpoint_words(str(out)) == \
+        f"the last complete checkpoint is step 4 in {out} (-y 1 resumes from it)"
+
+
+def test_gpu_memory_line_from_cupys_numbers(monkeypatch):
+    """-lg: in use = total - free, of total, and the pool's bytes, each in GiB (2^30 bytes)."""
+    total, free, pool = 85_899_345_920, 20_000_000_000, 7_000_000_000     # 80 GiB; 61.37 and 6.52 GiB
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(memGetInfo=lambda: (free, total)))
+    fake.get_default_memory_pool = lambda: types.SimpleNamespace(total_bytes=lambda: pool)
+    monkeypatch.setitem(_sys.modules, "cupy", fake)
+    assert train_gpt2.gpu_memory_line() == "gpu: 61.4 of 80.0 GiB in use (6.5 GiB by this process's pool)"
+
+
+# ---------------------------------------------------------------------------------- setup
+def test_preset_tells_a_missing_file_from_a_bad_descriptor():
+    c = train_gpt2.preset("d2")
+    assert (c.num_layers, c.num_heads, c.channels) == (2, 2, 128)
+    for name in ("missing.bin", os.path.join("runs", "d12")):
+        with pytest.raises(UserError, match=f"model file {re.escape(name)} not found"):
+            train_gpt2.preset(name)
+    with pytest.raises(UserError, match="unknown model descriptor 'gpt4'"):
+        train_gpt2.preset("gpt4")
+
+
+@pytest.mark.parametrize("names, refused", [
+    ([], False),
+    (["notes.txt", "model_final.bin", "DONE", "state_123.bin", "main.log.old"], False),   # not a run's
+    (["main.log"], True),
+    (["DONE_00000005"], True),
+    (["model_00000005.bin"], True),
+    (["state_00000005_00000.bin"], True),
+])
+def test_prepare_output_dir_refuses_only_another_runs_files(tmp_path, names, refused):
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in names:
+        (out / name).write_bytes(b"")
+    args = types.SimpleNamespace(output_dir=str(out), resume=0)
+    if refused:
+        with pytest.raises(UserError, match=re.escape(f"-o {out} already holds a run (1 files")):
+            train_gpt2.prepare_output_dir(args)
+    else:
+        assert train_gpt2.prepare_output_dir(args) is None
+    for name in ("DONE_00000003", "model_00000003.bin"):
+        (out / name).write_bytes(b"")
+    assert train_gpt2.prepare_output_dir(types.SimpleNamespace(output_dir=str(out), resume=1)) == \
+        (3, os.path.join(str(out), "model_00000003.bin"))
