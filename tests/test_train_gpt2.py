@@ -563,3 +563,95 @@ def test_prepare_output_dir_refuses_only_another_runs_files(tmp_path, names, ref
         (out / name).write_bytes(b"")
     assert train_gpt2.prepare_output_dir(types.SimpleNamespace(output_dir=str(out), resume=1)) == \
         (3, os.path.join(str(out), "model_00000003.bin"))
+
+
+# ------------------------------------------------------------------------- the step's parts
+class StepProcesses(Processes):
+    """One process, recording which model its gradients were reduced for."""
+
+    def __init__(self):
+        super().__init__()
+        self.reduced = []
+
+    def reduce_gradients(self, model):
+        self.reduced.append(model)
+
+    def grad_norm(self, model):
+        return model.grad_norm()
+
+    def average(self, x):
+        return x
+
+
+def test_forward_backward_accumulates_the_steps_micro_batches(tmp_path):
+    """Two micro-batches read in order: their mean loss, the gradients reduced over processes (for this
+    model), and the batches themselves (for --check-finite's re-run)."""
+    model = GPT2(TINY, seed=3).allocate(2, 8)
+    dist = StepProcesses()
+    args = types.SimpleNamespace(overfit_single_batch=0, check_finite=False)
+    loss, norm, batches = train_gpt2.forward_backward(args, dist, model, tiny_loader(tmp_path), 2)
+    reader = tiny_loader(tmp_path)
+    want = [reader.next_batch() for _ in range(2)]
+    assert len(batches) == 2 and all(np.array_equal(b[0], w[0]) and np.array_equal(b[1], w[1])
+                                     for b, w in zip(batches, want))
+    fresh = GPT2(TINY, seed=3)
+    assert loss == pytest.approx(sum(float(fresh.forward(x, y)) for x, y in want) / 2, rel=1e-6)
+    assert len(dist.reduced) == 1 and dist.reduced[0] is model
+    assert norm == model.grad_norm() and norm > 0
+
+
+@pytest.mark.parametrize("check_finite", [False, True])
+def test_forward_backward_checks_layers_only_with_check_finite(tmp_path, check_finite):
+    """A NaN weight: with --check-finite the first layer output holding it stops the step (NonFinite);
+    without, the step runs through and the loss comes out NaN (check_finite catches it after)."""
+    from llmnp import nonfinite
+    model = GPT2(TINY, seed=3).allocate(2, 8)
+    model.params["wpe"][...] = np.nan
+    args = types.SimpleNamespace(overfit_single_batch=0, check_finite=check_finite)
+    if check_finite:
+        with pytest.raises(nonfinite.NonFinite):
+            train_gpt2.forward_backward(args, StepProcesses(), model, tiny_loader(tmp_path), 1)
+    else:
+        loss, _, _ = train_gpt2.forward_backward(args, StepProcesses(), model, tiny_loader(tmp_path), 1)
+        assert np.isnan(loss)
+    assert model.ops is not None and not isinstance(model.ops, nonfinite.CheckedOps)
+
+
+@pytest.mark.parametrize("name, peak", [
+    ("NVIDIA H100 80GB HBM3", 989e12),        # bf16 dense tensor-core peaks, NVIDIA's data sheets
+    ("NVIDIA H100 PCIe", 756e12),
+    ("NVIDIA A100-SXM4-80GB", 312e12),
+    ("Tesla T4", None),                       # not in the table: MFU n/a
+])
+def test_device_peak_flops_by_the_gpus_name(monkeypatch, name, peak):
+    asked = []
+
+    def properties(device_id):
+        asked.append(device_id)
+        return {"name": name.encode()}
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceProperties=properties),
+                                      Device=lambda: types.SimpleNamespace(id=3))
+    monkeypatch.setitem(_sys.modules, "cupy", fake)
+    assert train_gpt2.device_peak_flops("cpu") is None and asked == []
+    assert train_gpt2.device_peak_flops("cuda") == peak and asked == [3]
+
+
+def test_outlier_detector_window():
+    """NaN until 128 values are in; then the z-score of a value 5 standard deviations from the last 128
+    values (llm.c's rule, which counts the new value into the window, gives about 4.5; against the 128
+    before it, 5); a value of the 129th-newest's size is no outlier once that one has left the window;
+    a constant window gives no positive z (llm.c: 0)."""
+    rng = np.random.default_rng(0)
+    det = train_gpt2.OutlierDetector()
+    values = [1000.0] + list(10.0 + 0.5 * rng.standard_normal(127 + 10))
+    zs = [det.update(v) for v in values]
+    assert all(np.isnan(zs[:128])) and not any(np.isnan(zs[128:]))
+    last = np.array(values[-128:])
+    z = det.update(last.mean() + 5 * last.std())
+    assert 4.0 < z < 6.0
+    assert all(abs(z) < 4 for z in zs[129:])               # the 1000 has left the window
+    flat = train_gpt2.OutlierDetector()
+    for _ in range(128):
+        flat.update(2.0)
+    assert not flat.update(2.0) > 0 and not flat.update(2.0) < 0
