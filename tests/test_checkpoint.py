@@ -160,6 +160,20 @@ def test_training_folder_reads_its_latest_complete_checkpoint(tmp_path):
     assert config == TINY and np.array_equal(flat, flats[20])
 
 
+def test_training_folder_without_a_finished_checkpoint(tmp_path):
+    """A folder with model_*.bin but no DONE_ marker (a checkpoint cut off while written) is refused
+    saying so, and a folder with other files only as holding no model at all."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model_00000010.bin").write_bytes(struct_model_file(TINY, random_flat(TINY), 3))
+    (tmp_path / "run" / "notes.txt").write_text("x")
+    with pytest.raises(UserError, match="model_.*bin files but no DONE_"):
+        read_weights(tmp_path / "run")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "model_10.bin").write_bytes(struct_model_file(TINY, random_flat(TINY), 3))
+    with pytest.raises(UserError, match="holds neither a training checkpoint"):
+        read_weights(tmp_path / "other")
+
+
 # ------------------------------------------------------------------------------------------ debug state
 def test_debug_state_byte_exact(tmp_path):
     B, T, V = 2, 3, TINY.vocab_size
