@@ -655,3 +655,38 @@ def test_outlier_detector_window():
     for _ in range(128):
         flat.update(2.0)
     assert not flat.update(2.0) > 0 and not flat.update(2.0) < 0
+
+
+def test_check_finite_stops_at_a_nonfinite_value_and_names_the_layer(monkeypatch, tmp_path):
+    """A finite value passes; NaN or inf stops the run (UserError) saying the step, what and the value,
+    with the layer nonfinite.locate finds when it re-runs the step's micro-batches (inputs and targets
+    apart, the step's accumulation and number), and what was saved."""
+    from llmnp import nonfinite
+    calls, found = [], []
+
+    def locate(model, inputs, targets, grad_accum_steps=1, step=None):
+        calls.append((model, inputs, targets, grad_accum_steps, step))
+        return found[0] if found else None
+    monkeypatch.setattr(nonfinite, "locate", locate)
+    model = object()
+    xs, ys = [np.full((2, 4), i) for i in (1, 2)], [np.full((2, 4), i) for i in (3, 4)]
+    batches = list(zip(xs, ys))
+    assert train_gpt2.check_finite(3, "loss", 2.5, None, model, batches, 2) is None and calls == []
+    with pytest.raises(UserError) as e:
+        train_gpt2.check_finite(5, "loss", float("nan"), None)
+    assert str(e.value).startswith("step 5: the loss is nan (training diverged") and calls == []
+    assert str(e.value).endswith(": nothing was saved (no -o given)")
+    with pytest.raises(UserError) as e:
+        train_gpt2.check_finite(7, "gradient norm", float("inf"), str(tmp_path), model, batches, 2)
+    assert len(calls) == 1 and calls[0][0] is model and calls[0][3:] == (2, 7)
+    assert [a.tolist() for a in calls[0][1]] == [x.tolist() for x in xs]
+    assert [a.tolist() for a in calls[0][2]] == [y.tolist() for y in ys]
+    assert str(e.value).startswith("step 7: the gradient norm is inf (running the step again with checks found no "
+                                   "layer output that was not finite) (training diverged")
+    assert str(e.value).endswith(": nothing was saved")
+    found.append("step 7: layer 1 attention_forward made NaN in atty")
+    with pytest.raises(UserError) as e:
+        train_gpt2.check_finite(7, "val loss", float("nan"), None, model, batches[:1])
+    assert calls[-1][3:] == (1, 7)
+    assert str(e.value).startswith("step 7: layer 1 attention_forward made NaN in atty; the val loss is nan "
+                                   "(training diverged")
