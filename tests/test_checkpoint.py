@@ -117,6 +117,18 @@ def test_model_file_with_a_zero_size_refused(tmp_path, field):
         load_model(tmp_path / "z.bin")
 
 
+@pytest.mark.parametrize("index, where", [(0, "wte"), (640 + 8, "ln1w of layer 1"), (2400 - 8, "lnfb")])
+def test_model_file_nonfinite_first_value_of_a_tensor(tmp_path, index, where):
+    """NaN as the first value of a tensor (TINY's flat layout by hand: wte 64*8 at 0, wpe 16*8 at 512,
+    ln1w 2*8 at 640, ..., lnfb the last 8 of 2400) is found and named, not given to its neighbour."""
+    flat = random_flat(TINY)
+    assert flat.size == 2400
+    flat[index] = np.nan
+    (tmp_path / "m.bin").write_bytes(struct_model_file(TINY, flat, 3))
+    with pytest.raises(UserError, match=f"parameter {where} holds NaN"):
+        load_model(tmp_path / "m.bin")
+
+
 def test_model_file_errors(tmp_path):
     good = struct_model_file(TINY, random_flat(TINY), 3)
     cases = {
