@@ -340,8 +340,12 @@ def _loader_section(raw, end):
     None when it does not parse so."""
     try:
         n = struct.unpack_from("<Q", raw, end)[0]
+        if end + 16 + 4 * n > len(raw):              # a count past the file's end (up to 2^64 - 1)
+            return None
         shards = np.frombuffer(raw, "<i4", n, end + 8)
         k = struct.unpack_from("<Q", raw, end + 8 + 4 * n)[0]
+        if end + 16 + 4 * n + 4 * k > len(raw):
+            return None
         intra = np.frombuffer(raw, "<i4", k, end + 16 + 4 * n)
     except (struct.error, ValueError):
         return None

@@ -247,6 +247,13 @@ STATE_CASES = {
     "shard order": (lambda t: state_bytes(t, shuffle=True).replace(struct.pack("<Q2i", 2, 1, 0),
                                                                     struct.pack("<Q2i", 2, 1, 1)),
                     "data-loader state"),
+    # u64 counts far past the file's end, up to the top bit (which NumPy cannot even take as a count)
+    **{f"shard count {n}": (lambda t, n=n: state_bytes(t, shuffle=True).replace(struct.pack("<Q2i", 2, 1, 0),
+                                                                               struct.pack("<Q2i", n, 1, 0)),
+                            "data-loader state") for n in (2**40, 2**63, 2**64 - 1)},
+    **{f"sample count {n}": (lambda t, n=n: state_bytes(t, shuffle=True).replace(struct.pack("<Q3i", 3, 2, 0, 1),
+                                                                                struct.pack("<Q3i", n, 2, 0, 1)),
+                             "data-loader state") for n in (2**63, 2**64 - 1)},
 }
 
 
