@@ -690,3 +690,30 @@ def test_check_finite_stops_at_a_nonfinite_value_and_names_the_layer(monkeypatch
     assert calls[-1][3:] == (1, 7)
     assert str(e.value).startswith("step 7: layer 1 attention_forward made NaN in atty; the val loss is nan "
                                    "(training diverged")
+
+
+def test_hellaswag_examples_checked_before_step_1(monkeypatch, tmp_path):
+    """-h 1: the examples of dev/data/hellaswag/hellaswag_val.bin, checked against the model and B, T: B
+    of 4 (one example's 4 endings) suffices, and T of exactly the longest row (context + longest ending
+    - 1 = 3 + 2 - 1 here); -h 0, or no file (said once), gives None."""
+    from llmnp.hellaswag import write_eval_file
+    monkeypatch.chdir(tmp_path)
+    model = GPT2(TINY, seed=3)
+    lines = []
+    h1, h0 = types.SimpleNamespace(hellaswag=1), types.SimpleNamespace(hellaswag=0)
+    assert train_gpt2.hellaswag_examples(h1, model, 4, 8, lines.append) is None
+    assert len(lines) == 1 and "dev/data/hellaswag/hellaswag_val.bin not found" in lines[0]
+    example = {"label": 1, "ctx_tokens": [1, 2, 3], "ending_tokens": [[4], [5, 6], [7], [8]]}
+    write_eval_file("dev/data/hellaswag/hellaswag_val.bin", [example, dict(example, label=2)])
+    assert train_gpt2.hellaswag_examples(h0, model, 4, 8, lines.append) is None
+    examples = train_gpt2.hellaswag_examples(h1, model, 4, 4, lines.append)
+    assert [(e.label, e.context, e.endings) for e in examples] == [(1, [1, 2, 3], [[4], [5, 6], [7], [8]]),
+                                                                   (2, [1, 2, 3], [[4], [5, 6], [7], [8]])]
+    with pytest.raises(UserError, match="HellaSwag examples need up to 4 positions, -t is 3"):
+        train_gpt2.hellaswag_examples(h1, model, 4, 3, lines.append)
+    with pytest.raises(UserError, match="-h 1 needs -b 4 or more"):
+        train_gpt2.hellaswag_examples(h1, model, 3, 8, lines.append)
+    write_eval_file("dev/data/hellaswag/hellaswag_val.bin", [dict(example, ctx_tokens=[1, 2, 64])])
+    with pytest.raises(UserError, match="hellaswag_val.bin: holds token id 64"):
+        train_gpt2.hellaswag_examples(h1, model, 4, 8, lines.append)
+    assert len(lines) == 1
