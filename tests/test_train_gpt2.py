@@ -717,3 +717,49 @@ def test_hellaswag_examples_checked_before_step_1(monkeypatch, tmp_path):
     with pytest.raises(UserError, match="hellaswag_val.bin: holds token id 64"):
         train_gpt2.hellaswag_examples(h1, model, 4, 8, lines.append)
     assert len(lines) == 1
+
+
+def test_load_model_builds_what_the_flags_ask(tmp_path, monkeypatch):
+    """-e dN: a random init from --seed; -e FILE, or the device's default file when -e is absent; -y 1:
+    the checkpoint (with an -e of the same shape); each in --dtype with -r and -w as given."""
+    monkeypatch.chdir(tmp_path)
+    lines = []
+    flags = dict(model="d1", device="cpu", dtype="fp32", recompute=2, master_weights=1, seed=5)
+    model = train_gpt2.load_model(types.SimpleNamespace(**flags), lines.append)
+    assert lines == ["initialising a random d1 (seed 5)"] and model.recompute == 2
+    assert np.array_equal(model.params_memory, GPT2(GPT2Config.preset("d1"), seed=5).params_memory)
+    for w in (0, 1):
+        model = train_gpt2.load_model(types.SimpleNamespace(**dict(flags, dtype="bf16", master_weights=w)), print)
+        assert model.dtype.name == "bfloat16" and (model.master_memory is not None) == bool(w)
+    saved = GPT2(TINY, seed=9)
+    saved.save_checkpoint("tiny.bin")
+    saved.save_checkpoint(train_gpt2.DEFAULT_MODEL["cpu"])
+    for name in ("tiny.bin", None):                          # None: the default file, found here
+        model = train_gpt2.load_model(types.SimpleNamespace(**dict(flags, model=name)), print)
+        assert model.config == TINY and model.recompute == 2
+        assert np.array_equal(model.params_memory, saved.params_memory)
+    for name in (None, "tiny.bin"):
+        model = train_gpt2.load_model(types.SimpleNamespace(**dict(flags, model=name, dtype="bf16")), lines.append,
+                                      checkpoint=(3, "tiny.bin"))
+        assert lines[-1] == "resuming from tiny.bin (step 3)" and model.recompute == 2
+        assert model.config == TINY and np.array_equal(model.master_memory, saved.params_memory)
+    with pytest.raises(UserError, match="-e d1 is a L=1"):
+        train_gpt2.load_model(types.SimpleNamespace(**flags), print, checkpoint=(3, "tiny.bin"))
+
+
+def test_a_missing_default_model_falls_back_to_a_random_d12(tmp_path, monkeypatch):
+    built = []
+
+    class Recorder:                               # GPT2 itself would draw 124M weights
+        def __init__(self, config, seed=42, **make):
+            built.append((config, seed, make))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train_gpt2, "GPT2", Recorder)
+    lines = []
+    args = types.SimpleNamespace(model=None, device="cpu", dtype="fp32", recompute=1, master_weights=1, seed=7)
+    train_gpt2.load_model(args, lines.append)
+    assert built == [(GPT2Config.preset("d12"), 7, dict(device="cpu", dtype=np.float32, recompute=1,
+                                                         master_weights=True))]
+    assert "gpt2_124M.bin not found: training a randomly initialised d12" in lines[0]
+    with pytest.raises(UserError, match="model file missing.bin not found"):
+        train_gpt2.load_model(types.SimpleNamespace(**dict(vars(args), model="missing.bin")), print)
