@@ -177,6 +177,8 @@ def test_flag_defaults_are_llmcs(device, expected):
     (["-pn", "2", "-pr", "2", "-pi", "fs", "-pf", "."], "-pr 2 is not a rank of -pn 2"),
     (["-pn", "2", "-pi", "fs"], "-pi fs needs -pf FOLDER"),
     (["-pn", "2", "-pi", "tcp"], "-pi tcp needs -ps ADDRESS"),
+    (["-pn", "2", "-pi", "tcp", "-ps", "127.0.0.1"], "needs --device cuda"),      # -ps reaches the launch
+    (["-pi", "fs"], "-pi fs needs -pf FOLDER"),                                    # -pi alone, without -pn
     (["-pn", "2"], "-pn 2, but 1 process(es) were started: start them with mpiexec -n N, or give -pi tcp/fs"),
 ])
 def test_launch_flags_on_the_cpu_are_one_line(tiny_run, capsys, flags, words):
