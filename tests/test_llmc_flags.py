@@ -223,3 +223,33 @@ def test_bf16_without_master_weights_trains_and_saves_memory(tiny_run, capsys):
     with_master = GPT2(GPT2Config.tiny(), device="cuda", dtype="bfloat16")
     without = GPT2(GPT2Config.tiny(), device="cuda", dtype="bfloat16", master_weights=False)
     assert with_master.master_memory is not None and without.master_memory is None
+
+
+def test_mpiexec_without_pn_takes_its_process_count(tiny_run, capsys, monkeypatch):
+    """Started by mpiexec -n 2 without -pn (a stand-in mpi4py, process 0 of 2): no launch of 1 process is
+    assumed; the run goes on as 2 processes, up to its first collective (which the stand-in cannot do)."""
+    import types
+    import llmnp.distributed
+
+    class Collective(Exception):
+        pass
+
+    class World:
+        def Get_rank(self):
+            return 0
+
+        def Get_size(self):
+            return 2
+
+        def Split_type(self, kind):
+            return self
+
+        def __getattr__(self, name):
+            raise Collective(name)
+    mpi4py = types.ModuleType("mpi4py")
+    mpi4py.MPI = types.SimpleNamespace(COMM_WORLD=World(), COMM_TYPE_SHARED=0, SUM="sum", MAX="max", IN_PLACE=None)
+    monkeypatch.setitem(sys.modules, "mpi4py", mpi4py)
+    monkeypatch.setattr(llmnp.distributed, "launcher_rank_size", lambda: (0, 2))
+    with pytest.raises(Collective):
+        train_gpt2.main(tiny_run + ["-x", "1", "-v", "0", "-s", "0"])
+    assert "2 processes (started by mpiexec), gradients reduced by MPI" in capsys.readouterr().out
