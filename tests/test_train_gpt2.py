@@ -763,3 +763,20 @@ def test_a_missing_default_model_falls_back_to_a_random_d12(tmp_path, monkeypatc
     assert "gpt2_124M.bin not found: training a randomly initialised d12" in lines[0]
     with pytest.raises(UserError, match="model file missing.bin not found"):
         train_gpt2.load_model(types.SimpleNamespace(**dict(vars(args), model="missing.bin")), print)
+
+
+def test_val_loss_is_the_mean_over_m_batches(tiny_run, capsys):
+    """The step-0 val loss: the mean of the model's losses on the first -m val batches (2 of the 18 here;
+    -m -1: all), computed again here with the model file and a loader of its own."""
+    from llmnp.data import DataLoader
+    flags = dict(zip(tiny_run[::2], tiny_run[1::2]))
+    assert train_gpt2.main(tiny_run + ["-x", "1", "-v", "1", "-m", "2", "-s", "0"]) == 0
+    got = [float(l.split()[-1]) for l in capsys.readouterr().out.splitlines() if l.startswith("val loss ")]
+    model = GPT2.load(flags["-e"])
+    val = DataLoader(flags["-j"], 2, 16, vocab_size=64)
+    assert val.num_batches == 18
+    losses = [float(model.forward(*val.next_batch())) for _ in range(18)]
+    assert len(got) == 2 and abs(got[0] - sum(losses[:2]) / 2) < 2e-6, (got, losses)
+    assert train_gpt2.main(tiny_run + ["-x", "1", "-v", "1", "-m", "-1", "-s", "0"]) == 0     # -m -1: all 18
+    got = [float(l.split()[-1]) for l in capsys.readouterr().out.splitlines() if l.startswith("val loss ")]
+    assert abs(got[0] - sum(losses) / 18) < 2e-6, (got, losses)
