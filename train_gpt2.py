@@ -225,20 +225,22 @@ def device_peak_flops(device):
 
 
 class OutlierDetector:
-    """z-score of a value against the last 128 (llm.c's -sl/-sg statistic); NaN until the window is full."""
+    """llm.c's -sl/-sg statistic: NaN while the first 128 values come in; then each new value replaces
+    the oldest and gets its z-score within the window it is now part of (0 when the window is constant)."""
 
     def __init__(self, window=128):
         self.window, self.values = window, []
 
     def update(self, x):
-        z = float("nan")
-        if len(self.values) == self.window:
-            mean = sum(self.values) / self.window
-            std = math.sqrt(sum((v - mean) ** 2 for v in self.values) / self.window)
-            z = (x - mean) / std if std > 0 else float("nan")
+        full = len(self.values) == self.window
+        if full:
             self.values.pop(0)
         self.values.append(x)
-        return z
+        if not full:
+            return float("nan")
+        mean = sum(self.values) / self.window
+        std = math.sqrt(sum((v - mean) ** 2 for v in self.values) / self.window)
+        return (x - mean) / std if std > 0 else 0.0
 
 
 class XorShift:

@@ -657,6 +657,25 @@ def test_outlier_detector_window():
     assert not flat.update(2.0) > 0 and not flat.update(2.0) < 0
 
 
+def test_outlier_detector_is_llmcs_statistic():
+    """llm.c's update_detector (outlier_detector.h): the first 128 values give NaN; from the 129th on, the
+    value joins the window of the last 128 (itself included) and its z-score is taken there, with the
+    population standard deviation; a constant window gives 0. Reference: NumPy in float64 over the
+    same window."""
+    rng = np.random.default_rng(1)
+    values = list(3.0 + rng.standard_normal(300)) + [50.0] + [7.0] * 200
+    det = train_gpt2.OutlierDetector()
+    for i, v in enumerate(values):
+        z = det.update(v)
+        if i < 128:
+            assert np.isnan(z)
+            continue
+        window = np.array(values[i - 127:i + 1])
+        want = 0.0 if window.std() == 0 else (v - window.mean()) / window.std()
+        assert z == pytest.approx(want, rel=1e-9, abs=1e-12), i
+    assert det.update(7.0) == 0.0                               # 128 sevens: constant
+
+
 def test_check_finite_stops_at_a_nonfinite_value_and_names_the_layer(monkeypatch, tmp_path):
     """A finite value passes; NaN or inf stops the run (UserError) saying the step, what and the value,
     with the layer nonfinite.locate finds when it re-runs the step's micro-batches (inputs and targets
