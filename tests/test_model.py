@@ -7,7 +7,7 @@ import pytest
 
 from gradcheck import assert_grad
 from llmnp import GPT2, GPT2Config
-from llmnp.params import PARAMETER_NAMES
+from llmnp.params import PARAMETER_NAMES, activation_specs, num_elements
 
 TINY = GPT2Config.tiny(vocab_size=20, max_seq_len=8, num_layers=2, num_heads=2, channels=8, pad_to=8)
 
@@ -261,3 +261,25 @@ def test_optimizer_state_leaves_as_float32_and_one_shard_only():
     model.set_shard(*model.shard)                        # the same shard: fine
     with pytest.raises(RuntimeError, match="another shard"):
         model.set_shard(0, 10)
+
+
+def test_recompute_2_gives_the_same_gradients_with_less_memory():
+    """-r 1 (GELU) and -r 2 (GELU and the layernorms recomputed in backward): the same loss and gradients
+    as keeping everything; -r 2 keeps one (B,T,C) buffer for ln1 and one for ln2 instead of L each, so
+    2 (L - 1) B T C fewer activations than -r 1."""
+    config = GPT2Config(max_seq_len=16, vocab_size=64, padded_vocab_size=128, num_layers=3, num_heads=2, channels=16)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 64, (2, 16)), rng.integers(0, 64, (2, 16))
+    runs = []
+    for r in (0, 1, 2):
+        model = GPT2(config, dtype=np.float64, seed=3, recompute=r)
+        loss = float(model.forward(x, y))
+        model.zero_grad()
+        model.backward()
+        runs.append((loss, model.grads_memory.copy()))
+    for loss, grads in runs[1:]:
+        assert loss == runs[0][0]
+        np.testing.assert_allclose(grads, runs[0][1], rtol=1e-12, atol=1e-15)
+    L, B, T, C = 3, 2, 16, 16
+    saved = num_elements(activation_specs(config, B, T, 1)) - num_elements(activation_specs(config, B, T, 2))
+    assert saved == 2 * (L - 1) * B * T * C
