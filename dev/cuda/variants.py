@@ -30,11 +30,11 @@ BF16 = storage_dtype("bfloat16")
 
 
 def dev_kernel(file, name, dtype, **defines):
-    """Kernel `name` of dev/cuda/<file>.cu (which may include llmnp/cuda's files)."""
+    """Kernel `name` of dev/cuda/<file>.cu (which may include llmnp/cuda's files: compile_options puts
+    that folder on the include path)."""
     with open(os.path.join(DEV, file + ".cu")) as f:
         code = f.read()
-    bf16 = np.dtype(dtype) == BF16
-    options = compile_options(bf16, tuple(sorted(defines.items()))) + (f"-I{os.path.join(ROOT, 'llmnp', 'cuda')}",)
+    options = compile_options(np.dtype(dtype) == BF16, tuple(sorted(defines.items())))
     return cp.RawModule(code=code, options=options).get_function(name)
 
 
@@ -57,8 +57,7 @@ def backward_split(dqkv, dout, qkv, out, lse):
     hs = C3 // 3 // NH
     sizes = (np.int32(B), np.int32(T), np.int32(NH))
     D = scratch("attention_D", B * NH * T)
-    kernel("attention", "attention_backward_rowdot", dqkv.dtype, HS=hs)(
-        (blocks(B * T * NH * (hs // 8), 256),), (256,), (D, np.uint64(0), dout, out) + sizes)
+    att.rowdot(D, None, dout, out, NH)
     smem = att.tile_smem(hs, 4, 4 * att.ROWS)
     for name in ("attention_backward_dkdv_mma", "attention_backward_dq_mma"):
         k = dev_kernel("attention_split", name, dqkv.dtype, HS=hs)

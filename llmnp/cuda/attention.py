@@ -59,6 +59,17 @@ def attention_forward(out, lse, qkv, tensor_cores=None):
         kernel("attention", "attention_forward_fp32", out.dtype, HS=hs)((blocks(T, ROWS), B * NH), (ROWS,), args)
 
 
+def rowdot(D, dq_acc, dout, out, NH):
+    """D (B,NH,T) float <- rowsum(dout * out) per head; dq_acc (B,T,C) float, unless None, zeroed."""
+    B, T, C = out.shape
+    hs = C // NH
+    packs = hs // pack(out.dtype)                          # attention_backward_rowdot's threads per row
+    lanes = packs if hs % pack(out.dtype) == 0 and 32 % packs == 0 else 32
+    k = kernel("attention", "attention_backward_rowdot", out.dtype, HS=hs)
+    k((blocks(B * T * NH * lanes, 256),), (256,),
+      (D, np.uint64(0) if dq_acc is None else dq_acc, dout, out, np.int32(B), np.int32(T), np.int32(NH)))
+
+
 def attention_backward(dqkv, dout, qkv, out, lse, tensor_cores=None):
     """dqkv (B,T,3C) overwritten <- dout (B,T,C), with qkv, out, lse saved by forward."""
     B, T, C, NH, hs = _shapes(out, lse, qkv)
@@ -67,12 +78,9 @@ def attention_backward(dqkv, dout, qkv, out, lse, tensor_cores=None):
     if tensor_cores is None:
         tensor_cores = use_tensor_cores(out.dtype, hs, dqkv, dout, qkv, out)
     D = scratch("attention_D", B * NH * T)
-    dq_acc = scratch("attention_dq", B * T * C) if tensor_cores else np.uint64(0)   # float (B,T,C); 0: none
-    packs = hs // pack(out.dtype)                          # attention_backward_rowdot's threads per row
-    lanes = packs if hs % pack(out.dtype) == 0 and 32 % packs == 0 else 32
+    dq_acc = scratch("attention_dq", B * T * C) if tensor_cores else None
+    rowdot(D, dq_acc, dout, out, NH)                       # D, and dq_acc = 0 for the atomics
     sizes = (np.int32(B), np.int32(T), np.int32(NH))
-    k = kernel("attention", "attention_backward_rowdot", out.dtype, HS=hs)
-    k((blocks(B * T * NH * lanes, 256),), (256,), (D, dq_acc, dout, out) + sizes)   # D, and dq_acc = 0
     grid = (blocks(T, ROWS), B * NH)
     if tensor_cores:
         smem = tile_smem(hs, 6, 4 * ROWS) + ROWS * (ROWS + 8) * 2                   # + dS^T at pitch 72

@@ -181,11 +181,12 @@ def gemm(c, a, b, m, n, k, transa, transb, lda, ldb, ldc, beta=0.0):
                   ab.ctypes.data + 4, c.data.ptr, dtype, ldc, compute, _CUBLAS_GEMM_DEFAULT)
 
 
-def compile_check(family, bf16, defines=(), arch="sm_90"):
+def compile_check(family, bf16, defines=(), arch="sm_90", code=None):
     """Compile one kernel file with NVRTC to machine code for `arch`, no GPU needed (the CI check);
-    raises RuntimeError with the compiler's log on failure."""
+    raises RuntimeError with the compiler's log on failure. code: another file's text to compile the
+    same way (dev/cuda's variants, which include llmnp/cuda's files), `family` then naming it."""
     from cupy.cuda import nvrtc
-    prog = nvrtc.createProgram(source(family), family + ".cu", [], [])
+    prog = nvrtc.createProgram(source(family) if code is None else code, family + ".cu", [], [])
     try:
         try:
             nvrtc.compileProgram(prog, [f"-arch={arch}", *compile_options(bf16, defines)])
