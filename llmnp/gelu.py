@@ -2,14 +2,13 @@
 
 forward:  out = 0.5 * x * (1 + tanh(s * (x + 0.044715 x^3))),  s = sqrt(2/pi)
 backward: dinp = dout * d out / d x   (overwritten: GELU's input is a matmul output, read by nothing else)
-bias_gelu: out = gelu(inp + bias), bias (OC,) broadcast over the rows: the fc layer's bias, added here
-          rather than by the matmul before it (one pass over the (B,T,4C) product fewer on the GPU).
-          Its backward writes dinp (overwritten) and adds the bias gradient, dinp summed over (B,T),
-          into dbias (+=). These two are the model's (its (B,T,4C) tensors are the largest elementwise
-          work of a CPU step), so they are the fast form of the plain gelu_forward/backward above: the
-          same arithmetic, in place on cache-sized blocks of rows, spread over the cores.
+bias_gelu_forward and gelu_backward_blocked: the forms the model's fc layer runs (through matmul.py's
+          matmul_gelu_forward and matmul_backward with pre_gelu), the same arithmetic in place on
+          cache-sized blocks of rows spread over the cores: its (B,T,4C) tensors are the largest
+          elementwise work of a CPU step. bias_gelu_forward also adds the product's bias on the way
+          (inp += bias, then out = gelu(inp)), so the product is read once.
 
-Shapes: any; in GPT-2, (B, T, 4C). bias_gelu: inp (B,T,OC), bias (OC,).
+Shapes: any; in GPT-2, (B, T, 4C). bias_gelu_forward: inp (B,T,OC), bias (OC,).
 """
 import math
 
@@ -40,19 +39,23 @@ def gelu_backward(dinp, inp, dout):
 
 
 def bias_gelu_forward(out, inp, bias):
-    """out (B,T,OC) <- gelu(inp + bias), inp (B,T,OC) a product without its bias (OC,).
-    gelu_forward's arithmetic, done in place on blocks of rows spread over the cores (parallel.py):
-    the model's (B,T,4C) tensors are the largest elementwise work of a step."""
+    """inp (B,T,OC) <- inp + bias, in place (a product that left its bias out gets it), and
+    out (B,T,OC) <- gelu(inp): the fc layer's bias and GELU in one pass over the product (matmul.py's
+    matmul_gelu_forward). gelu_forward's arithmetic, in place on blocks of rows spread over the cores
+    (parallel.py): the model's (B,T,4C) tensors are the largest elementwise work of a step."""
     x_rows, out_rows = as_rows(inp), as_rows(out)                # (N,OC)
     rows = max(1, BLOCK // x_rows.shape[1])
 
     def part(lo, hi):
         for i, j in blocks(lo, hi, rows):
-            x = np.add(x_rows[i:j], bias)                        # (rows,OC) block of inp + bias
+            x = np.add(x_rows[i:j], bias, out=x_rows[i:j])       # (rows,OC) block of inp + bias, kept
+            # gelu_forward's operations in its order, so the two agree to the bit (-r 1 recomputes
+            # GELU with gelu_forward)
             t = x * x
-            t *= 0.044715 * GELU_SCALE
-            t += GELU_SCALE
-            t *= x                                               # u = s (x + 0.044715 x^3)
+            t *= x
+            t *= 0.044715
+            t += x
+            t *= GELU_SCALE                                      # u = s (x + 0.044715 x^3)
             np.tanh(t, out=t)
             t += 1.0
             t *= x
@@ -61,17 +64,16 @@ def bias_gelu_forward(out, inp, bias):
     parallel_for(x_rows.shape[0], part, grain=rows)
 
 
-def bias_gelu_backward(dinp, dbias, dout, inp, bias):
-    """dinp (B,T,OC) <- dout * gelu'(inp + bias), overwritten; adds into dbias (OC,) dinp summed over (B,T).
-    gelu_backward's arithmetic in blocks of rows over the cores, as bias_gelu_forward."""
+def gelu_backward_blocked(dinp, inp, dout):
+    """dinp (B,T,OC) <- dout * gelu'(inp), overwritten; dinp may be dout (in place). gelu_backward's
+    arithmetic in blocks of rows over the cores, as bias_gelu_forward (the fc layer's backward,
+    matmul.py's matmul_backward with pre_gelu)."""
     x_rows, dout_rows, dinp_rows = as_rows(inp), as_rows(dout), as_rows(dinp)   # (N,OC)
     rows = max(1, BLOCK // x_rows.shape[1])
-    sums = []                                                    # each part's dbias
 
     def part(lo, hi):
-        dbias_part = np.zeros(x_rows.shape[1], dtype=dinp.dtype)
         for i, j in blocks(lo, hi, rows):
-            x = np.add(x_rows[i:j], bias)                        # (rows,OC) block of inp + bias
+            x = x_rows[i:j]                                      # (rows,OC) block of inp
             x2 = x * x
             th = x2 * (0.044715 * GELU_SCALE)
             th += GELU_SCALE
@@ -87,10 +89,6 @@ def bias_gelu_backward(dinp, dbias, dout, inp, bias):
             th += 1.0
             g *= th
             g *= 0.5
-            dx = np.multiply(g, dout_rows[i:j], out=dinp_rows[i:j])
-            dbias_part += dx.sum(axis=0)
-        sums.append(dbias_part)
+            np.multiply(g, dout_rows[i:j], out=dinp_rows[i:j])
 
     parallel_for(x_rows.shape[0], part, grain=rows)
-    for dbias_part in sums:
-        dbias += dbias_part

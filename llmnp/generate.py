@@ -219,8 +219,8 @@ class Decoder:
             dec.matmul_forward(res, self.atty, p["attprojw"][l], None)
             # res = x + attproj + attprojb, then ln = layernorm(res)
             ops.residual_layernorm_forward(res, ln, mean, rstd, x, res, p["attprojb"][l], p["ln2w"][l], p["ln2b"][l])
-            dec.matmul_forward(self.fch, ln, p["fcw"][l], None)                           # (B,1,4C)
-            ops.bias_gelu_forward(self.fch_gelu, self.fch, p["fcb"][l])
+            dec.matmul_forward(self.fch, ln, p["fcw"][l], p["fcb"][l])                    # (B,1,4C)
+            ops.gelu_forward(self.fch_gelu, self.fch)
             dec.matmul_forward(x, self.fch_gelu, p["fcprojw"][l], None)
             # x = res + fcproj + fcprojb, then the next layernorm: layer l+1's ln1, or lnf
             w, b = (p["ln1w"][l + 1], p["ln1b"][l + 1]) if l + 1 < L else (p["lnfw"], p["lnfb"])

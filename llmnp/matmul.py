@@ -9,11 +9,17 @@ backward: dinp = dout @ weight          (overwritten: a matmul's input is never 
                                           gradient needs no (Vp, C) temporary: 154 MB at d12)
           dbias += dout summed over N    (accumulates)
 bias and dbias may be None (the tied classifier has no bias); dinp may be None (nothing to send).
+with GELU (the fc layer, as llm.c's gelu fusion):
+forward:  pre_gelu = inp @ weight^T + bias, out = gelu(pre_gelu)   (matmul_gelu_forward; backward
+          reads pre_gelu)
+backward: matmul_backward(..., pre_gelu) for the layer after GELU (fcproj, whose inp is gelu(pre_gelu)):
+          dinp = (dout @ weight) * gelu'(pre_gelu), the gradient with respect to pre_gelu
 
 Shapes: N = B*T rows (any leading shape is flattened), C in channels, OC out channels.
 """
 import numpy as np
 
+from llmnp.gelu import bias_gelu_forward, gelu_backward_blocked
 from llmnp.parallel import BLOCK, blocks, parallel_for
 
 DWEIGHT_BLOCK = 1 << 22          # elements of dweight per product (16 MB in float32): fits the L3 cache
@@ -28,12 +34,21 @@ def matmul_forward(out, inp, weight, bias):
         out2 += bias
 
 
-def matmul_backward(dinp, dweight, dbias, dout, inp, weight):
-    """dinp (B,T,C) overwritten; adds into dweight (OC,C) and dbias (OC,)."""
+def matmul_gelu_forward(out, pre_gelu, inp, weight, bias):
+    """pre_gelu (B,T,OC) <- inp (B,T,C) @ weight (OC,C)^T + bias (OC,); out (B,T,OC) <- gelu(pre_gelu)."""
+    matmul_forward(pre_gelu, inp, weight, None)
+    bias_gelu_forward(out, pre_gelu, bias)      # pre_gelu += bias, out = gelu(pre_gelu): one pass
+
+
+def matmul_backward(dinp, dweight, dbias, dout, inp, weight, pre_gelu=None):
+    """dinp (B,T,C) overwritten; adds into dweight (OC,C) and dbias (OC,). With pre_gelu (B,T,C), inp
+    being gelu(pre_gelu): dinp is the gradient with respect to pre_gelu."""
     OC, C = weight.shape
     dout2 = dout.reshape(-1, OC)                # (N,OC)
     if dinp is not None:
         np.matmul(dout2, weight, out=dinp.reshape(-1, C))
+        if pre_gelu is not None:
+            gelu_backward_blocked(dinp, pre_gelu, dinp)
     inp2 = inp.reshape(-1, C)                   # (N,C)
     rows = max(1, DWEIGHT_BLOCK // C)
     scratch = np.empty((min(rows, OC), C), dtype=dweight.dtype)

@@ -228,7 +228,7 @@ class GPT2:
         ops.layernorm_forward(self._ln(1, 0), a["ln1_mean"][0], a["ln1_rstd"][0], a["encoded"],
                               p["ln1w"][0], p["ln1b"][0])
         # the projections leave their bias out: the residual add after them puts it in, in one call with
-        # the layernorm that follows; the fc bias goes in with GELU
+        # the layernorm that follows; the fc product, its bias and GELU are one call
         for l in range(cfg.num_layers):
             residual = a["encoded"] if l == 0 else a["residual3"][l - 1]    # (B,T,C); ln1[l] is its layernorm
             ops.matmul_forward(a["qkv"][l], self._ln(1, l), p["qkvw"][l], p["qkvb"][l])           # (B,T,3C)
@@ -237,9 +237,9 @@ class GPT2:
             # residual2 = residual + attproj + attprojb, then ln2 = layernorm(residual2)
             ops.residual_layernorm_forward(a["residual2"][l], self._ln(2, l), a["ln2_mean"][l], a["ln2_rstd"][l],
                                            residual, a["residual2"][l], p["attprojb"][l], p["ln2w"][l], p["ln2b"][l])
-            ops.matmul_forward(a["fch"][l], self._ln(2, l), p["fcw"][l], None)                    # (B,T,4C)
             fch_gelu = self._fch_gelu(l)                                                         # (B,T,4C)
-            ops.bias_gelu_forward(fch_gelu, a["fch"][l], p["fcb"][l])                             # gelu(fch + fcb)
+            # fch = ln2 @ fcw^T + fcb, fch_gelu = gelu(fch)
+            ops.matmul_gelu_forward(fch_gelu, a["fch"][l], self._ln(2, l), p["fcw"][l], p["fcb"][l])
             ops.matmul_forward(a["residual3"][l], fch_gelu, p["fcprojw"][l], None)
             # residual3 = residual2 + fcproj + fcprojb, then the next layernorm: layer l+1's ln1, or lnf
             out, mean, rstd, w, b = self._next_layernorm(l)
@@ -320,11 +320,12 @@ class GPT2:
             # forward: residual3 = residual2 + fcproj; the projection's dout is dres, and dres stays
             fch_gelu = self._fch_gelu(l)
             if self.recompute >= 1:                                 # forward kept only fch: redo GELU
-                ops.bias_gelu_forward(fch_gelu, a["fch"][l], p["fcb"][l])
-            ops.matmul_backward(d["dfch_gelu"], g["fcprojw"][l], g["fcprojb"][l], dres, fch_gelu, p["fcprojw"][l])
-            ops.bias_gelu_backward(d["dfch"], g["fcb"][l], d["dfch_gelu"], a["fch"][l], p["fcb"][l])
+                ops.gelu_forward(fch_gelu, a["fch"][l])
+            # dfch = (dres @ fcprojw) * gelu'(fch): the gradient goes through GELU inside the product's call
+            ops.matmul_backward(d["dfch"], g["fcprojw"][l], g["fcprojb"][l], dres, fch_gelu, p["fcprojw"][l],
+                                a["fch"][l])
             ln2 = self._recompute_ln(2, l, a["residual2"][l])
-            ops.matmul_backward(d["dln"], g["fcw"][l], None, d["dfch"], ln2, p["fcw"][l])   # fcb: above
+            ops.matmul_backward(d["dln"], g["fcw"][l], g["fcb"][l], d["dfch"], ln2, p["fcw"][l])
             ops.layernorm_backward(dres, g["ln2w"][l], g["ln2b"][l], d["dln"], a["residual2"][l], p["ln2w"][l], a["ln2_mean"][l], a["ln2_rstd"][l])
             # forward: residual2 = residual + attproj; likewise
             ops.matmul_backward(d["datty"], g["attprojw"][l], g["attprojb"][l], dres, a["atty"][l], p["attprojw"][l])

@@ -27,9 +27,9 @@ from llmnp.params import activation_specs, parameter_specs
 OUTPUTS = {
     "encoder_forward": 1, "encoder_backward": 2,
     "layernorm_forward": 3, "layernorm_backward": 3, "residual_layernorm_forward": 4,
-    "matmul_forward": 1, "matmul_backward": 3,
+    "matmul_forward": 1, "matmul_gelu_forward": 2, "matmul_backward": 3,
     "attention_forward": 2, "attention_backward": 1,
-    "gelu_forward": 1, "gelu_backward": 1, "bias_gelu_forward": 1, "bias_gelu_backward": 2,
+    "gelu_forward": 1, "gelu_backward": 1,
     "residual_forward": 1, "residual_backward": 2,
     "softmax_forward": 1, "crossentropy_forward": 2, "crossentropy_softmax_backward": 1,
 }

@@ -53,7 +53,7 @@ def activation_specs(config, B, T, recompute=0):
     neither device ever holds an (L, B, NH, T, T) tensor.
     The attention and MLP projections are written straight into the residual buffers and the
     residual (and their bias) added in place: their own outputs are never needed by backward.
-    fch is the fc product without its bias, which bias_gelu_forward adds.
+    fch is the fc layer's pre-activation, the product with its bias; fch_gelu = gelu(fch).
     The loss is computed from the logits directly, keeping each row's log-sum-exp, from which backward
     recomputes the softmax (llm.c's fused classifier), so no (B, T, Vp) probabilities are kept;
     backward writes dlogits over the logits.
@@ -72,7 +72,7 @@ def activation_specs(config, B, T, recompute=0):
         ("ln2", ln),
         ("ln2_mean", (L, B, T)),
         ("ln2_rstd", (L, B, T)),
-        ("fch", (L, B, T, 4 * C)),       # fc product, before its bias and GELU
+        ("fch", (L, B, T, 4 * C)),       # fc product with its bias, before GELU
         ("fch_gelu", (B, T, 4 * C) if recompute >= 1 else (L, B, T, 4 * C)),
         ("residual3", (L, B, T, C)),     # residual2 + fcproj
         ("lnf", (B, T, C)),
@@ -99,7 +99,6 @@ def gradient_scratch_specs(config, B, T):
         ("dln", (B, T, C)),              # gradient of a layernorm output (ln1, ln2 or lnf)
         ("datty", (B, T, C)),
         ("dqkv", (B, T, 3 * C)),
-        ("dfch_gelu", (B, T, 4 * C)),
         ("dfch", (B, T, 4 * C)),
     ]
 

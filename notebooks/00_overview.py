@@ -266,28 +266,29 @@ assert np.allclose(logits, model.logits, atol=1e-5) and abs(plain_loss - float(l
 # | `qkv = h @ qkvw^T + qkvb`; `a = attention(qkv)` | the same two calls, into `qkv[l]` and `atty[l]` |
 # | `proj = a @ attprojw^T + attprojb` | `matmul_forward(residual2[l], atty[l], attprojw, None)`: the product only, written straight into the residual buffer |
 # | `x2 = x + proj`; `h = layernorm(x2; ln2)` | `residual_layernorm_forward`: adds `attprojb` and `x` in place, giving `residual2[l]`, then its layernorm into `ln2[l]` |
-# | `f = h @ fcw^T + fcb`; `g = gelu(f)` | `matmul_forward(fch[l], ln2[l], fcw, None)`, then `bias_gelu_forward(fch_gelu[l], fch[l], fcb)`: `gelu(fch + fcb)` |
+# | `f = h @ fcw^T + fcb`; `g = gelu(f)` | `matmul_gelu_forward(fch_gelu[l], fch[l], ln2[l], fcw, fcb)`: one call, `f` into `fch[l]` and `gelu(f)` into `fch_gelu[l]` |
 # | `proj = g @ fcprojw^T + fcprojb`; `x3 = x2 + proj` | `matmul_forward(residual3[l], ...)` and `residual_layernorm_forward` with `fcprojb`, giving `residual3[l]` and the **next** layernorm: block l+1's `ln1`, or `lnf` after the last block |
 #
 # So the fused model keeps the plain block's tensors: `residual2[l]` is the plain `x2`, `residual3[l]`
-# the plain `x3`, `fch[l]` the plain `f` less its bias. It never keeps the projections on their own
+# the plain `x3`, `fch[l]` the plain `f`. It never keeps the projections on their own
 # (backward does not need them). On the CPU the two fused functions are the plain composition, the
 # reference their GPU kernels are tested against:
 
 # %%
 import inspect
 
-from llmnp.gelu import bias_gelu_forward
 from llmnp.layernorm import residual_layernorm_forward
+from llmnp.matmul import matmul_gelu_forward
 
 print(inspect.getsource(residual_layernorm_forward))
-print(inspect.getsource(bias_gelu_forward))
+print(inspect.getsource(matmul_gelu_forward))
 
 # %% [markdown]
 # In backward the merges cost nothing new: the residual add passes its gradient on unchanged (notebook
 # 06), so the layernorm's backward adds straight into the residual stream's gradient and the
-# projection's bias gradient comes from its matmul's backward as before; `bias_gelu_backward` is GELU's
-# backward that also sums `dfcb`.
+# projection's bias gradient comes from its matmul's backward as before. fcproj's `matmul_backward` is
+# given `fch[l]` as `pre_gelu` and takes its input gradient on through GELU's backward, so `dfch` comes
+# out of one call.
 
 # %% [markdown]
 # ## A block's dataflow, both ways

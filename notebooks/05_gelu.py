@@ -185,10 +185,12 @@ print("backward matches (and overwrote the 99s):", np.allclose(dx_l, dx))
 # no thread talks to another. [Notebook 10](10_cuda.ipynb) reads it line by line and times it. It does
 # some twenty arithmetic operations per 8 bytes of memory traffic (read x, write y); a GPU can do far
 # more arithmetic than that per byte it moves, so the kernel's speed is set by memory bandwidth. That
-# is why GPU trainers like to fuse it into the matmul before it. llmnp goes half way: the fc matmul
-# leaves its bias out, and `bias_gelu_forward(out, inp, bias)` adds it on the way into GELU (its
-# backward also sums the bias gradient), so the (B, T, 4C) product is not written and read once more
-# just for the bias.
+# is why GPU trainers fuse it into the matmul before it, and so does llmnp: `matmul_gelu_forward`
+# (llmnp/cuda/matmul_lt.py) has cuBLASLt add the fc bias and apply GELU to the product on its way out
+# of the tensor cores (an *epilogue*), writing the pre-activation for backward beside it, and the
+# backward of the layer after GELU applies $\text{GELU}'$ the same way. This kernel stays: it is the
+# reference the epilogues are tested against, the path where cuBLASLt is not installed, and the one
+# that recomputes GELU under `-r 1`.
 #
 # The backward kernel has the forward's shape: thread `j` of the grid takes PACK elements from
 # `i = j * PACK` and writes $dx = dy \cdot \text{GELU}'(x)$ for each; as a loop:

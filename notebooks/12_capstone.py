@@ -21,9 +21,9 @@ from llmnp.attention import attention_backward, attention_forward
 from llmnp.classifier import crossentropy_forward, crossentropy_softmax_backward
 from llmnp.encoder import encoder_backward, encoder_forward
 from llmnp.exercises import check_backward
-from llmnp.gelu import bias_gelu_backward, bias_gelu_forward, gelu_backward, gelu_forward
+from llmnp.gelu import gelu_backward, gelu_forward
 from llmnp.layernorm import layernorm_backward, layernorm_forward, residual_layernorm_forward
-from llmnp.matmul import matmul_backward, matmul_forward
+from llmnp.matmul import matmul_backward, matmul_forward, matmul_gelu_forward
 from llmnp.residual import residual_backward, residual_forward
 
 config = GPT2Config.tiny(vocab_size=50)        # L=2, NH=2, C=8, V=50 padded to Vp=64, maxT=16
@@ -211,44 +211,52 @@ check_backward(residual_layernorm, residual_layernorm_backward,
 
 
 # %% [markdown]
-# **`bias_gelu_forward` / `bias_gelu_backward`**: the fc layer's bias added inside GELU instead of by
-# the matmul before it, $\text{out} = \text{gelu}(u)$ with $u = \text{inp} + b_{fc}$. Backward:
-# $du = d\text{out} \cdot \text{gelu}'(u)$ (notebook 05, at $u$ instead of at inp), then $d\text{inp} = du$
-# and $db_{fc} = \sum_{b,t} du$, the same sum `matmul_backward` would have made for a bias of its own.
-# `bias_gelu_backward` writes `dinp` and adds into `dbias`. Checked three ways: the forward against
-# `gelu_forward` of the sum, the backward against `gelu_backward` at the sum, and against finite
-# differences.
+# **`matmul_gelu_forward` / `matmul_backward(..., pre_gelu)`**: the fc product, its bias and GELU in one
+# call, $f = h W_{fc}^T + b_{fc}$ kept as `pre_gelu` (the model's `fch`) and $g = \text{gelu}(f)$; and
+# the backward of the layer that reads $g$ (fcproj) taking its input gradient on through GELU:
+# $df = (dy\, W_{proj}) \cdot \text{gelu}'(f)$ (notebooks 03 and 05). On the GPU both are one cuBLASLt
+# product whose epilogue does the rest on the way out of the tensor cores. Checked three ways: the
+# forward against `matmul_forward` then `gelu_forward`, the backward against `matmul_backward` then
+# `gelu_backward`, and the pair against finite differences.
 
 # %%
 OC = 4 * C
-inp, bfc = rng.normal(size=(B, T, OC)), rng.normal(size=OC)
-fused, plain = np.zeros((B, T, OC)), np.zeros((B, T, OC))
-bias_gelu_forward(fused, inp, bfc)
-gelu_forward(plain, inp + bfc)
-print("forward: fused = gelu(inp + bias):", np.allclose(fused, plain))
+h, wfc, bfc, wproj = (rng.normal(size=(B, T, C)), rng.normal(size=(OC, C)), rng.normal(size=OC),
+                      rng.normal(size=(C, OC)))
+g, f = np.zeros((B, T, OC)), np.zeros((B, T, OC))
+matmul_gelu_forward(g, f, h, wfc, bfc)
+f_plain, g_plain = np.zeros((B, T, OC)), np.zeros((B, T, OC))
+matmul_forward(f_plain, h, wfc, bfc)
+gelu_forward(g_plain, f_plain)
+print("forward: pre_gelu = h wfc^T + bfc:", np.allclose(f, f_plain), "  out = gelu(pre_gelu):", np.allclose(g, g_plain))
 
-dout = rng.normal(size=(B, T, OC))
-dinp, dbias = np.zeros((B, T, OC)), np.zeros(OC)
-bias_gelu_backward(dinp, dbias, dout, inp, bfc)
-du = np.zeros((B, T, OC))
-gelu_backward(du, inp + bfc, dout)
-print("backward: dinp = gelu'(inp + bias) dout:", np.allclose(dinp, du), "  dbias = its sum over (B,T):",
-      np.allclose(dbias, du.sum(axis=(0, 1))))
-
-
-def bias_gelu(inp, bias):
-    out = np.zeros(inp.shape)
-    bias_gelu_forward(out, inp, bias)
-    return out
+dy = rng.normal(size=(B, T, C))
+df, dwproj = np.zeros((B, T, OC)), np.zeros((C, OC))
+matmul_backward(df, dwproj, None, dy, g, wproj, f)
+dg, df_plain = np.zeros((B, T, OC)), np.zeros((B, T, OC))
+matmul_backward(dg, np.zeros((C, OC)), None, dy, g, wproj)
+gelu_backward(df_plain, f, dg)
+print("backward: df = gelu'(pre_gelu) (dy wproj):", np.allclose(df, df_plain))
 
 
-def bias_gelu_grads(dout, inp, bias):
-    dinp, dbias = np.zeros(inp.shape), np.zeros(bias.shape)
-    bias_gelu_backward(dinp, dbias, dout, inp, bias)
-    return dinp, dbias
+def fc_gelu_proj(h, wfc, bfc):                   # fcproj(gelu(fc(h))), fcproj without its bias
+    g, f, y = np.zeros((B, T, OC)), np.zeros((B, T, OC)), np.zeros((B, T, C))
+    matmul_gelu_forward(g, f, h, wfc, bfc)
+    matmul_forward(y, g, wproj, None)
+    return y
 
 
-check_backward(bias_gelu, bias_gelu_grads, dict(inp=inp, bias=bfc), ("inp", "bias"));
+def fc_gelu_proj_grads(dy, h, wfc, bfc):
+    g, f = np.zeros((B, T, OC)), np.zeros((B, T, OC))
+    matmul_gelu_forward(g, f, h, wfc, bfc)
+    df = np.zeros((B, T, OC))
+    matmul_backward(df, np.zeros((C, OC)), None, dy, g, wproj, f)
+    dh, dwfc, dbfc = np.zeros(h.shape), np.zeros(wfc.shape), np.zeros(bfc.shape)
+    matmul_backward(dh, dwfc, dbfc, df, h, wfc)
+    return dh, dwfc, dbfc
+
+
+check_backward(fc_gelu_proj, fc_gelu_proj_grads, dict(h=h, wfc=wfc, bfc=bfc), ("h", "wfc", "bfc"));
 
 
 # %% [markdown]
@@ -263,7 +271,7 @@ check_backward(bias_gelu, bias_gelu_grads, dict(inp=inp, bias=bfc), ("inp", "bia
 
 # %%
 WHERE = [  # (text in the line, the notebook that derives it); the first match labels the line
-    ("residual_layernorm_forward", "06+02 fused, here"), ("bias_gelu", "05 fused, here"),
+    ("residual_layernorm_forward", "06+02 fused, here"), ("matmul_gelu", "03+05 fused, here"),
     ("encoder_", "01 encoder"), ("layernorm_", "02 layernorm"), ("matmul_", "03 matmul"),
     ("attention_", "04 attention"), ("crossentropy", "07 classifier"), ("dloss = ", "07 classifier"),
     ('d["dresidual"].fill(0)', "06 residual"), ("for l in", "00 overview"), ("residual = a[", "06 residual"),

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import sys
 
 import pytest
 
@@ -109,3 +110,13 @@ def mutation_time_limit(request):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(autouse=True)
+def exact_fp32_products():
+    """A test that runs train_gpt2 in this process may turn on TF32 products (its -f flag, process-wide,
+    as in llm.c); the next test gets full fp32 products again."""
+    yield
+    runtime = sys.modules.get("llmnp.cuda.runtime")
+    if runtime is not None:
+        runtime.set_tf32(False)

@@ -175,12 +175,26 @@ def test_residual_layernorm(dtype, B, T, C):
     k.close(rstd, r_h, "rstd", tol=1e-5)
 
 
+def products(name):
+    """llmnp/cuda's matmul launchers: the plain ones (matmul.py, cuBLAS and kernels) or the cuBLASLt
+    epilogue ones (matmul_lt.py, where nvmath-python is installed); each is tested on its own."""
+    if name == "matmul_lt" and runtime.cublaslt() is None:
+        pytest.skip("nvmath-python (cuBLASLt) is not installed")
+    import importlib
+    return importlib.import_module(f"llmnp.cuda.{name}")
+
+
+PRODUCTS = ["matmul", "matmul_lt"]
+
+
 @requires_gpu
+@pytest.mark.parametrize("module", PRODUCTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,T,C,OC,bias", [(2, 5, 8, 24, True), (4, 64, 768, 2304, True), (3, 7, 20, 50, True),
                                             (2, 64, 64, 512, False)])
-def test_matmul(dtype, B, T, C, OC, bias):
-    from llmnp.cuda import matmul_backward, matmul_forward
+def test_matmul(module, dtype, B, T, C, OC, bias):
+    m = products(module)
+    matmul_forward, matmul_backward = m.matmul_forward, m.matmul_backward
     k = Case(dtype)
     inp, inp_h = k.randn(B, T, C)
     w, w_h = k.randn(OC, C, scale=C ** -0.5)
@@ -267,29 +281,39 @@ def test_gelu_and_residual(dtype, shape):
 
 
 @requires_gpu
+@pytest.mark.parametrize("module", PRODUCTS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(4, 64, 3072), (3, 5, 13), (2, 300, 40)])
-def test_bias_gelu(dtype, shape):
-    """Against the composition: NumPy gelu of inp + bias; dinp from NumPy gelu_backward there, dbias
-    accumulating dinp's column sums."""
-    from llmnp.cuda import bias_gelu_backward, bias_gelu_forward
+@pytest.mark.parametrize("N,C,OC", [(256, 768, 3072), (15, 24, 96), (600, 40, 160)])
+def test_matmul_gelu(module, dtype, N, C, OC):
+    """The fc layer and the backward through its GELU, against the composition of NumPy references:
+    pre_gelu = matmul_forward with the bias, out = gelu_forward(pre_gelu); dinp = the product
+    dout @ weight through gelu_backward at pre_gelu; dweight and dbias as matmul_backward's."""
+    m = products(module)
     k = Case(dtype)
-    x, x_h = k.randn(*shape, scale=2.0)
-    bias, bias_h = k.randn(shape[-1])
-    out = k.nan(*shape)
-    bias_gelu_forward(out, x, bias)
-    want = np.empty(shape)
-    ref.gelu_forward(want, x_h + bias_h)
-    k.close(out, want, "bias gelu out")
-    dout, dout_h = k.randn(*shape)
-    dinp = k.nan(*shape)
-    dbias, dbias_h = k.randn(shape[-1])
-    bias_gelu_backward(dinp, dbias, dout, x, bias)
-    want = np.empty(shape)
-    ref.gelu_backward(want, x_h + bias_h, dout_h)
-    dbias_h += want.reshape(-1, shape[-1]).sum(axis=0)
-    k.close(dinp, want, "bias gelu dinp")
-    k.close(dbias, dbias_h, "dbias")
+    inp, inp_h = k.randn(N, C)
+    w, w_h = k.randn(OC, C, scale=C ** -0.5)
+    b, b_h = k.randn(OC)
+    out, pre = k.nan(N, OC), k.nan(N, OC)
+    m.matmul_gelu_forward(out, pre, inp, w, b)
+    pre_h, out_h = np.empty((N, OC)), np.empty((N, OC))
+    ref.matmul_forward(pre_h, inp_h, w_h, b_h)
+    ref.gelu_forward(out_h, pre_h)
+    k.close(pre, pre_h, "pre_gelu")
+    k.close(out, out_h, "gelu out")
+    # the layer after GELU (fcproj): its inp is out = gelu(pre), its dinp goes through GELU to pre
+    wp, wp_h = k.randn(C, OC, scale=OC ** -0.5)
+    dout, dout_h = k.randn(N, C)
+    dinp = k.nan(N, OC)
+    dw, dw_h = k.randn(C, OC)
+    db, db_h = k.randn(C)
+    m.matmul_backward(dinp, dw, db, dout, out, wp, pre)
+    pre_h, out_h = host(pre), host(out)                    # the GPU's own saved tensors, as stored
+    dgelu_h, dinp_h = np.empty((N, OC)), np.empty((N, OC))
+    ref.matmul_backward(dgelu_h, dw_h, db_h, dout_h, out_h, wp_h)
+    ref.gelu_backward(dinp_h, pre_h, dgelu_h)
+    k.close(dinp, dinp_h, "dinp through gelu")
+    k.close(dw, dw_h, "dweight")
+    k.close(db, db_h, "dbias")
 
 
 @requires_gpu

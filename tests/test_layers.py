@@ -13,9 +13,9 @@ from gradcheck import assert_grad
 from llmnp.attention import attention_backward, attention_forward
 from llmnp.classifier import crossentropy_forward, crossentropy_softmax_backward, softmax_forward
 from llmnp.encoder import encoder_backward, encoder_forward
-from llmnp.gelu import bias_gelu_backward, bias_gelu_forward, gelu_backward, gelu_forward
+from llmnp.gelu import gelu_backward, gelu_forward
 from llmnp.layernorm import layernorm_backward, layernorm_forward, residual_layernorm_forward
-from llmnp.matmul import matmul_backward, matmul_forward
+from llmnp.matmul import matmul_backward, matmul_forward, matmul_gelu_forward
 from llmnp.residual import residual_backward, residual_forward
 
 B, T, C, NH, V, Vp = 2, 5, 8, 2, 11, 16
@@ -156,20 +156,37 @@ def test_gelu(rng):
     assert_grad(f, inp, dinp, rng, name="inp")
 
 
-def test_bias_gelu(rng, split):
-    """gelu(inp + bias): the same oracle on the biased input; dbias accumulates, dinp is overwritten."""
-    inp, bias = rng.standard_normal((B, T, 4 * C)) * 2, rng.standard_normal(4 * C)
-    out = np.empty_like(inp)
-    bias_gelu_forward(out, inp, bias)
-    x = inp + bias
-    oracle = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
-    np.testing.assert_allclose(out, oracle, rtol=1e-14, atol=1e-15)
-    dout = rng.standard_normal(inp.shape)
-    dinp, dbias = np.full_like(inp, 3.0), np.full(4 * C, 2.0)
-    bias_gelu_backward(dinp, dbias, dout, inp, bias)
-    f = lambda: (bias_gelu_forward(out, inp, bias), np.sum(out * dout))[1]
-    assert_grad(f, inp, dinp, rng, name="inp")
-    assert_grad(f, bias, dbias - 2, rng, name="bias")
+def test_matmul_gelu(rng, split):
+    """The fc layer's fast forms against the plain ones: matmul_gelu_forward is matmul_forward with the
+    bias, then gelu_forward; matmul_backward with pre_gelu sends dinp on through gelu_backward. Its
+    gradients by finite differences through the whole composition."""
+    inp, w, b = rng.standard_normal((B, T, C)), rng.standard_normal((4 * C, C)) * 0.5, rng.standard_normal(4 * C)
+    out, pre = np.empty((B, T, 4 * C)), np.empty((B, T, 4 * C))
+    matmul_gelu_forward(out, pre, inp, w, b)
+    pre_ref, out_ref = np.empty_like(pre), np.empty_like(out)
+    matmul_forward(pre_ref, inp, w, b)
+    gelu_forward(out_ref, pre_ref)
+    np.testing.assert_allclose(pre, pre_ref, rtol=1e-14, atol=1e-13)
+    np.testing.assert_allclose(out, out_ref, rtol=1e-14, atol=1e-13)
+    wp = rng.standard_normal((C, 4 * C)) * 0.5
+    dout = rng.standard_normal((B, T, C))
+    dinp, dwp, dbp = np.full_like(pre, 3.0), np.zeros((C, 4 * C)), np.zeros(C)   # dinp overwritten
+    matmul_backward(dinp, dwp, dbp, dout, out, wp, pre)
+    dgelu, want = np.empty_like(pre), np.empty_like(pre)
+    matmul_backward(dgelu, np.zeros_like(dwp), None, dout, out, wp)
+    gelu_backward(want, pre, dgelu)
+    np.testing.assert_allclose(dinp, want, rtol=1e-13, atol=1e-13)
+    proj = np.empty((B, T, C))
+
+    def f():                                   # fcproj(gelu(fc(inp)))
+        matmul_gelu_forward(out, pre, inp, w, b)
+        matmul_forward(proj, out, wp, None)
+        return np.sum(proj * dout)
+    dw, db, dx = np.zeros_like(w), np.zeros_like(b), np.empty_like(inp)
+    matmul_backward(dx, dw, db, dinp, inp, w)
+    assert_grad(f, inp, dx, rng, name="inp")
+    assert_grad(f, b, db, rng, name="bias")
+    assert_grad(f, w, dw, rng, name="weight")
 
 
 # ---------------------------------------------------------------------------------- residual

@@ -68,9 +68,10 @@ def test_planted_in_one_layers_forward(device):
 @pytest.mark.parametrize("recompute", [0, 2])
 def test_planted_in_another_layers_backward(device, recompute):
     model, x, y = model_and_batch(device, L=3, recompute=recompute)   # -r 2: one shared ln1, ln2 buffer
-    # backward walks down from layer 2: the third bias_gelu_backward call is layer 0's
-    plant(model, "bias_gelu_backward", call=2, index=0, value=np.nan)
-    assert locate(model, x, y, step=7) == "step 7: layer 0 bias_gelu backward produced nan in dfch"
+    # matmul_backward's calls: the classifier's, then 4 per layer walking down from layer 2 (fcproj, fc,
+    # attproj, qkv), so call 9 is layer 0's fcproj, whose dinp, through GELU, is dfch
+    plant(model, "matmul_backward", call=9, index=0, value=np.nan)
+    assert locate(model, x, y, step=7) == "step 7: layer 0 matmul backward produced nan in dfch"
     plant(model, "residual_layernorm_forward", call=0, index=1, value=np.inf)   # layer 0 writes ln2
     assert locate(model, x, y, step=7) == "step 7: layer 0 residual_layernorm forward produced inf in ln2"
 
@@ -103,7 +104,7 @@ def test_micro_batches_and_checked_mode():
     line = locate(model, [x, x], [y, y], grad_accum_steps=2, step=9)
     assert line == "step 9: layernorm backward produced inf in dresidual"
     model, x, y = model_and_batch("cpu")
-    plant(model, "matmul_forward", call=4 * 3, index=0, value=np.inf)    # after 3 layers x 4: the logits
+    plant(model, "matmul_forward", call=3 * 3, index=0, value=np.inf)    # after 3 layers x 3: the logits
     with pytest.raises(NonFinite, match="^matmul forward produced inf in logits$"):
         with checked(model):
             model.forward(x, y)

@@ -22,6 +22,7 @@ DEV = os.path.dirname(os.path.abspath(__file__))
 import cupy as cp                                       # noqa: E402
 
 from llmnp import attention as ref                      # noqa: E402
+from llmnp import gelu as gelu_ref_module               # noqa: E402
 from llmnp.cuda import attention as att                 # noqa: E402
 from llmnp.cuda.runtime import blocks, compile_options, kernel, scratch   # noqa: E402
 from llmnp.model import storage_dtype                   # noqa: E402
@@ -151,7 +152,61 @@ def attention(shapes=((64, 1024, 12, 64), (16, 1024, 16, 128)), tol=2e-2):
             print(f"| {direction} {name} | {err:.2e}{flag} | " + " | ".join(f"{t:.2f}" for t in times) + " |")
 
 
-FAMILIES = {"attention": attention}
+# --------------------------------------------------------------------------------------------- matmul
+# the three products whose epilogue does more than write the product: qkv's bias, fc's bias and GELU,
+# and fcproj's backward through GELU; each as matmul.py (cuBLAS, then a kernel) and matmul_lt.py
+def matmul_inputs(N, C, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    host = dict(inp=rng.standard_normal((N, C)), w=0.05 * rng.standard_normal((4 * C, C)),
+                b=0.1 * rng.standard_normal(4 * C), dres=rng.standard_normal((N, C)),
+                wp=0.05 * rng.standard_normal((C, 4 * C)), pre=rng.standard_normal((N, 4 * C)))
+    dev = {k: cp.asarray(v.astype(dtype)) for k, v in host.items()}
+    host = {k: v.get().astype(np.float64) for k, v in dev.items()}       # the reference sees the rounded values
+    dev.update(out=cp.empty((N, 4 * C), dtype), pre_out=cp.empty((N, 4 * C), dtype),
+               dinp=cp.empty((N, 4 * C), dtype), dwp=cp.zeros((C, 4 * C), dtype), dbp=cp.zeros(C, dtype))
+    return dev, host
+
+
+def matmul_ops(module):
+    """(name, run(x), output key, NumPy float64 reference of that output from host inputs h)."""
+    return [
+        ("forward + bias", lambda x: module.matmul_forward(x["out"], x["inp"], x["w"], x["b"]), "out",
+         lambda h: h["inp"] @ h["w"].T + h["b"]),
+        ("forward + bias + GELU", lambda x: module.matmul_gelu_forward(x["out"], x["pre_out"], x["inp"], x["w"], x["b"]),
+         "out", lambda h: gelu_ref(h["inp"] @ h["w"].T + h["b"])),
+        ("backward through GELU", lambda x: module.matmul_backward(x["dinp"], x["dwp"], x["dbp"], x["dres"], x["out"],
+                                                                   x["wp"], x["pre"]),
+         "dinp", lambda h: dgelu_ref(h["dres"] @ h["wp"], h["pre"])),
+    ]
+
+
+def gelu_ref(x):
+    out = np.empty_like(x)
+    gelu_ref_module.gelu_forward(out, x)
+    return out
+
+
+def dgelu_ref(d, x):
+    out = np.empty_like(x)
+    gelu_ref_module.gelu_backward(out, x, d)
+    return out
+
+
+def matmul(shape=(64 * 1024, 768), tol=2e-2):
+    from llmnp.cuda import matmul as plain, matmul_lt as lt
+    small, host = matmul_inputs(200, 64, BF16)
+    big, _ = matmul_inputs(*shape, BF16)
+    print(f"| matmul variant | max rel. error vs NumPy | ms x12, N={shape[0]} C={shape[1]} (OC or in = 4C) |")
+    print("|---|---|---|")
+    for label, module in (("cuBLAS + kernel", plain), ("cuBLASLt epilogue*", lt)):
+        for name, run, key, want in matmul_ops(module):
+            run(small)
+            err = relative_error(small[key], want(host))
+            flag = "" if err < tol else " FAILS"
+            print(f"| {name}, {label} | {err:.2e}{flag} | {time_ms(lambda: run(big), 12):.2f} |")
+
+
+FAMILIES = {"attention": attention, "matmul": matmul}
 
 
 def main():

@@ -4,7 +4,6 @@
 // forward:  out (N,OC) = bias (OC,) broadcast, before cuBLAS adds inp @ weight^T into it (beta = 1)
 // backward: dbias (OC,) += sum over the N rows of dout (N,OC): matmul_backward_dbias_partial leaves per-block column sums in
 //           partial (gridDim.y, OC), matmul_backward_dbias_total adds them up into dbias (deterministic, fp32 sums).
-//           The total also sums the partials of gelu.cu's bias_gelu_backward_kernel.
 #include "common.cuh"
 
 // out (N,OC) = bias, broadcast over the rows (written only: cuBLAS then adds the product, beta = 1)

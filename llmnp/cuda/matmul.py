@@ -8,6 +8,7 @@ Shapes: N = B*T rows (any leading shape is flattened), C in channels, OC out cha
 """
 import numpy as np
 
+from llmnp.cuda.gelu import gelu_backward, gelu_forward
 from llmnp.cuda.runtime import blocks, check, gemm, kernel, num_sms, pack, scratch
 
 
@@ -25,8 +26,15 @@ def matmul_forward(out, inp, weight, bias):
          beta=0.0 if bias is None else 1.0)
 
 
-def matmul_backward(dinp, dweight, dbias, dout, inp, weight):
-    """dinp (B,T,C) overwritten (unless None); adds into dweight (OC,C) and dbias (OC,) (unless None)."""
+def matmul_gelu_forward(out, pre_gelu, inp, weight, bias):
+    """pre_gelu (B,T,OC) <- inp (B,T,C) @ weight (OC,C)^T + bias (OC,); out (B,T,OC) <- gelu(pre_gelu)."""
+    matmul_forward(pre_gelu, inp, weight, bias)
+    gelu_forward(out, pre_gelu)
+
+
+def matmul_backward(dinp, dweight, dbias, dout, inp, weight, pre_gelu=None):
+    """dinp (B,T,C) overwritten (unless None); adds into dweight (OC,C) and dbias (OC,) (unless None).
+    With pre_gelu (B,T,C), inp being gelu(pre_gelu): dinp is the gradient with respect to pre_gelu."""
     OC, C = weight.shape
     N = inp.size // C
     check(dout.dtype, dweight=dweight, dout=dout, inp=inp, weight=weight)
@@ -34,14 +42,23 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight):
         check(dout.dtype, dinp=dinp)
         # dinp (N,C) = dout (N,OC) @ weight (OC,C):  dinp_cm (C x N) = W_cm (C x OC) @ dout_cm (OC x N)
         gemm(dinp, weight, dout, m=C, n=N, k=OC, transa=False, transb=False, lda=C, ldb=OC, ldc=C)
+        if pre_gelu is not None:
+            gelu_backward(dinp, pre_gelu, dinp)
     # dweight (OC,C) += dout^T (OC,N) @ inp (N,C):  dW_cm (C x OC) += inp_cm (C x N) @ dout_cm^T (N x OC)
     gemm(dweight, inp, dout, m=C, n=OC, k=N, transa=False, transb=True, lda=C, ldb=OC, ldc=C, beta=1.0)
     if dbias is not None:
-        check(dout.dtype, dbias=dbias)
-        col_blocks = blocks(OC, 32 * pack(dout.dtype))
-        R = max(1, min(blocks(N, 64), blocks(4 * num_sms(), col_blocks)))     # row ranges: ~4 blocks per SM
-        partial = scratch("matmul_partial", R * OC)
-        k = kernel("matmul", "matmul_backward_dbias_partial", dout.dtype)
-        k((col_blocks, R), (32, 8), (partial, dout, np.int32(N), np.int32(OC)))
-        k = kernel("matmul", "matmul_backward_dbias_total", dout.dtype)
-        k((blocks(OC, 256),), (256,), (dbias, partial, np.int32(R), np.int32(OC)))
+        matmul_dbias(dbias, dout)
+
+
+def matmul_dbias(dbias, dout):
+    """dbias (OC,) += dout (B,T,OC) summed over its N = B*T rows: per-block column sums, then their total."""
+    OC = dbias.size
+    N = dout.size // OC
+    check(dout.dtype, dbias=dbias)
+    col_blocks = blocks(OC, 32 * pack(dout.dtype))
+    R = max(1, min(blocks(N, 64), blocks(4 * num_sms(), col_blocks)))     # row ranges: ~4 blocks per SM
+    partial = scratch("matmul_partial", R * OC)
+    k = kernel("matmul", "matmul_backward_dbias_partial", dout.dtype)
+    k((col_blocks, R), (32, 8), (partial, dout, np.int32(N), np.int32(OC)))
+    k = kernel("matmul", "matmul_backward_dbias_total", dout.dtype)
+    k((blocks(OC, 256),), (256,), (dbias, partial, np.int32(R), np.int32(OC)))

@@ -163,6 +163,14 @@ _OP = {False: 0, True: 1}         # CUBLAS_OP_N, CUBLAS_OP_T
 _ALPHA_BETA = {}
 
 
+def _alpha_beta(beta):
+    """Host float32 (1, beta), kept: cuBLAS reads alpha and beta from host memory at the call."""
+    key = (1.0, float(beta))
+    if key not in _ALPHA_BETA:
+        _ALPHA_BETA[key] = np.array(key, dtype=np.float32)
+    return _ALPHA_BETA[key]
+
+
 def gemm(c, a, b, m, n, k, transa, transb, lda, ldb, ldc, beta=0.0):
     """cuBLAS, column-major: C (m,n) = op(A) op(B) + beta C, fp32 accumulation, data of c's dtype.
     The row-major launchers in matmul.py say how their shapes map onto this."""
@@ -172,13 +180,101 @@ def gemm(c, a, b, m, n, k, transa, transb, lda, ldb, ldc, beta=0.0):
     dtype, compute = (_CUDA_R_16BF, _CUBLAS_COMPUTE_32F) if bf16 else (_CUDA_R_32F, _fp32_compute[0])
     handle = cp.cuda.device.get_cublas_handle()
     cublas.setPointerMode(handle, 0)      # CUBLAS_POINTER_MODE_HOST: alpha, beta below are host floats
-    key = (1.0, float(beta))
-    if key not in _ALPHA_BETA:
-        _ALPHA_BETA[key] = np.array(key, dtype=np.float32)   # host scalars cuBLAS reads at the call
-    ab = _ALPHA_BETA[key]
+    ab = _alpha_beta(beta)
     cublas.gemmEx(handle, _OP[transa], _OP[transb], m, n, k,
                   ab.ctypes.data, a.data.ptr, dtype, lda, b.data.ptr, dtype, ldb,
                   ab.ctypes.data + 4, c.data.ptr, dtype, ldc, compute, _CUBLAS_GEMM_DEFAULT)
+
+
+# -------------------------------------------------------------------------------------- cuBLASLt
+# The same column-major products through cuBLASLt, whose epilogues apply the bias, GELU (keeping its
+# input) or GELU's gradient to the product on its way out: matmul_lt.py. Through nvmath-python's
+# bindings, which take raw device pointers (CuPy has no cuBLASLt binding).
+LT_WORKSPACE_BYTES = 32 << 20
+LT_EPILOGUES = ("DEFAULT", "BIAS", "GELU_AUX_BIAS", "DGELU")
+
+
+@functools.lru_cache(maxsize=None)
+def cublaslt():
+    """nvmath-python's cuBLASLt module, or None where it is not installed (matmul.py's products then)."""
+    try:
+        from nvmath.bindings import cublasLt
+    except ImportError:
+        return None
+    return cublasLt
+
+
+@functools.lru_cache(maxsize=None)
+def _lt_handle():
+    return cublaslt().create()
+
+
+def _lt_set(set_attribute, obj, attr, value, dtype):
+    v = np.array([value], dtype=dtype)
+    set_attribute(obj, attr, v.ctypes.data, v.itemsize)
+
+
+@functools.lru_cache(maxsize=None)
+def _lt_plan(bf16, compute, m, n, k, transa, transb, lda, ldb, ldc, epilogue, align):
+    """A matmul descriptor, the four matrix layouts and cuBLASLt's first choice of algorithm for one
+    product shape (found once, kept): (desc, (a, b, c) layouts, heuristic result array)."""
+    L = cublaslt()
+    A = L.MatmulDescAttribute
+    dtype = _CUDA_R_16BF if bf16 else _CUDA_R_32F
+    desc = L.matmul_desc_create(compute, _CUDA_R_32F)
+    _lt_set(L.matmul_desc_set_attribute, desc, A.TRANSA, _OP[transa], np.int32)
+    _lt_set(L.matmul_desc_set_attribute, desc, A.TRANSB, _OP[transb], np.int32)
+    _lt_set(L.matmul_desc_set_attribute, desc, A.EPILOGUE, getattr(L.Epilogue, epilogue), np.int32)
+    if epilogue in ("GELU_AUX_BIAS", "DGELU"):
+        _lt_set(L.matmul_desc_set_attribute, desc, A.EPILOGUE_AUX_LD, ldc, np.int64)
+    layouts = (L.matrix_layout_create(dtype, *((k, m) if transa else (m, k)), lda),
+               L.matrix_layout_create(dtype, *((n, k) if transb else (k, n)), ldb),
+               L.matrix_layout_create(dtype, m, n, ldc))
+    pref = L.matmul_preference_create()
+    P = L.MatmulPreferenceAttribute
+    _lt_set(L.matmul_preference_set_attribute, pref, P.MAX_WORKSPACE_BYTES, LT_WORKSPACE_BYTES, np.uint64)
+    for attr in (P.MIN_ALIGNMENT_A_BYTES, P.MIN_ALIGNMENT_B_BYTES, P.MIN_ALIGNMENT_C_BYTES, P.MIN_ALIGNMENT_D_BYTES):
+        _lt_set(L.matmul_preference_set_attribute, pref, attr, align, np.uint32)
+    found = np.zeros(1, dtype=L.matmul_heuristic_result_dtype)
+    count = np.zeros(1, dtype=np.int32)
+    L.matmul_algo_get_heuristic(_lt_handle(), desc, *layouts, layouts[2], pref, 1, found.ctypes.data,
+                                count.ctypes.data)
+    L.matmul_preference_destroy(pref)
+    if count[0] == 0:
+        raise RuntimeError(f"cuBLASLt has no algorithm for the product m={m} n={n} k={k} with epilogue {epilogue}")
+    return desc, layouts, found
+
+
+def _alignment(*arrays):
+    """The largest power of two, at most 256, that divides every array's address (bytes)."""
+    align = 256
+    for a in arrays:
+        while a.data.ptr % align:
+            align //= 2
+    return align
+
+
+def gemm_lt(c, a, b, m, n, k, transa, transb, lda, ldb, ldc, beta=0.0, epilogue="DEFAULT", bias=None, aux=None):
+    """gemm's product, C (m,n) = op(A) op(B) + beta C, through cuBLASLt with an epilogue on it:
+    BIAS: + bias (m,) on every column; GELU_AUX_BIAS: aux (m,n), ld ldc, <- the product + bias, and
+    C <- gelu(aux); DGELU: C <- the product * gelu'(aux)."""
+    L = cublaslt()
+    cp = cupy()
+    bf16 = storage_is_bf16(c.dtype)
+    compute = _CUBLAS_COMPUTE_32F if bf16 else _fp32_compute[0]
+    extra = [x for x in (bias, aux) if x is not None]
+    desc, layouts, algo = _lt_plan(bf16, compute, m, n, k, transa, transb, lda, ldb, ldc, epilogue,
+                                   _alignment(a, b, c, *extra))
+    A = L.MatmulDescAttribute
+    if bias is not None:                  # the descriptor is this shape's; the pointers are this call's
+        _lt_set(L.matmul_desc_set_attribute, desc, A.BIAS_POINTER, bias.data.ptr, np.uint64)
+    if aux is not None:
+        _lt_set(L.matmul_desc_set_attribute, desc, A.EPILOGUE_AUX_POINTER, aux.data.ptr, np.uint64)
+    ab = _alpha_beta(beta)
+    workspace = scratch("cublaslt_workspace", LT_WORKSPACE_BYTES, np.uint8)
+    L.matmul(_lt_handle(), desc, ab.ctypes.data, a.data.ptr, layouts[0], b.data.ptr, layouts[1],
+             ab.ctypes.data + 4, c.data.ptr, layouts[2], c.data.ptr, layouts[2], algo.ctypes.data,
+             workspace.data.ptr, LT_WORKSPACE_BYTES, cp.cuda.get_current_stream().ptr)
 
 
 def compile_check(family, bf16, defines=(), arch="sm_90", code=None):
