@@ -5,7 +5,7 @@
 # functions whose code or tests changed.
 #   mutation/run.sh                          every mutant of the configured modules
 #   mutation/run.sh "llmnp.adamw*" ...       only mutants whose names match (mutmut's globs)
-# Then: cd $MUTATION_DIR && mutmut results (survivors), mutmut show NAME (one mutant's diff).
+# Then: $MUTATION_DIR/score.txt (score and survivors), cd $MUTATION_DIR && mutmut show NAME (one mutant).
 set -euo pipefail
 root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 dir=${MUTATION_DIR:-/tmp/llmnp-mutation}
@@ -15,4 +15,6 @@ find "$dir" -mindepth 1 -maxdepth 1 ! -name mutants -exec rm -rf {} +
 git -C "$root" archive HEAD | tar -x -C "$dir"
 cd "$dir"
 "$mutmut" run --max-children "${MUTATION_JOBS:-2}" "$@" | tr '\r' '\n' | grep -v '^[^ ]* *Running\|^[^ ]* *Generating' || true
-"$mutmut" results --all true | awk '{n[$NF]++} END {for (s in n) printf "%s %d\n", s, n[s]}' | sort
+# the score, equivalent mutants (mutation/equivalent.txt) left out, and every other survivor
+python3 "$root/mutation/score.py" "$dir" | tee "$dir/score.txt" | head -n 20
+echo "(all survivors: $dir/score.txt)"
