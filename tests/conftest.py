@@ -47,17 +47,21 @@ def tiny_run(tmp_path_factory):
 LAYER_TESTS = ["test_layers.py", "test_gradient_rules.py", "test_numerics.py", "test_reference_model.py",
                "test_parallel.py"]
 MUTATION_TESTS = {
-    **{f"llmnp.{m}": LAYER_TESTS for m in ("encoder", "layernorm", "matmul", "attention", "gelu", "residual",
-                                           "classifier")},
+    **{f"llmnp.{m}": LAYER_TESTS + ["test_model_details.py"]
+       for m in ("encoder", "layernorm", "matmul", "attention", "gelu", "residual", "classifier")},
     "llmnp.model": LAYER_TESTS + ["test_model.py", "test_optimizer_step.py", "test_stochastic_rounding.py",
-                                  "test_checkpoint.py"],
-    "llmnp.adamw": ["test_adamw.py", "test_stochastic_rounding.py", "test_optimizer_step.py", "test_parallel.py"],
+                                  "test_checkpoint.py", "test_model_details.py"],
+    "llmnp.adamw": ["test_adamw.py", "test_stochastic_rounding.py", "test_optimizer_step.py", "test_parallel.py",
+                    "test_readers_detail.py"],
     "llmnp.schedule": ["test_schedule.py", "test_schedule_formula.py"],
-    "llmnp.data": ["test_data.py", "test_loader_ranks.py", "test_bad_input_readers.py", "test_checkpoint.py"],
-    "llmnp.fileio": ["test_fileio.py", "test_file_checks.py", "test_headers.py", "test_bad_input_readers.py"],
+    "llmnp.data": ["test_data.py", "test_loader_ranks.py", "test_bad_input_readers.py", "test_checkpoint.py",
+                   "test_readers_detail.py"],
+    "llmnp.fileio": ["test_fileio.py", "test_file_checks.py", "test_headers.py", "test_bad_input_readers.py",
+                     "test_readers_detail.py"],
     "llmnp.checkpoint": ["test_checkpoint.py", "test_headers.py", "test_file_checks.py",
-                         "test_bad_input_readers.py", "test_export.py"],
-    "train_gpt2": ["test_optimizer_step.py", "test_llmc_flags.py", "test_train_gpt2.py", "test_bad_input_train.py"],
+                         "test_bad_input_readers.py", "test_export.py", "test_checkpoint_files.py"],
+    "train_gpt2": ["test_optimizer_step.py", "test_llmc_flags.py", "test_train_gpt2.py", "test_bad_input_train.py",
+                   "test_trainer_setup.py", "test_trainer_loop.py"],
 }
 MUTATION_SLOW_S = 3.0
 

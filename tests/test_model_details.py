@@ -1,0 +1,1 @@
+"""Tests of the model and the NumPy layers: argument checks, labels and edge cases."""
