@@ -5,6 +5,8 @@
 # functions whose code or tests changed.
 #   mutation/run.sh                          every mutant of the configured modules
 #   mutation/run.sh "llmnp.adamw*" ...       only mutants whose names match (mutmut's globs)
+#   mutation/run.sh --survivors              after writing tests: the last run's survivors again, against
+#                                            the tests as they are now (mutmut keeps a verdict otherwise)
 # Then: $MUTATION_DIR/score.txt (score and survivors), cd $MUTATION_DIR && mutmut show NAME (one mutant).
 set -euo pipefail
 root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
@@ -14,6 +16,24 @@ mkdir -p "$dir"
 find "$dir" -mindepth 1 -maxdepth 1 ! -name mutants -exec rm -rf {} +
 git -C "$root" archive HEAD | tar -x -C "$dir"
 cd "$dir"
+if [ "${1:-}" = "--survivors" ]; then
+  shift
+  python3 - <<'PY'
+import glob, json
+n = 0
+for path in glob.glob("mutants/**/*.meta", recursive=True):
+    with open(path) as f:
+        meta = json.load(f)
+    codes = meta["exit_code_by_key"]
+    for key, code in codes.items():
+        if code in (0, 33):                      # survived, or reached by no test
+            codes[key] = None
+            n += 1
+    with open(path, "w") as f:
+        json.dump(meta, f)
+print(f"{n} survivors to test again")
+PY
+fi
 "$mutmut" run --max-children "${MUTATION_JOBS:-2}" "$@" | tr '\r' '\n' | grep -v '^[^ ]* *Running\|^[^ ]* *Generating' || true
 # the score, equivalent mutants (mutation/equivalent.txt) left out, and every other survivor
 python3 "$root/mutation/score.py" "$dir" | tee "$dir/score.txt" | head -n 20
