@@ -548,7 +548,7 @@ def train(args):
             if len(step_times) > 1:
                 ema_tok_s = 0.95 * ema_tok_s + 0.05 * tok_s
                 tok_s = ema_tok_s / (1 - 0.95 ** (len(step_times) - 1))
-            mfu = "n/a" if peak_flops is None else f"{100 * model.flops_per_token * total_batch / dist.world_size / dt / peak_flops:.1f}%"
+            mfu = "n/a" if peak_flops is None else f"{100 * model.flops_per_token(T) * total_batch / dist.world_size / dt / peak_flops:.1f}%"
             log(f"step {step + 1:4d}/{num_steps} | loss {loss:7.6f} ({zl:+.2f}z)| norm {norm:6.4f} ({zn:+.2f}z)| "
                 f"lr {lr:.2e} | {dt * 1000:.2f} ms | {mfu} bf16 MFU | {tok_s:.0f} tok/s", flush=True)
             log_line(f"s:{step} trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}")

@@ -72,7 +72,7 @@ def row_llmnp(dtype, B, T, warmup, steps, model_name, recompute):
         return float(loss)
 
     sec, peak, loss = time_steps(step, cupy.cuda.Device().synchronize, warmup, steps)
-    return sec, peak, loss, model.flops_per_token
+    return sec, peak, loss, model.flops_per_token(T)
 
 
 def row_torch(dtype, B, T, warmup, steps, compile_model, model_name):

@@ -387,11 +387,10 @@ class GPT2:
             self.master_memory[start:end] = self.xp.asarray(np.asarray(master, dtype=self.state_dtype))
             self.params_memory[start:end] = self.xp.asarray(np.asarray(master).astype(self.dtype))
 
-    @property
-    def flops_per_token(self):
-        """llm.c's count for one forward+backward: 6 N + 6 L C T at T = max_seq_len."""
+    def flops_per_token(self, T):
+        """llm.c's count for one forward+backward at sequence length T (the run's -t): 6 N + 6 L C T."""
         c = self.config
-        return 6 * self.num_parameters + 6 * c.num_layers * c.channels * c.max_seq_len
+        return 6 * self.num_parameters + 6 * c.num_layers * c.channels * T
 
 
 def rounding_seed(t, name):

@@ -187,7 +187,7 @@ def locate(model, inputs, targets, grad_accum_steps=1, step=None):
     prefix = f"step {step}: " if step is not None else ""
     broken = nonfinite_parameter(model)
     if broken is not None:
-        return prefix + broken + " (the update before this step wrote it)"
+        return prefix + broken + " (written by an earlier update, or loaded so)"
     # overflow warnings are expected here (the layers' worker threads have their own errstate)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

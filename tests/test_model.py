@@ -283,3 +283,14 @@ def test_recompute_2_gives_the_same_gradients_with_less_memory():
     L, B, T, C = 3, 2, 16, 16
     saved = num_elements(activation_specs(config, B, T, 1)) - num_elements(activation_specs(config, B, T, 2))
     assert saved == 2 * (L - 1) * B * T * C
+
+
+def test_flops_per_token_is_llmcs_count_at_the_runs_sequence_length():
+    """llm.c's MFU numerator: 6 N + 6 L C T with T the run's -t (not the model's max_seq_len), N every
+    parameter including the padded vocabulary rows."""
+    c = GPT2Config.tiny()
+    L, C, Vp, maxT = c.num_layers, c.channels, c.padded_vocab_size, c.max_seq_len
+    N = Vp * C + maxT * C + L * (12 * C * C + 13 * C) + 2 * C
+    model = GPT2(c)
+    for T in (1, maxT // 2, maxT):
+        assert model.flops_per_token(T) == 6 * N + 6 * L * C * T
