@@ -16,23 +16,9 @@ mkdir -p "$dir"
 find "$dir" -mindepth 1 -maxdepth 1 ! -name mutants -exec rm -rf {} +
 git -C "$root" archive HEAD | tar -x -C "$dir"
 cd "$dir"
-if [ "${1:-}" = "--survivors" ]; then
+if [ "${1:-}" = "--survivors" ]; then       # all but the ones listed in mutation/equivalent.txt
   shift
-  python3 - <<'PY'
-import glob, json
-n = 0
-for path in glob.glob("mutants/**/*.meta", recursive=True):
-    with open(path) as f:
-        meta = json.load(f)
-    codes = meta["exit_code_by_key"]
-    for key, code in codes.items():
-        if code in (0, 33):                      # survived, or reached by no test
-            codes[key] = None
-            n += 1
-    with open(path, "w") as f:
-        json.dump(meta, f)
-print(f"{n} survivors to test again")
-PY
+  python3 "$root/mutation/score.py" --reset "$dir"
 fi
 "$mutmut" run --max-children "${MUTATION_JOBS:-2}" "$@" | tr '\r' '\n' | grep -v '^[^ ]* *Running\|^[^ ]* *Generating' || true
 # the score, equivalent mutants (mutation/equivalent.txt) left out, and every other survivor

@@ -1,6 +1,7 @@
 """The score of a finished mutation run (mutation/run.sh): killed / (mutants - equivalent ones).
 
     python mutation/score.py [MUTATION_DIR]        # default /tmp/llmnp-mutation
+    python mutation/score.py --reset [MUTATION_DIR]   # mark the unexplained survivors untested (run.sh --survivors)
 
 An equivalent mutant is one no test can tell from the original; mutation/equivalent.txt lists them,
 each by its function, the line it changes, the line it writes and a one-line reason:
@@ -68,7 +69,10 @@ def equivalents(path=os.path.join(HERE, "equivalent.txt")):
 
 
 def main():
-    root = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("MUTATION_DIR", "/tmp/llmnp-mutation")
+    args = sys.argv[1:]
+    reset = "--reset" in args
+    args = [a for a in args if a != "--reset"]
+    root = args[0] if args else os.environ.get("MUTATION_DIR", "/tmp/llmnp-mutation")
     mutants = os.path.join(root, "mutants")
     listed = equivalents()
     counts = collections.defaultdict(collections.Counter)
@@ -79,8 +83,17 @@ def main():
                 continue
             meta = os.path.join(dirpath, name)
             with open(meta) as f:
-                exit_codes = json.load(f)["exit_code_by_key"]
+                data = json.load(f)
+            exit_codes = data["exit_code_by_key"]
             sources = function_sources(meta[:-len(".meta")])
+            if reset:                           # mutmut tests again the mutants it has no verdict for
+                for key, code in exit_codes.items():
+                    function, number = NAME.match(key).groups()
+                    if code in (0, 33) and (function, *change(sources, function.rsplit(".", 1)[1], number)) not in listed:
+                        exit_codes[key] = None
+                with open(meta, "w") as f:
+                    json.dump(data, f)
+                continue
             for key, code in sorted(exit_codes.items()):
                 function, number = NAME.match(key).groups()
                 module = function.rsplit(".", 1)[0]
@@ -93,6 +106,8 @@ def main():
                     else:
                         unexplained.append((key, status, removed, added))
                 counts[module][status] += 1
+    if reset:
+        return
     total = collections.Counter()
     print("| module | mutants | killed | equivalent | survived | no tests | score |")
     print("|---|---|---|---|---|---|---|")
