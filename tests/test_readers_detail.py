@@ -273,3 +273,25 @@ def test_rounding_bits_of_a_single_index_give_the_hash_without_a_warning(index):
             warnings.simplefilter("error")
             got = adamw.rounding_bits(index, seed)
         assert int(got) == lowbias32_reference(int(index), seed)
+
+
+def test_open_file_names_what_it_could_not_read(tmp_path, monkeypatch):
+    """A file that exists but cannot be opened: one line naming what the file is for, the path and why."""
+    path = tmp_path / "shard.bin"
+    path.write_bytes(b"\0" * 8)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(UserError) as e:
+        fileio.open_file(str(path), "token shard")
+    assert str(e.value) == f"cannot read the token shard {path}: permission denied"
+
+
+def test_write_atomic_names_the_folder_it_could_not_create(tmp_path):
+    """A file where a folder of the path should be: the folder write_atomic had to create is named."""
+    (tmp_path / "f").write_bytes(b"")
+    folder = tmp_path / "f" / "sub"
+    with pytest.raises(UserError) as e:
+        fileio.write_atomic(str(folder / "x.bin"), b"1")
+    assert str(e.value) == f"cannot create the folder {folder}: a part of the path is a file, not a folder"
