@@ -73,21 +73,20 @@ extern "C" __global__ void __launch_bounds__(256) attention_forward_wgmma(floatX
     const int C = NH * HS, C3 = 3 * C;
     const int qt = gridDim.x - 1 - blockIdx.x;
     const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
-    const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
+    const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, g = threadIdx.x % 32 / 4;
     const floatX* q = qkv + (long long)b * T * C3 + h * HS;
     load_tile_sw(qs, q, qt * WG_ROWS, WG_ROWS, T, C3);
     load_tile_sw(ks, q + C, 0, TILE, T, C3);
     load_tile_sw(vs, q + 2 * C, 0, TILE, T, C3);
     cp_async_commit();
     const int row_base = qt * WG_ROWS + wg * 64;                  // this warpgroup's first query
-    const int r0 = row_base + warp * 16 + g, r1 = r0 + 8;         // this thread's two query rows
+    const int r0 = row_base + warp * 16 + g;                      // this thread's query rows: r0, r0 + 8
     const int my_last = row_base / TILE;                          // the diagonal key tile of this warpgroup
     const int last = min((qt * WG_ROWS + WG_ROWS - 1) / TILE, (T - 1) / TILE);   // the block's last key tile
     const char* qw = reinterpret_cast<const char*>(qs) + wg * 64 * 128;
-    const float sl2 = LOG2E / sqrtf((float)HS);
     float o[HS / 8][4];
     for (int n = 0; n < HS / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};    // rows r0, r0 + 8: running max (base 2), sum
     for (int kt = 0; kt <= last; kt++) {
         const int cur = kt & 1;
         const char* kcur = reinterpret_cast<const char*>(ks + cur * TILE * HS);
@@ -109,39 +108,7 @@ extern "C" __global__ void __launch_bounds__(256) attention_forward_wgmma(floatX
                 wgmma_ss(s, smem_desc(qw + kk * 32, 16, 1024), smem_desc(kcur + kk * 32, 16, 1024), kk > 0);
             wg_commit();
             wg_wait0();
-            float mx0 = m0, mx1 = m1;
-            const bool edge = kt == my_last || (kt + 1) * TILE > T;
-            for (int n = 0; n < TILE / 8; n++)
-                for (int e = 0; e < 4; e++) {
-                    const int key = kt * TILE + n * 8 + 2 * tig + (e & 1);
-                    const int row = e < 2 ? r0 : r1;
-                    const float x = (!edge || (key <= row && key < T)) ? s[n][e] * sl2 : -INFINITY;
-                    s[n][e] = x;
-                    if (e < 2) mx0 = fmaxf(mx0, x); else mx1 = fmaxf(mx1, x);
-                }
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-            const float c0 = exp2f(m0 - mx0), c1 = exp2f(m1 - mx1);
-            m0 = mx0;
-            m1 = mx1;
-            l0 *= c0;
-            l1 *= c1;
-            for (int n = 0; n < TILE / 8; n++) {
-                s[n][0] = exp2f(s[n][0] - m0);
-                s[n][1] = exp2f(s[n][1] - m0);
-                s[n][2] = exp2f(s[n][2] - m1);
-                s[n][3] = exp2f(s[n][3] - m1);
-                l0 += s[n][0] + s[n][1];
-                l1 += s[n][2] + s[n][3];
-            }
-            for (int n = 0; n < HS / 8; n++) {
-                o[n][0] *= c0;
-                o[n][1] *= c0;
-                o[n][2] *= c1;
-                o[n][3] *= c1;
-            }
+            softmax_tile(s, o, m, l, kt * TILE, r0, kt == my_last || (kt + 1) * TILE > T, T);
             unsigned pa[TILE / 16][4];
             for (int kk = 0; kk < TILE / 16; kk++) acc_to_a(pa[kk], s[2 * kk], s[2 * kk + 1]);
             wg_fence();
@@ -151,19 +118,6 @@ extern "C" __global__ void __launch_bounds__(256) attention_forward_wgmma(floatX
         }
         __syncthreads();                                          // done with buffer cur before it refills
     }
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
-    for (int n = 0; n < HS / 8; n++) {
-        const int col = h * HS + n * 8 + 2 * tig;
-        if (r0 < T) *reinterpret_cast<__nv_bfloat162*>(out + ((long long)b * T + r0) * C + col) = __floats2bfloat162_rn(o[n][0] * inv0, o[n][1] * inv0);
-        if (r1 < T) *reinterpret_cast<__nv_bfloat162*>(out + ((long long)b * T + r1) * C + col) = __floats2bfloat162_rn(o[n][2] * inv1, o[n][3] * inv1);
-    }
-    if (tig == 0) {
-        if (r0 < T) lse[(long long)bh * T + r0] = (m0 + log2f(l0)) / LOG2E;
-        if (r1 < T) lse[(long long)bh * T + r1] = (m1 + log2f(l1)) / LOG2E;
-    }
+    store_forward(out, lse, o, m, l, b, h, NH, r0, T);
 }
 #endif

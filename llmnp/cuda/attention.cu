@@ -325,6 +325,61 @@ __device__ __forceinline__ void load_stat(float* dst, const float* src, int row0
     }
 }
 
+// One key tile of the forward's online softmax, for this thread's rows r0 and r0 + 8 of a 16-row
+// accumulator tile s (scores q k^T; column n*8 + 2 tig + (e & 1) is key key0 + that): the scores scaled to
+// base 2 (masked past the diagonal and T when `edge`), the running max m and sum l of each row updated,
+// s turned into exp2(s - m) (the tile's P), and the output accumulator o rescaled to the new max.
+__device__ __forceinline__ void softmax_tile(float (&s)[TILE / 8][4], float (&o)[HS / 8][4], float (&m)[2], float (&l)[2],
+                                             int key0, int r0, bool edge, int T) {
+    const int tig = threadIdx.x % 4;
+    const float sl2 = LOG2E / sqrtf((float)HS);
+    float mx[2] = {m[0], m[1]};
+    for (int n = 0; n < TILE / 8; n++)
+        for (int e = 0; e < 4; e++) {
+            const int key = key0 + n * 8 + 2 * tig + (e & 1), row = r0 + (e / 2) * 8;
+            const float x = (!edge || (key <= row && key < T)) ? s[n][e] * sl2 : -INFINITY;
+            s[n][e] = x;
+            mx[e / 2] = fmaxf(mx[e / 2], x);
+        }
+    for (int i = 0; i < 2; i++) {
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+    }
+    // key 0 is visible to every row, so after the first tile mx is finite and exp2(-inf) = 0 once
+    const float c[2] = {exp2f(m[0] - mx[0]), exp2f(m[1] - mx[1])};
+    for (int i = 0; i < 2; i++) {
+        m[i] = mx[i];
+        l[i] *= c[i];
+    }
+    for (int n = 0; n < TILE / 8; n++)
+        for (int e = 0; e < 4; e++) {
+            s[n][e] = exp2f(s[n][e] - m[e / 2]);
+            l[e / 2] += s[n][e];
+        }
+    for (int n = 0; n < HS / 8; n++)
+        for (int e = 0; e < 4; e++) o[n][e] *= c[e / 2];
+}
+
+// The forward's end for this thread's rows r0 and r0 + 8 of batch b, head h: out = o / l (bf16), and
+// lse = the natural log-sum-exp (m and l are in base 2), rows at or past T left alone.
+__device__ __forceinline__ void store_forward(floatX* out, float* lse, const float (&o)[HS / 8][4], const float (&m)[2],
+                                              float (&l)[2], int b, int h, int NH, int r0, int T) {
+    const int tig = threadIdx.x % 4, C = NH * HS;
+    for (int i = 0; i < 2; i++) {
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+    }
+    for (int i = 0; i < 2; i++) {
+        const int row = r0 + 8 * i;
+        if (row >= T) continue;
+        const float inv = 1.0f / l[i];
+        for (int n = 0; n < HS / 8; n++)
+            *reinterpret_cast<__nv_bfloat162*>(out + ((long long)b * T + row) * C + h * HS + n * 8 + 2 * tig) =
+                __floats2bfloat162_rn(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
+        if (tig == 0) lse[((long long)b * NH + h) * T + row] = (m[i] + log2f(l[i])) / LOG2E;
+    }
+}
+
 // grid (ceil(T/64), B*NH), 128 threads; the longest query tiles (last in time) start first.
 // Shared: Q, then K/V double-buffered.
 extern "C" __global__ void __launch_bounds__(128) attention_forward_mma(floatX* out, float* lse, const floatX* qkv,
@@ -335,18 +390,17 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_mma(floatX* 
     const int C = NH * HS, C3 = 3 * C;
     const int qt = gridDim.x - 1 - blockIdx.x;
     const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
+    const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
     const floatX* q = qkv + (long long)b * T * C3 + h * HS;
     load_tile(qs, q, qt * TILE, T, C3);
     load_tile(AT(ks, 0), q + C, 0, T, C3);
     load_tile(AT(vs, 0), q + 2 * C, 0, T, C3);
     cp_async_commit();
     unsigned qf[HS / 16][4];
-    const int r0 = qt * TILE + warp * 16 + g, r1 = r0 + 8;       // this thread's two query rows
-    const float sl2 = LOG2E / sqrtf((float)HS);                   // scores in base-2 units
+    const int r0 = qt * TILE + warp * 16 + g;                     // this thread's query rows: r0, r0 + 8
     float o[HS / 8][4];
     for (int n = 0; n < HS / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};    // rows r0, r0 + 8: running max (base 2), sum
     for (int kt = 0; kt <= qt; kt++) {
         const int cur = kt & 1;
         if (kt < qt) {
@@ -369,40 +423,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_mma(floatX* 
                 mma16816(s[2 * n2], qf[kk], kb[0], kb[1]);
                 mma16816(s[2 * n2 + 1], qf[kk], kb[2], kb[3]);
             }
-        float mx0 = m0, mx1 = m1;
-        const bool edge = kt == qt || (kt + 1) * TILE > T;         // only the diagonal and last tiles mask
-        for (int n = 0; n < TILE / 8; n++)
-            for (int e = 0; e < 4; e++) {
-                const int key = kt * TILE + n * 8 + 2 * tig + (e & 1);
-                const int row = e < 2 ? r0 : r1;
-                const float x = (!edge || (key <= row && key < T)) ? s[n][e] * sl2 : -INFINITY;
-                s[n][e] = x;
-                if (e < 2) mx0 = fmaxf(mx0, x); else mx1 = fmaxf(mx1, x);
-            }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        // key 0 is visible to every row, so after the first tile mx is finite and exp2(-inf) = 0 once
-        const float c0 = exp2f(m0 - mx0), c1 = exp2f(m1 - mx1);
-        m0 = mx0;
-        m1 = mx1;
-        l0 *= c0;
-        l1 *= c1;
-        for (int n = 0; n < TILE / 8; n++) {
-            s[n][0] = exp2f(s[n][0] - m0);
-            s[n][1] = exp2f(s[n][1] - m0);
-            s[n][2] = exp2f(s[n][2] - m1);
-            s[n][3] = exp2f(s[n][3] - m1);
-            l0 += s[n][0] + s[n][1];
-            l1 += s[n][2] + s[n][3];
-        }
-        for (int n = 0; n < HS / 8; n++) {
-            o[n][0] *= c0;
-            o[n][1] *= c0;
-            o[n][2] *= c1;
-            o[n][3] *= c1;
-        }
+        softmax_tile(s, o, m, l, kt * TILE, r0, kt == qt || (kt + 1) * TILE > T, T);   // only the diagonal and last tiles mask
         for (int kk = 0; kk < TILE / 16; kk++) {
             unsigned pa[4];
             acc_to_a(pa, s[2 * kk], s[2 * kk + 1]);
@@ -415,20 +436,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_mma(floatX* 
         }
         __syncthreads();                                          // done with buffer cur before it refills
     }
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
-    for (int n = 0; n < HS / 8; n++) {
-        const int col = h * HS + n * 8 + 2 * tig;
-        if (r0 < T) *reinterpret_cast<__nv_bfloat162*>(out + ((long long)b * T + r0) * C + col) = __floats2bfloat162_rn(o[n][0] * inv0, o[n][1] * inv0);
-        if (r1 < T) *reinterpret_cast<__nv_bfloat162*>(out + ((long long)b * T + r1) * C + col) = __floats2bfloat162_rn(o[n][2] * inv1, o[n][3] * inv1);
-    }
-    if (tig == 0) {
-        if (r0 < T) lse[(long long)bh * T + r0] = (m0 + log2f(l0)) / LOG2E;
-        if (r1 < T) lse[(long long)bh * T + r1] = (m1 + log2f(l1)) / LOG2E;
-    }
+    store_forward(out, lse, o, m, l, b, h, NH, r0, T);
 }
 
 // dk, dv and dq in one pass (flash-attention-2's order): grid (ceil(T/64), B*NH), 128 threads; block kt
