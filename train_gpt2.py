@@ -402,7 +402,8 @@ def train(args):
         from llmnp.cuda.runtime import set_tf32
         set_tf32(bool(args.tf32))                # fp32 products on TF32 tensor cores (llm.c's -f 1)
     if args.gelu_fusion != -1:
-        log(f"-ge {args.gelu_fusion}: llmnp always adds the fc bias inside its GELU kernel; the flag changes nothing")
+        log(f"-ge {args.gelu_fusion}: llmnp always applies the fc bias and GELU with the fc product "
+            f"(matmul_gelu_forward); the flag changes nothing")
     if args.dtype == "fp32" and not args.master_weights:
         log("-w 0: fp32 parameters are their own master weights; the flag changes nothing")
 

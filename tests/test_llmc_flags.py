@@ -118,7 +118,7 @@ def test_flags_that_change_nothing_here_say_so(tiny_run, capsys):
                                        "-s", "0"]) == 0
     out = capsys.readouterr().out
     assert "-w 0: fp32 parameters are their own master weights" in out
-    assert "-ge 1: llmnp always adds the fc bias inside its GELU kernel" in out
+    assert "-ge 1: llmnp always applies the fc bias and GELU with the fc product" in out
 
 
 def test_help_lists_llmcs_flags():

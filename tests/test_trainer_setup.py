@@ -377,3 +377,86 @@ def test_tok_s_is_the_step_rate_at_a_steady_pace(tiny_run, capsys, monkeypatch):
     assert train_gpt2.main(tiny_run + ["-x", "3"] + QUIET) == 0
     rates = re.findall(r"^step .* \| 0\.98 ms \| n/a bf16 MFU \| (\d+) tok/s$", capsys.readouterr().out, re.M)
     assert rates == ["32768"] * 3
+
+
+# ----------------------------------------------------------------------- flags that change nothing here
+def test_flags_llmnp_ignores_say_so_only_when_given(tiny_run, capsys):
+    """-ge and -w 0 (with fp32) are accepted for llm.c's command lines and say in one line that they change
+    nothing; a run without them prints neither line, nor -y 1's line without -y 1."""
+    def lines(*flags):
+        assert train_gpt2.main(tiny_run + ["-x", "1"] + QUIET + list(flags)) == 0
+        return capsys.readouterr().out.splitlines()
+    plain = lines()
+    assert not [line for line in plain if line.startswith(("-ge ", "-w 0:", "-y 1:"))]
+    assert ("-ge 0: llmnp always applies the fc bias and GELU with the fc product (matmul_gelu_forward); "
+            "the flag changes nothing") in lines("-ge", "0")
+    assert "-w 0: fp32 parameters are their own master weights; the flag changes nothing" in lines("-w", "0")
+
+
+def test_resume_without_a_checkpoint_says_it_starts_from_step_0(tiny_run, tmp_path, capsys):
+    """-y 1 with an output folder holding no finished checkpoint: one line, then a run from step 0."""
+    out = tmp_path / "out"
+    assert train_gpt2.main(tiny_run + ["-x", "1", "-y", "1", "-o", str(out)] + QUIET) == 0
+    text = capsys.readouterr().out
+    assert f"-y 1: no complete checkpoint (DONE_* file) in {out}, starting from step 0" in text.splitlines()
+    assert re.search(r"^step +1/1 \|", text, re.M)
+
+
+# ------------------------------------------------------------------------------------ which data
+def without(flags, *names):
+    out = list(flags)
+    for name in names:
+        i = out.index(name)
+        del out[i:i + 2]
+    return out
+
+
+def test_without_i_and_j_the_shipped_corpus_is_used(tiny_run, tmp_path, monkeypatch, capsys):
+    """No -i, no -j and no llm.c Shakespeare shards under the working folder: the shipped corpus
+    (llmnp.corpus.default_corpus) gives both."""
+    import llmnp.corpus
+    monkeypatch.chdir(tmp_path)                                    # no dev/data/... here
+    asked = []
+    monkeypatch.setattr(llmnp.corpus, "default_corpus",
+                        lambda: asked.append(1) or (flag(tiny_run, "-i"), flag(tiny_run, "-j")))
+    assert train_gpt2.main(without(tiny_run, "-i", "-j") + ["-x", "1"] + QUIET) == 0
+    assert asked == [1]
+
+
+def test_a_train_shard_without_a_val_shard_falls_back_to_llmcs_val_path(tiny_run, tmp_path, monkeypatch, capsys):
+    """-i alone: the val shard is llm.c's default path (missing here: one line naming it); the shipped
+    corpus is used only when neither -i nor -j is given."""
+    import llmnp.corpus
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(llmnp.corpus, "default_corpus", lambda: (flag(tiny_run, "-i"), flag(tiny_run, "-j")))
+    status, err = fails(train_gpt2.main, without(tiny_run, "-j") + ["-x", "1"] + QUIET, capsys)
+    assert status == 1 and train_gpt2.LLMC_VAL in err and len(err.strip().splitlines()) == 1
+
+
+def test_overfitting_one_batch_trains_on_the_val_shard(tiny_run, tmp_path, capsys):
+    """-a 1 trains on the val shard's first batch: the train shard is not read (here it does not exist)."""
+    flags = tiny_run[:]
+    flags[flags.index("-i") + 1] = str(tmp_path / "missing_train.bin")
+    assert train_gpt2.main(flags + ["-x", "2", "-a", "1"] + QUIET) == 0
+    assert re.search(r"^step +2/2 \|", capsys.readouterr().out, re.M)
+
+
+@pytest.mark.parametrize("d, accum", [("-1", 1), ("32", 1), ("64", 2)])
+def test_total_batch_flag_sets_the_accumulation(tiny_run, capsys, d, accum):
+    """-d -1: one micro-step of B*T tokens (B=2, T=16 here); -d N: N / (B*T) micro-steps."""
+    assert train_gpt2.main(tiny_run + ["-x", "1", "-d", d] + QUIET) == 0
+    assert f"grad_accum={accum} -> {32 * accum} tokens/step" in capsys.readouterr().out
+
+
+def test_a_total_batch_of_one_token_is_refused(tiny_run, capsys):
+    """-d 1 is a batch, not a flag value meaning 'one micro-step': it is not a multiple of B*T."""
+    assert error_line(train_gpt2.main, tiny_run + ["-x", "1", "-d", "1"] + QUIET, capsys) == \
+        "-d 1 is not a multiple of B*T*processes = 2*16*1 = 32"
+
+
+def test_the_time_left_follows_each_val_loss_between_the_first_and_last_step(tiny_run, capsys):
+    """After each val loss but the first (no step timed yet) and the last (nothing left), one line with
+    the time so far and the time to go."""
+    assert train_gpt2.main(tiny_run + ["-x", "3", "-v", "1", "-m", "1", "-s", "0"]) == 0
+    times = [line for line in capsys.readouterr().out.splitlines() if line.startswith("time: ")]
+    assert [line.split()[1:4] for line in times] == [["1", "of", "3"], ["2", "of", "3"]]
