@@ -191,7 +191,6 @@ def gemm(c, a, b, m, n, k, transa, transb, lda, ldb, ldc, beta=0.0):
 # input) or GELU's gradient to the product on its way out: matmul_lt.py. Through nvmath-python's
 # bindings, which take raw device pointers (CuPy has no cuBLASLt binding).
 LT_WORKSPACE_BYTES = 32 << 20
-LT_EPILOGUES = ("DEFAULT", "BIAS", "GELU_AUX_BIAS", "DGELU")
 
 
 @functools.lru_cache(maxsize=None)
