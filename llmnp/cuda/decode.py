@@ -57,8 +57,8 @@ def sample_step(out, tok, pos, done, logits, prompt, prompt_len, key, V, tempera
 # CuPy's cuBLAS wrappers refuse to run while a stream is being captured (their check comes before they
 # bind the handle to the current stream), though cuBLAS itself captures fine. So the decode step calls
 # cublasSetStream and cublasGemmEx of the library CuPy has loaded, through ctypes. The product is
-# runtime.gemm's: same arguments, same fp32 accumulation.
-_ALPHA_BETA = {0.0: np.array([1.0, 0.0], np.float32), 1.0: np.array([1.0, 1.0], np.float32)}
+# runtime.gemm's: same arguments, same fp32 accumulation, and its host alpha and beta (kept for good,
+# so a captured graph may read them at every replay).
 
 
 @functools.lru_cache(maxsize=None)
@@ -86,7 +86,7 @@ def matmul_forward(out, inp, weight, bias):
     """out (B,1,OC) <- inp (B,1,C), weight (OC,C), bias (OC,) or None: runtime.gemm's product, callable
     while the stream is captured (the bias as matmul.py's launcher adds it: out = bias, then += product)."""
     from llmnp.cuda.runtime import _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT, _CUDA_R_16BF, _CUDA_R_32F, \
-        cupy, pack, storage_is_bf16
+        _alpha_beta, cupy, pack, storage_is_bf16
     OC, C = weight.shape
     N = inp.size // C
     check(out.dtype, out=out, inp=inp, weight=weight)
@@ -101,7 +101,7 @@ def matmul_forward(out, inp, weight, bias):
     set_stream(handle, cp.cuda.get_current_stream().ptr)
     set_pointer_mode(handle, 0)                             # CUBLAS_POINTER_MODE_HOST
     dtype = _CUDA_R_16BF if storage_is_bf16(out.dtype) else _CUDA_R_32F
-    ab = _ALPHA_BETA[0.0 if bias is None else 1.0]
+    ab = _alpha_beta(0.0 if bias is None else 1.0)
     # out_cm (OC x N) = W_cm^T (W_cm: C x OC) @ inp_cm (C x N), as matmul.py explains
     status = gemm_ex(handle, 1, 0, OC, N, C, ab.ctypes.data, weight.data.ptr, dtype, C, inp.data.ptr, dtype, C,
                      ab.ctypes.data + 4, out.data.ptr, dtype, OC, _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT)
