@@ -27,7 +27,7 @@ FAMILIES = sorted(f[:-3] for f in os.listdir(runtime.KERNEL_DIR) if f.endswith("
 @pytest.mark.parametrize("family", FAMILIES)
 def test_kernel_file_compiles(family, bf16):
     pytest.importorskip("cupy_backends.cuda.libs.nvrtc")
-    head_sizes = (4, 16, 32, 64, 80, 96, 128) if family == "attention" else (None,)
+    head_sizes = (4, 16, 32, 64, 80, 96, 128) if family.startswith("attention") else (None,)
     for hs in head_sizes:
         defines = (("HS", hs),) if hs else ()
         try:
@@ -221,26 +221,30 @@ def attention_cases():
     for dtype in DTYPES:
         for B, T, NH, hs in [(2, 5, 2, 4), (2, 64, 2, 64), (1, 100, 3, 64), (2, 200, 4, 32), (1, 1024, 2, 64),
                              (2, 33, 2, 16), (2, 130, 2, 80), (1, 200, 2, 96), (2, 150, 2, 128)]:   # GPT-3's sizes
-            for tc in ([False, True] if dtype == "bfloat16" and hs % 16 == 0 else [False]):
-                yield dtype, B, T, NH, hs, tc
+            tensor_cores = dtype == "bfloat16" and hs % 16 == 0
+            for kernels in ["fp32"] + (["mma"] if tensor_cores else []) + (["wgmma"] if tensor_cores and hs == 64 else []):
+                yield dtype, B, T, NH, hs, kernels
 
 
 @requires_gpu
-@pytest.mark.parametrize("dtype,B,T,NH,hs,tensor_cores", list(attention_cases()))
-def test_attention(dtype, B, T, NH, hs, tensor_cores):
+@pytest.mark.parametrize("dtype,B,T,NH,hs,kernels", list(attention_cases()))
+def test_attention(dtype, B, T, NH, hs, kernels):
+    """Each set of kernels (attention.py kernels_for) against NumPy; the Hopper ones only on Hopper."""
     from llmnp.cuda.attention import attention_backward, attention_forward
+    if kernels == "wgmma" and not runtime.hopper():
+        pytest.skip("the wgmma kernels run on compute capability 9.0 only")
     k = Case(dtype)
     C = NH * hs
     qkv, qkv_h = k.randn(B, T, 3 * C)
     out, lse = k.nan(B, T, C), k.nan(B, NH, T, dtype=np.float32)
-    attention_forward(out, lse, qkv, tensor_cores=tensor_cores)
+    attention_forward(out, lse, qkv, kernels=kernels)
     want, lse_h = np.empty((B, T, C)), np.empty((B, NH, T))
     ref.attention_forward(want, lse_h, qkv_h)
     k.close(out, want, "att out")
     k.close(lse, lse_h, "lse", tol=1e-5 if dtype == "float32" else 2e-3)
     dout, dout_h = k.randn(B, T, C)
     dqkv = k.nan(B, T, 3 * C)
-    attention_backward(dqkv, dout, qkv, out, lse, tensor_cores=tensor_cores)
+    attention_backward(dqkv, dout, qkv, out, lse, kernels=kernels)
     dqkv_h = np.empty((B, T, 3 * C))
     ref.attention_backward(dqkv_h, dout_h, qkv_h, host(out), host(lse))   # from the GPU's own saved out/lse
     for i, name in enumerate("qkv"):

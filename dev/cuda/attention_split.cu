@@ -76,7 +76,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_backward_dkdv_mma(fl
                 const int il = n * 8 + 2 * tig + (e & 1), i = qt * TILE + il;
                 const int j = e < 2 ? j0 : j1;
                 const bool visible = !edge || (i >= j && i < T && j < T);
-                const float p = visible ? exp2f(st[n][e] * sl2 - ls[cur * TILE + il] * LOG2E) : 0.0f;
+                const float p = visible ? exp2_ftz(fmaf(st[n][e], sl2, -ls[cur * TILE + il] * LOG2E)) : 0.0f;
                 st[n][e] = p;
                 dpt[n][e] = p * (dpt[n][e] - Ds[cur * TILE + il]);
             }
@@ -178,7 +178,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_backward_dq_mma(floa
                 const int key = kt * TILE + n * 8 + 2 * tig + (e & 1);
                 const int row = e < 2 ? r0 : r1;
                 const bool visible = !edge || (key <= row && key < T && row < T);
-                const float p = visible ? exp2f(s[n][e] * sl2 - (e < 2 ? lse0 : lse1)) : 0.0f;
+                const float p = visible ? exp2_ftz(fmaf(s[n][e], sl2, -(e < 2 ? lse0 : lse1))) : 0.0f;
                 s[n][e] = p * (dp[n][e] - (e < 2 ? D0 : D1));          // dS (unscaled)
             }
         for (int kk = 0; kk < TILE / 16; kk++) {

@@ -274,6 +274,14 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4], 
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// 2^x in one instruction (MUFU.EX2, results below 2^-126 flushed to 0). exp2f keeps those results, at
+// three more instructions per call, and the softmax's exponentials are what these kernels issue most.
+__device__ __forceinline__ float exp2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
 __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<unsigned*>(&v);
@@ -297,13 +305,15 @@ __device__ __forceinline__ void cp_async4(void* dst, const void* src, bool src_o
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory"); }
 
-// *p += x, p[1] += y in global memory (one vector reduction on Hopper, two scalar ones before)
-__device__ __forceinline__ void atomic_add2(float* p, float x, float y) {
+// p[0..3] += v in global memory, p 16-byte aligned (one vector reduction on Hopper, four scalar ones before)
+__device__ __forceinline__ void atomic_add4(float* p, float4 v) {
 #if __CUDA_ARCH__ >= 900
-    atomicAdd(reinterpret_cast<float2*>(p), make_float2(x, y));
+    atomicAdd(reinterpret_cast<float4*>(p), v);
 #else
-    atomicAdd(p, x);
-    atomicAdd(p + 1, y);
+    atomicAdd(p, v.x);
+    atomicAdd(p + 1, v.y);
+    atomicAdd(p + 2, v.z);
+    atomicAdd(p + 3, v.w);
 #endif
 }
 
@@ -326,34 +336,37 @@ __device__ __forceinline__ void load_stat(float* dst, const float* src, int row0
 }
 
 // One key tile of the forward's online softmax, for this thread's rows r0 and r0 + 8 of a 16-row
-// accumulator tile s (scores q k^T; column n*8 + 2 tig + (e & 1) is key key0 + that): the scores scaled to
-// base 2 (masked past the diagonal and T when `edge`), the running max m and sum l of each row updated,
-// s turned into exp2(s - m) (the tile's P), and the output accumulator o rescaled to the new max.
+// accumulator tile s (scores q k^T; column n*8 + 2 tig + (e & 1) is key key0 + that): the scores masked
+// past the diagonal and T when `edge`, the running max m (of the scores scaled to base 2: s log2(e) /
+// sqrt(HS)) and sum l of each row updated, s turned into exp2(scaled s - m) (the tile's P, one fused
+// multiply-add and one exponential per score), and the output accumulator o rescaled to the new max.
 __device__ __forceinline__ void softmax_tile(float (&s)[TILE / 8][4], float (&o)[HS / 8][4], float (&m)[2], float (&l)[2],
                                              int key0, int r0, bool edge, int T) {
     const int tig = threadIdx.x % 4;
     const float sl2 = LOG2E / sqrtf((float)HS);
-    float mx[2] = {m[0], m[1]};
+    if (edge)
+        for (int n = 0; n < TILE / 8; n++)
+            for (int e = 0; e < 4; e++) {
+                const int key = key0 + n * 8 + 2 * tig + (e & 1), row = r0 + (e / 2) * 8;
+                if (!(key <= row && key < T)) s[n][e] = -INFINITY;
+            }
+    float mx[2] = {-INFINITY, -INFINITY};                   // the tile's raw maxima (the scale is positive)
     for (int n = 0; n < TILE / 8; n++)
-        for (int e = 0; e < 4; e++) {
-            const int key = key0 + n * 8 + 2 * tig + (e & 1), row = r0 + (e / 2) * 8;
-            const float x = (!edge || (key <= row && key < T)) ? s[n][e] * sl2 : -INFINITY;
-            s[n][e] = x;
-            mx[e / 2] = fmaxf(mx[e / 2], x);
-        }
+        for (int e = 0; e < 4; e++) mx[e / 2] = fmaxf(mx[e / 2], s[n][e]);
     for (int i = 0; i < 2; i++) {
         mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
         mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+        mx[i] = fmaxf(m[i], mx[i] * sl2);
     }
     // key 0 is visible to every row, so after the first tile mx is finite and exp2(-inf) = 0 once
-    const float c[2] = {exp2f(m[0] - mx[0]), exp2f(m[1] - mx[1])};
+    const float c[2] = {exp2_ftz(m[0] - mx[0]), exp2_ftz(m[1] - mx[1])};
     for (int i = 0; i < 2; i++) {
         m[i] = mx[i];
         l[i] *= c[i];
     }
     for (int n = 0; n < TILE / 8; n++)
         for (int e = 0; e < 4; e++) {
-            s[n][e] = exp2f(s[n][e] - m[e / 2]);
+            s[n][e] = exp2_ftz(fmaf(s[n][e], sl2, -m[e / 2]));
             l[e / 2] += s[n][e];
         }
     for (int n = 0; n < HS / 8; n++)
@@ -524,7 +537,7 @@ attention_backward_mma(floatX* dqkv, float* dq_acc, const floatX* dout, const fl
                 const int il = n * 8 + 2 * tig + (e & 1), i = qt * TILE + il;
                 const int j = e < 2 ? j0 : j1;
                 const bool visible = !edge || (i >= j && i < T && j < T);
-                const float p = visible ? exp2f(st[n][e] * sl2 - ls[cur * TILE + il] * LOG2E) : 0.0f;
+                const float p = visible ? exp2_ftz(fmaf(st[n][e], sl2, -ls[cur * TILE + il] * LOG2E)) : 0.0f;
                 st[n][e] = p;
                 dpt[n][e] = p * (dpt[n][e] - Ds[cur * TILE + il]);
             }
@@ -560,13 +573,21 @@ attention_backward_mma(floatX* dqkv, float* dq_acc, const floatX* dout, const fl
                 mma16816(dq[2 * n2 + 1], da, kb[2], kb[3]);
             }
         }
-        const int i0 = qt * TILE + warp * 16 + g, i1 = i0 + 8;
+        // dq goes through shared memory (over this tile's Q and dO, read by now), so that the adds into
+        // dq_acc are whole 16-byte packs of consecutive columns: fewer, fuller atomic transactions
+        float* dqs = reinterpret_cast<float*>(AT(tiles, 2 * cur));   // [TILE][HS + 8] float: fits two tiles
         for (int n = 0; n < HS / 8; n++) {
-            const int col = h * HS + n * 8 + 2 * tig;
-            if (i0 < T) atomic_add2(dq_acc + ((long long)b * T + i0) * C + col, dq[n][0], dq[n][1]);
-            if (i1 < T) atomic_add2(dq_acc + ((long long)b * T + i1) * C + col, dq[n][2], dq[n][3]);
+            const int col = n * 8 + 2 * tig;
+            *reinterpret_cast<float2*>(dqs + (warp * 16 + g) * (HS + 8) + col) = make_float2(dq[n][0], dq[n][1]);
+            *reinterpret_cast<float2*>(dqs + (warp * 16 + g + 8) * (HS + 8) + col) = make_float2(dq[n][2], dq[n][3]);
         }
-        __syncthreads();                                          // done with Q, dO and dS^T of this tile
+        __syncthreads();
+        for (int x = threadIdx.x; x < TILE * HS / 4; x += blockDim.x) {
+            const int r = x / (HS / 4), c = x % (HS / 4) * 4, i = qt * TILE + r;
+            if (i < T) atomic_add4(dq_acc + ((long long)b * T + i) * C + h * HS + c,
+                                   *reinterpret_cast<const float4*>(dqs + r * (HS + 8) + c));
+        }
+        __syncthreads();                                          // done with Q, dO, dS^T and dq of this tile
     }
     const float scale = 1.0f / sqrtf((float)HS);
     for (int n = 0; n < HS / 8; n++) {

@@ -1,14 +1,18 @@
-"""Attention launchers (attention.cu; llmnp/attention.py is the reference and states the rules).
+"""Attention launchers (attention.cu, attention_hopper.cu; llmnp/attention.py is the reference and
+states the rules).
 
-bf16 storage with a head size that is a multiple of 16 up to 128 (GPT-2's is 64) runs on the tensor-core
-kernels; everything else (fp32 storage, other head sizes up to 128) on the fp32 CUDA-core kernels.
-lse and the backward's D = rowsum(dout * out) are float32 (B,NH,T); the tensor-core backward adds dq into a
-float32 (B,T,C) scratch buffer first.
+Three sets of kernels, one chosen per call by kernels_for: on a Hopper GPU (compute capability 9.0),
+bf16 storage with GPT-2's head size 64 runs the warpgroup kernels of attention_hopper.cu; bf16 with a
+head size that is a multiple of 16 up to 128 the mma.sync tensor-core kernels of attention.cu (the
+portable path, and the reference for the Hopper ones); everything else (fp32 storage, other head sizes up
+to 128) the fp32 CUDA-core kernels, the reference for both.
+lse and the backward's D = rowsum(dout * out) are float32 (B,NH,T); the tensor-core backwards add dq into
+a float32 (B,T,C) scratch buffer first.
 Shapes: B batch, T time, C channels, NH heads, hs = C/NH; qkv (B,T,3C), out/dout (B,T,C).
 """
 import numpy as np
 
-from llmnp.cuda.runtime import blocks, check, kernel, pack, scratch, storage_is_bf16
+from llmnp.cuda.runtime import blocks, check, hopper, kernel, pack, scratch, storage_is_bf16
 
 ROWS = 64                     # query (or key) rows per block in every kernel (attention.cu ROWS1, TILE)
 TILE1 = 32                    # attention.cu TILE1
@@ -25,10 +29,12 @@ def _shapes(out, lse, qkv):
     return B, T, C, NH, hs
 
 
-def use_tensor_cores(dtype, hs, *arrays):
-    """The mma kernels need bf16, hs % 16 == 0, hs <= 128 and 16-byte aligned rows."""
-    return (storage_is_bf16(dtype) and hs % 16 == 0 and hs <= 128
-            and all(a.data.ptr % 16 == 0 for a in arrays))
+def kernels_for(dtype, hs, *arrays):
+    """"wgmma" (a Hopper GPU and hs 64), "mma" (hs % 16 == 0 up to 128), both for bf16 storage and
+    16-byte aligned rows; else "fp32"."""
+    if not (storage_is_bf16(dtype) and hs % 16 == 0 and hs <= 128 and all(a.data.ptr % 16 == 0 for a in arrays)):
+        return "fp32"
+    return "wgmma" if hs == 64 and hopper() else "mma"
 
 
 def tile_smem(hs, tiles, floats=0):
@@ -37,21 +43,29 @@ def tile_smem(hs, tiles, floats=0):
     return tiles * ROWS * (hs + 8) * 2 + 4 * floats
 
 
-def tensor_core_kernel(name, dtype, hs, smem):
-    k = kernel("attention", name, dtype, HS=hs)
+def tensor_core_kernel(name, dtype, hs, smem, family="attention"):
+    k = kernel(family, name, dtype, HS=hs)
     k.max_dynamic_shared_size_bytes = smem          # above 48 KB needs the opt-in (87 KB at hs = 128)
     return k
 
 
-def attention_forward(out, lse, qkv, tensor_cores=None):
-    """out (B,T,C), lse (B,NH,T) <- qkv (B,T,3C). tensor_cores: None chooses (tests force either)."""
+# attention_hopper.cu's shared memory: 64 x 64 bf16 tiles (8 KB), and up to 1 KB to align them to 1024 bytes
+HOPPER_FORWARD_SMEM = 6 * 8192 + 1024                 # Q (128 rows), K and V double-buffered
+HOPPER_BACKWARD_SMEM = 7 * 8192 + 4 * ROWS * 4 + 1024   # K, V, Q | dO double-buffered, dS^T; lse, D twice
+
+
+def attention_forward(out, lse, qkv, kernels=None):
+    """out (B,T,C), lse (B,NH,T) <- qkv (B,T,3C). kernels: None chooses (kernels_for); tests force one."""
     B, T, C, NH, hs = _shapes(out, lse, qkv)
     check(out.dtype, out=out, qkv=qkv)
     check(np.float32, lse=lse)
-    if tensor_cores is None:
-        tensor_cores = use_tensor_cores(out.dtype, hs, out, qkv)
+    kernels = kernels or kernels_for(out.dtype, hs, out, qkv)
     args = (out, lse, qkv, np.int32(B), np.int32(T), np.int32(NH))
-    if tensor_cores:
+    if kernels == "wgmma":
+        smem = HOPPER_FORWARD_SMEM
+        tensor_core_kernel("attention_forward_wgmma", out.dtype, hs, smem, "attention_hopper")(
+            (blocks(T, 2 * ROWS), B * NH), (256,), args, shared_mem=smem)
+    elif kernels == "mma":
         smem = tile_smem(hs, 5)
         tensor_core_kernel("attention_forward_mma", out.dtype, hs, smem)((blocks(T, ROWS), B * NH), (128,), args,
                                                                            shared_mem=smem)
@@ -70,21 +84,23 @@ def rowdot(D, dq_acc, dout, out, NH):
       (D, np.uint64(0) if dq_acc is None else dq_acc, dout, out, np.int32(B), np.int32(T), np.int32(NH)))
 
 
-def attention_backward(dqkv, dout, qkv, out, lse, tensor_cores=None):
-    """dqkv (B,T,3C) overwritten <- dout (B,T,C), with qkv, out, lse saved by forward."""
+def attention_backward(dqkv, dout, qkv, out, lse, kernels=None):
+    """dqkv (B,T,3C) overwritten <- dout (B,T,C), with qkv, out, lse saved by forward. kernels: as forward's."""
     B, T, C, NH, hs = _shapes(out, lse, qkv)
     check(out.dtype, dqkv=dqkv, dout=dout, qkv=qkv, out=out)
     check(np.float32, lse=lse)
-    if tensor_cores is None:
-        tensor_cores = use_tensor_cores(out.dtype, hs, dqkv, dout, qkv, out)
+    kernels = kernels or kernels_for(out.dtype, hs, dqkv, dout, qkv, out)
     D = scratch("attention_D", B * NH * T)
-    dq_acc = scratch("attention_dq", B * T * C) if tensor_cores else None
+    dq_acc = scratch("attention_dq", B * T * C) if kernels != "fp32" else None
     rowdot(D, dq_acc, dout, out, NH)                       # D, and dq_acc = 0 for the atomics
     sizes = (np.int32(B), np.int32(T), np.int32(NH))
     grid = (blocks(T, ROWS), B * NH)
-    if tensor_cores:
-        smem = tile_smem(hs, 6, 4 * ROWS) + ROWS * (ROWS + 8) * 2                   # + dS^T at pitch 72
-        tensor_core_kernel("attention_backward_mma", out.dtype, hs, smem)(
+    if kernels != "fp32":
+        if kernels == "wgmma":
+            family, name, smem = "attention_hopper", "attention_backward_wgmma", HOPPER_BACKWARD_SMEM
+        else:                                                                        # + dS^T at pitch 72
+            family, name, smem = "attention", "attention_backward_mma", tile_smem(hs, 6, 4 * ROWS) + ROWS * (ROWS + 8) * 2
+        tensor_core_kernel(name, out.dtype, hs, smem, family)(
             grid, (128,), (dqkv, dq_acc, dout, qkv, lse, D) + sizes, shared_mem=smem)
         kernel("attention", "attention_backward_dq_store", out.dtype, HS=hs)(
             (blocks(B * T * C // 2, 256),), (256,), (dqkv, dq_acc) + sizes)

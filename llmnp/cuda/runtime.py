@@ -76,10 +76,21 @@ def source(family):
         return f.read()
 
 
+# kernel files built for one GPU architecture only (CuPy's default is the device's own, e.g. sm_90)
+ARCH = {"attention_hopper": "sm_90a"}      # wgmma: Hopper (compute capability 9.0) only
+
+
+@functools.lru_cache(maxsize=None)
+def hopper():
+    """Whether the device runs sm_90a code (compute capability 9.0: H100, H200); asked once."""
+    return cupy().cuda.Device().compute_capability == "90"
+
+
 @functools.lru_cache(maxsize=None)
 def _module(family, bf16, defines):
     cp = cupy()
-    return cp.RawModule(code=source(family), options=compile_options(bf16, defines))
+    arch = ((f"-arch={ARCH[family]}",) if family in ARCH else ())
+    return cp.RawModule(code=source(family), options=compile_options(bf16, defines) + arch)
 
 
 @functools.lru_cache(maxsize=None)
@@ -276,11 +287,13 @@ def gemm_lt(c, a, b, m, n, k, transa, transb, lda, ldb, ldc, beta=0.0, epilogue=
              workspace.data.ptr, LT_WORKSPACE_BYTES, cp.cuda.get_current_stream().ptr)
 
 
-def compile_check(family, bf16, defines=(), arch="sm_90", code=None):
-    """Compile one kernel file with NVRTC to machine code for `arch`, no GPU needed (the CI check);
+def compile_check(family, bf16, defines=(), arch=None, code=None):
+    """Compile one kernel file with NVRTC to machine code for `arch` (default: the file's ARCH, else
+    sm_90), no GPU needed (the CI check);
     raises RuntimeError with the compiler's log on failure. code: another file's text to compile the
     same way (dev/cuda's variants, which include llmnp/cuda's files), `family` then naming it."""
     from cupy.cuda import nvrtc
+    arch = arch or ARCH.get(family, "sm_90")
     prog = nvrtc.createProgram(source(family) if code is None else code, family + ".cu", [], [])
     try:
         try:
