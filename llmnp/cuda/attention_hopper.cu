@@ -19,14 +19,18 @@
 #if LLMNP_BF16 && HS == 64 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define WG_ROWS 128                            // query rows per block: two warpgroups of 64
 
-// start copying `rows` rows of one head (HS = 64 bf16 = 128 bytes each) into a swizzled shared tile
-// (rows at or past T: zeros)
-__device__ __forceinline__ void load_tile_sw(floatX* tile, const floatX* src, int row0, int rows, int T, int stride) {
-    char* base = reinterpret_cast<char*>(tile);
-    for (int i = threadIdx.x; i < rows * 8; i += blockDim.x) {
-        const int r = i / 8, c = i % 8;                           // row, 16-byte chunk
-        const bool ok = row0 + r < T;
-        cp_async16(base + r * 128 + ((c ^ (r % 8)) * 16), src + (long long)(ok ? row0 + r : 0) * stride + c * 8, ok);
+// start copying ROWS rows of one head (HS = 64 bf16 = 128 bytes each) into a swizzled shared tile, by a
+// block of THREADS threads (rows at or past T: zeros). Both are constants, so each thread's rows and
+// chunk, and the swizzle, are worked out once and the copies unrolled.
+template <int ROWS, int THREADS>
+__device__ __forceinline__ void load_tile_sw(floatX* tile, const floatX* src, int row0, int T, int stride) {
+    static_assert(THREADS % 8 == 0 && ROWS * 8 % THREADS == 0, "whole rows per pass");
+    const int r = threadIdx.x / 8, c = threadIdx.x % 8;             // first row, 16-byte chunk
+    char* dst = reinterpret_cast<char*>(tile) + r * 128 + ((c ^ (r % 8)) * 16);   // r % 8 is the same every pass
+    for (int k = 0; k < ROWS * 8 / THREADS; k++) {
+        const int row = row0 + r + k * (THREADS / 8);
+        const bool ok = row < T;
+        cp_async16(dst + k * (THREADS / 8) * 128, src + (long long)(ok ? row : 0) * stride + c * 8, ok);
     }
 }
 
@@ -85,9 +89,9 @@ extern "C" __global__ void __launch_bounds__(256) attention_forward_wgmma(floatX
     const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
     const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, g = threadIdx.x % 32 / 4;
     const floatX* q = qkv + (long long)b * T * C3 + h * HS;
-    load_tile_sw(qs, q, qt * WG_ROWS, WG_ROWS, T, C3);
-    load_tile_sw(ks, q + C, 0, TILE, T, C3);
-    load_tile_sw(vs, q + 2 * C, 0, TILE, T, C3);
+    load_tile_sw<WG_ROWS, 256>(qs, q, qt * WG_ROWS, T, C3);
+    load_tile_sw<TILE, 256>(ks, q + C, 0, T, C3);
+    load_tile_sw<TILE, 256>(vs, q + 2 * C, 0, T, C3);
     cp_async_commit();
     const int row_base = qt * WG_ROWS + wg * 64;                  // this warpgroup's first query
     const int r0 = row_base + warp * 16 + g;                      // this thread's query rows: r0, r0 + 8
@@ -102,8 +106,8 @@ extern "C" __global__ void __launch_bounds__(256) attention_forward_wgmma(floatX
         const char* kcur = reinterpret_cast<const char*>(ks + cur * TILE * HS);
         const char* vcur = reinterpret_cast<const char*>(vs + cur * TILE * HS);
         if (kt < last) {
-            load_tile_sw(ks + (cur ^ 1) * TILE * HS, q + C, (kt + 1) * TILE, TILE, T, C3);
-            load_tile_sw(vs + (cur ^ 1) * TILE * HS, q + 2 * C, (kt + 1) * TILE, TILE, T, C3);
+            load_tile_sw<TILE, 256>(ks + (cur ^ 1) * TILE * HS, q + C, (kt + 1) * TILE, T, C3);
+            load_tile_sw<TILE, 256>(vs + (cur ^ 1) * TILE * HS, q + 2 * C, (kt + 1) * TILE, T, C3);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -159,43 +163,43 @@ attention_backward_wgmma(floatX* dqkv, float* dq_acc, const floatX* dout, const 
     const floatX* dO = dout + (long long)b * T * C + h * HS;
     const float* lse_bh = lse + (long long)bh * T;
     const float* D_bh = D + (long long)bh * T;
-    load_tile_sw(ks, q + C, kt * TILE, TILE, T, C3);
-    load_tile_sw(vs, q + 2 * C, kt * TILE, TILE, T, C3);
-    load_tile_sw(tiles, q, kt * TILE, TILE, T, C3);                // the first query tile (the diagonal)
-    load_tile_sw(tiles + TILE * HS, dO, kt * TILE, TILE, T, C);
+    load_tile_sw<TILE, 128>(ks, q + C, kt * TILE, T, C3);
+    load_tile_sw<TILE, 128>(vs, q + 2 * C, kt * TILE, T, C3);
+    load_tile_sw<TILE, 128>(tiles, q, kt * TILE, T, C3);                // the first query tile (the diagonal)
+    load_tile_sw<TILE, 128>(tiles + TILE * HS, dO, kt * TILE, T, C);
     load_stat(ls, lse_bh, kt * TILE, T);
     load_stat(Ds, D_bh, kt * TILE, T);
     cp_async_commit();
     const int jl0 = warp * 16 + g, jl1 = jl0 + 8;                // this thread's two keys, in the tile
     const int j0 = kt * TILE + jl0, j1 = kt * TILE + jl1;
     const float sl2 = LOG2E / sqrtf((float)HS);
-    const char* kc = reinterpret_cast<const char*>(ks);
-    const char* vc = reinterpret_cast<const char*>(vs);
     char* dsc = reinterpret_cast<char*>(dst);
     float dk[HS / 8][4], dv[HS / 8][4];
     for (int n = 0; n < HS / 8; n++)
         for (int e = 0; e < 4; e++) dk[n][e] = dv[n][e] = 0.0f;
     const int ntiles = (T + TILE - 1) / TILE;
+    // descriptors of the tiles' starts; a k-step adds its byte offset / 16 (the address field's unit)
+    const unsigned long long kd = smem_desc(ks, 16, 1024), vd = smem_desc(vs, 16, 1024), dsd = smem_desc(dst, 16, 1024);
+    const unsigned long long td = smem_desc(tiles, 16, 1024);
     for (int qt = kt; qt < ntiles; qt++) {
         const int cur = (qt - kt) & 1;
+        const unsigned long long qd = td + 2 * cur * (TILE * HS * 2 / 16), dod = qd + TILE * HS * 2 / 16;
         cp_async_wait<0>();
         fence_async_shared();                                     // this thread's copies, visible to wgmma
         __syncthreads();                                          // tile qt is in; tile qt-1's buffers are free
         if (qt + 1 < ntiles) {
-            load_tile_sw(tiles + 2 * (cur ^ 1) * TILE * HS, q, (qt + 1) * TILE, TILE, T, C3);
-            load_tile_sw(tiles + (2 * (cur ^ 1) + 1) * TILE * HS, dO, (qt + 1) * TILE, TILE, T, C);
+            load_tile_sw<TILE, 128>(tiles + 2 * (cur ^ 1) * TILE * HS, q, (qt + 1) * TILE, T, C3);
+            load_tile_sw<TILE, 128>(tiles + (2 * (cur ^ 1) + 1) * TILE * HS, dO, (qt + 1) * TILE, T, C);
             load_stat(ls + (cur ^ 1) * TILE, lse_bh, (qt + 1) * TILE, T);
             load_stat(Ds + (cur ^ 1) * TILE, D_bh, (qt + 1) * TILE, T);
             cp_async_commit();
         }
-        const char* qc = reinterpret_cast<const char*>(tiles + 2 * cur * TILE * HS);
-        const char* doc = reinterpret_cast<const char*>(tiles + (2 * cur + 1) * TILE * HS);
         float st[TILE / 8][4], dpt[TILE / 8][4];                  // S^T and dP^T: rows keys, columns queries
         wg_fence();
         for (int kk = 0; kk < HS / 16; kk++)
-            wgmma_ss(st, smem_desc(kc + kk * 32, 16, 1024), smem_desc(qc + kk * 32, 16, 1024), kk > 0);
+            wgmma_ss(st, kd + kk * 2, qd + kk * 2, kk > 0);
         for (int kk = 0; kk < HS / 16; kk++)
-            wgmma_ss(dpt, smem_desc(vc + kk * 32, 16, 1024), smem_desc(doc + kk * 32, 16, 1024), kk > 0);
+            wgmma_ss(dpt, vd + kk * 2, dod + kk * 2, kk > 0);
         wg_commit();
         wg_wait0();
         if (qt == kt || (qt + 1) * TILE > T)                      // the diagonal and last tiles: mask
@@ -225,8 +229,8 @@ attention_backward_wgmma(floatX* dqkv, float* dq_acc, const floatX* dout, const 
         }
         wg_fence();
         for (int kk = 0; kk < TILE / 16; kk++) {
-            wgmma_rs(dv, pa[kk], smem_desc(doc + kk * 2048, 16, 1024));
-            wgmma_rs(dk, da[kk], smem_desc(qc + kk * 2048, 16, 1024));
+            wgmma_rs(dv, pa[kk], dod + kk * 128);
+            wgmma_rs(dk, da[kk], qd + kk * 128);
         }
         wg_commit();
         fence_async_shared();                                     // dS^T, visible to wgmma
@@ -234,7 +238,7 @@ attention_backward_wgmma(floatX* dqkv, float* dq_acc, const floatX* dout, const 
         float dq[HS / 8][4];                                      // rows: queries warp*16 + g (+ 8)
         wg_fence();
         for (int kk = 0; kk < TILE / 16; kk++)
-            wgmma_ss_t(dq, smem_desc(dsc + kk * 2048, 16, 1024), smem_desc(kc + kk * 2048, 16, 1024), kk > 0);
+            wgmma_ss_t(dq, dsd + kk * 128, kd + kk * 128, kk > 0);
         wg_commit();
         wg_wait0();                                               // dV, dK and dQ done: Q and dO are free
         // dq through shared memory (over this tile's Q and dO; 8-float chunks swizzled by row) into dq_acc
@@ -245,7 +249,8 @@ attention_backward_wgmma(floatX* dqkv, float* dq_acc, const floatX* dout, const 
             *reinterpret_cast<float2*>(dqs + r1 * HS + ((n ^ (r1 % 8)) * 8) + 2 * tig) = make_float2(dq[n][2], dq[n][3]);
         }
         __syncthreads();
-        for (int x = threadIdx.x; x < TILE * HS / 4; x += blockDim.x) {
+#pragma unroll 1
+        for (int x = threadIdx.x; x < TILE * HS / 4; x += 128) {             // 128 threads
             const int r = x / (HS / 4), c = x % (HS / 4) * 4, i = qt * TILE + r;
             if (i < T) atomic_add4(dq_acc + ((long long)b * T + i) * C + h * HS + c,
                                    *reinterpret_cast<const float4*>(dqs + r * HS + (((c / 8) ^ (r % 8)) * 8) + c % 8));
