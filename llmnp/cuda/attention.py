@@ -97,11 +97,12 @@ def attention_backward(dqkv, dout, qkv, out, lse, kernels=None):
     grid = (blocks(T, ROWS), B * NH)
     if kernels != "fp32":
         if kernels == "wgmma":
-            family, name, smem = "attention_hopper", "attention_backward_wgmma", HOPPER_BACKWARD_SMEM
-        else:                                                                        # + dS^T at pitch 72
-            family, name, smem = "attention", "attention_backward_mma", tile_smem(hs, 6, 4 * ROWS) + ROWS * (ROWS + 8) * 2
-        tensor_core_kernel(name, out.dtype, hs, smem, family)(
-            grid, (128,), (dqkv, dq_acc, dout, qkv, lse, D) + sizes, shared_mem=smem)
+            smem = HOPPER_BACKWARD_SMEM
+            k = tensor_core_kernel("attention_backward_wgmma", out.dtype, hs, smem, "attention_hopper")
+        else:
+            smem = tile_smem(hs, 6, 4 * ROWS) + ROWS * (ROWS + 8) * 2                   # + dS^T at pitch 72
+            k = tensor_core_kernel("attention_backward_mma", out.dtype, hs, smem)
+        k(grid, (128,), (dqkv, dq_acc, dout, qkv, lse, D) + sizes, shared_mem=smem)
         kernel("attention", "attention_backward_dq_store", out.dtype, HS=hs)(
             (blocks(B * T * C // 2, 256),), (256,), (dqkv, dq_acc) + sizes)
     else:
