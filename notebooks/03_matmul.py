@@ -223,8 +223,10 @@ print(f"so one training step of GPT-2 small on B=4, T=1024 ({3 * total * tokens 
 # different order on every run. `matmul_backward_dbias_partial` cuts the rows into R ranges: block
 # `(blockIdx.x, blockIdx.y)` takes 32·PACK columns and range `blockIdx.y`, its 8 rows of threads
 # (`threadIdx.y`) striding over the range, and writes one row of partial sums to `partial[blockIdx.y]`;
-# `matmul_backward_dbias_total`, one thread per column, adds the R partials in order. In NumPy, with the
-# loops the kernels are bodies of:
+# `matmul_backward_dbias_total` adds the R partials of each column with a block of 32 x 32 threads per
+# 32 columns: thread `(x, y)` adds partials y, y + 32, ..., then the 32 sums are added in order
+# (`column_sum` in `common.cuh`), the same order every run. In NumPy, with the loops the kernels are
+# bodies of:
 
 # %%
 def dbias_two_passes(dout, R=3):
@@ -236,9 +238,13 @@ def dbias_two_passes(dout, R=3):
             for row in range(by * rows_per_block + ty, min(N, (by + 1) * rows_per_block), 8):
                 partial[by] += dout[row]              # threadIdx.x: PACK columns each, all at once here
     dbias = np.zeros(OC)
-    for col in range(OC):                             # matmul_backward_dbias_total: one thread per column
-        for k in range(R):                            # the partials, always in this order
-            dbias[col] += partial[k, col]
+    for col in range(OC):                             # matmul_backward_dbias_total: threadIdx.x (and blockIdx.x)
+        sums = np.zeros(32)
+        for ty in range(32):                          # threadIdx.y: partials ty, ty + 32, ...
+            for k in range(ty, R, 32):
+                sums[ty] += partial[k, col]
+        for ty in range(32):                          # then the 32 sums, always in this order
+            dbias[col] += sums[ty]
     return dbias
 
 

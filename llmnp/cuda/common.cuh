@@ -111,6 +111,25 @@ __device__ __forceinline__ void store_column_partials(float* partial, const floa
     }
 }
 
+// the sum over the R rows of column blockIdx.x * 32 + threadIdx.x of a float matrix m (R, M), for a
+// block of (32, 32) threads: thread (x, y) adds rows y, y + 32, ..., then the block adds its 32 row groups
+// in order (the same order every run); threads with threadIdx.y == 0 get the column's sum, the others 0
+__device__ __forceinline__ float column_sum(const float* m, int R, int M) {
+    __shared__ float sums[32][33];                // padded: the column reads hit 32 banks
+    const int col = blockIdx.x * 32 + threadIdx.x;
+    float sum = 0.0f;
+    if (col < M) {
+#pragma unroll 8
+        for (int r = threadIdx.y; r < R; r += 32) sum += m[(long long)r * M + col];   // 8 loads in flight
+    }
+    sums[threadIdx.y][threadIdx.x] = sum;
+    __syncthreads();
+    sum = 0.0f;
+    if (threadIdx.y == 0)
+        for (int y = 0; y < 32; y++) sum += sums[y][threadIdx.x];
+    return sum;
+}
+
 // max over the whole block, likewise
 __device__ __forceinline__ float block_max(float v) {
     __shared__ float partial[32];

@@ -2,10 +2,27 @@
 llmnp/layernorm.py is the reference and states the rules).
 
 mean and rstd are float32 in both storage modes. Shapes: N = B*T rows (any leading shape), C channels.
+The kernels are compiled for the C they run at: ROW_CHUNKS, the PACK-wide chunks of a row each lane of
+a warp holds in registers, is a -D constant (one build per C and storage dtype).
 """
+import functools
+
 import numpy as np
 
 from llmnp.cuda.runtime import blocks, check, kernel, num_sms, pack, scratch
+
+
+def row_chunks(C, dtype):
+    """layernorm.cu's ROW_CHUNKS: ceil(C / (32 * PACK)), the chunks of a row per lane of a warp."""
+    return blocks(C, 32 * pack(dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def resident_blocks(k, block_size, smem):
+    """How many blocks of kernel k fit on the GPU at once (its registers and shared memory permitting)."""
+    from cupy_backends.cuda.api import driver
+    per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(k.kernel.ptr, block_size, smem)
+    return max(1, per_sm) * num_sms()
 
 
 def layernorm_forward(out, mean, rstd, inp, weight, bias):
@@ -15,7 +32,7 @@ def layernorm_forward(out, mean, rstd, inp, weight, bias):
     check(out.dtype, out=out, inp=inp, weight=weight, bias=bias)
     check(np.float32, mean=mean, rstd=rstd)
     block_size = 256                                      # 8 warps, one row each
-    k = kernel("layernorm", "layernorm_forward_kernel", out.dtype)
+    k = kernel("layernorm", "layernorm_forward_kernel", out.dtype, ROW_CHUNKS=row_chunks(C, out.dtype))
     k((blocks(N, block_size // 32),), (block_size,), (out, mean, rstd, inp, weight, bias, np.int32(N), np.int32(C)))
 
 
@@ -26,10 +43,10 @@ def residual_layernorm_forward(residual, out, mean, rstd, inp, proj, proj_bias, 
     N = inp.size // C
     check(out.dtype, residual=residual, out=out, inp=inp, proj=proj, proj_bias=proj_bias, weight=weight, bias=bias)
     check(np.float32, mean=mean, rstd=rstd)
-    block_size = 256                                      # 8 warps, one row each
-    k = kernel("layernorm", "residual_layernorm_forward_kernel", out.dtype)
-    k((blocks(N, block_size // 32),), (block_size,),
-      (residual, out, mean, rstd, inp, proj, proj_bias, weight, bias, np.int32(N), np.int32(C)))
+    block_size = 128                                      # 4 warps, rows strided over the grid
+    k = kernel("layernorm", "residual_layernorm_forward_kernel", out.dtype, ROW_CHUNKS=row_chunks(C, out.dtype))
+    grid = min(blocks(N, block_size // 32), resident_blocks(k, block_size, 0))      # one wave
+    k((grid,), (block_size,), (residual, out, mean, rstd, inp, proj, proj_bias, weight, bias, np.int32(N), np.int32(C)))
 
 
 def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
@@ -38,14 +55,14 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
     N = inp.size // C
     check(dinp.dtype, dinp=dinp, dweight=dweight, dbias=dbias, dout=dout, inp=inp, weight=weight)
     check(np.float32, mean=mean, rstd=rstd)
-    block_size = 128                                      # 4 warps, rows strided over the grid
-    grid = min(blocks(N, block_size // 32), 8 * num_sms())
-    partial = scratch("layernorm_partial", grid * 2 * C)
-    chunk = 32 * pack(dinp.dtype)
-    smem = (block_size // 32) * 2 * blocks(C, chunk) * chunk * 4     # each warp's dweight | dbias rows
-    k = kernel("layernorm", "layernorm_backward_rows", dinp.dtype)
+    block_size = 128                                      # 4 warps, rows strided over the grid (layernorm.cu's
+    chunks = row_chunks(C, dinp.dtype)                    # __launch_bounds__ name this size)
+    smem = (block_size // 32) * 2 * chunks * 32 * pack(dinp.dtype) * 4     # each warp's dweight | dbias rows
+    k = kernel("layernorm", "layernorm_backward_rows", dinp.dtype, ROW_CHUNKS=chunks)
     k.max_dynamic_shared_size_bytes = smem
+    grid = min(blocks(N, block_size // 32), resident_blocks(k, block_size, smem))   # one wave
+    partial = scratch("layernorm_partial", grid * 2 * C)
     k((grid,), (block_size,), (dinp, partial, dout, inp, weight, mean, rstd, np.int32(N), np.int32(C)),
       shared_mem=smem)
-    k = kernel("layernorm", "layernorm_backward_dweight_dbias", dinp.dtype)
-    k((blocks(2 * C, 256),), (256,), (dweight, dbias, partial, np.int32(grid), np.int32(C)))
+    k = kernel("layernorm", "layernorm_backward_dweight_dbias", dinp.dtype, ROW_CHUNKS=chunks)
+    k((blocks(2 * C, 32),), (32, 32), (dweight, dbias, partial, np.int32(grid), np.int32(C)))

@@ -19,7 +19,9 @@ extern "C" __global__ void matmul_forward_kernel(floatX* out, const floatX* bias
 }
 
 // block (32, 8): threadIdx.x picks a PACK-wide chunk of columns, threadIdx.y strides over this
-// block's rows; grid (ceil(OC / (32 PACK)), R): blockIdx.y picks one of R row ranges
+// block's rows; grid (ceil(OC / (32 PACK)), R): blockIdx.y picks one of R row ranges. Each thread loads
+// DBIAS_ROWS of its rows (16 bytes each when vec) before adding them up, so that many loads are in flight.
+#define DBIAS_ROWS 4
 extern "C" __global__ void matmul_backward_dbias_partial(float* partial, const floatX* dout, int N, int OC) {
     const int col = (blockIdx.x * 32 + threadIdx.x) * PACK;
     const int rows_per_block = (N + gridDim.y - 1) / gridDim.y;
@@ -28,19 +30,31 @@ extern "C" __global__ void matmul_backward_dbias_partial(float* partial, const f
     const bool vec = OC % PACK == 0 && aligned16(dout);
     float acc[PACK];
     for (int k = 0; k < PACK; k++) acc[k] = 0.0f;
-    if (col < OC)
+    if (col < OC && vec) {
+        int row = row0 + threadIdx.y;
+        for (; row + 8 * (DBIAS_ROWS - 1) < row1; row += 8 * DBIAS_ROWS) {
+            x128 v[DBIAS_ROWS];                                   // rows row, row + 8, ...
+            for (int u = 0; u < DBIAS_ROWS; u++) v[u] = load128(dout + (long long)(row + 8 * u) * OC + col);
+            for (int u = 0; u < DBIAS_ROWS; u++)
+                for (int k = 0; k < PACK; k++) acc[k] += toF(v[u].v[k]);
+        }
+        for (; row < row1; row += 8) {                            // the last rows, fewer than DBIAS_ROWS
+            const x128 v = load128(dout + (long long)row * OC + col);
+            for (int k = 0; k < PACK; k++) acc[k] += toF(v.v[k]);
+        }
+    } else if (col < OC) {                                        // element by element
         for (int row = row0 + threadIdx.y; row < row1; row += 8) {
             float v[PACK];
-            load_floats(v, dout + (long long)row * OC + col, OC - col, vec);
+            load_floats(v, dout + (long long)row * OC + col, OC - col, false);
             for (int k = 0; k < PACK; k++) acc[k] += v[k];
         }
+    }
     store_column_partials(partial, acc, OC);
 }
 
+// block (32, 32), grid ceil(OC / 32): dbias (OC,) += the column sums of partial (R, OC)
 extern "C" __global__ void matmul_backward_dbias_total(floatX* dbias, const float* partial, int R, int OC) {
-    const int col = blockIdx.x * blockDim.x + threadIdx.x;
-    if (col >= OC) return;
-    float sum = 0.0f;
-    for (int k = 0; k < R; k++) sum += partial[(long long)k * OC + col];
-    dbias[col] = fromF(toF(dbias[col]) + sum);
+    const int col = blockIdx.x * 32 + threadIdx.x;
+    const float sum = column_sum(partial, R, OC);
+    if (threadIdx.y == 0 && col < OC) dbias[col] = fromF(toF(dbias[col]) + sum);
 }

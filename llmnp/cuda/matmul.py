@@ -56,9 +56,10 @@ def matmul_dbias(dbias, dout):
     N = dout.size // OC
     check(dout.dtype, dbias=dbias)
     col_blocks = blocks(OC, 32 * pack(dout.dtype))
-    R = max(1, min(blocks(N, 64), blocks(4 * num_sms(), col_blocks)))     # row ranges: ~4 blocks per SM
+    # row ranges: one wave of blocks, 6 per SM (what fits at the partial kernel's 36 registers in bf16)
+    R = max(1, min(blocks(N, 64), blocks(6 * num_sms(), col_blocks)))
     partial = scratch("matmul_partial", R * OC)
     k = kernel("matmul", "matmul_backward_dbias_partial", dout.dtype)
     k((col_blocks, R), (32, 8), (partial, dout, np.int32(N), np.int32(OC)))
     k = kernel("matmul", "matmul_backward_dbias_total", dout.dtype)
-    k((blocks(OC, 256),), (256,), (dbias, partial, np.int32(R), np.int32(OC)))
+    k((blocks(OC, 32),), (32, 32), (dbias, partial, np.int32(R), np.int32(OC)))
