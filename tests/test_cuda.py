@@ -43,7 +43,7 @@ def test_dev_variant_compiles(path):
     with open(path) as f:
         code = f.read()
     try:
-        assert runtime.compile_check(os.path.basename(path)[:-3], True, (("HS", 64),), arch="sm_90a", code=code) > 0
+        assert runtime.compile_check(os.path.basename(path)[:-3], True, (("HS", 64),), code=code) > 0
     except (ImportError, OSError) as e:   # no NVRTC library on this machine
         pytest.skip(f"NVRTC not available: {e}")
 

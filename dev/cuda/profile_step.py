@@ -66,6 +66,9 @@ def main():
             def __setattr__(self, attr, value):
                 setattr(self.k, attr, value)
 
+            def __getattr__(self, attr):
+                return getattr(self.k, attr)
+
         for mod in ("encoder", "layernorm", "matmul", "attention", "gelu", "residual", "classifier", "adamw"):
             m = importlib.import_module("llmnp.cuda." + mod)
             m.kernel = lambda *a, _k=runtime.kernel, **kw: TimedKernel(_k(*a, **kw), a[1])

@@ -10,6 +10,7 @@ mainline launchers are variants too (marked *); the others live in dev/cuda/*.cu
 their family's .cu file, or are the mainline kernels built with other -D choices.
 """
 import argparse
+import functools
 import os
 import sys
 
@@ -24,20 +25,18 @@ import cupy as cp                                       # noqa: E402
 from llmnp import attention as ref                      # noqa: E402
 from llmnp import gelu as gelu_ref_module               # noqa: E402
 from llmnp.cuda import attention as att                 # noqa: E402
-from llmnp.cuda.runtime import blocks, compile_options, kernel, scratch   # noqa: E402
+from llmnp.cuda.runtime import blocks, compile_options, hopper, kernel, scratch   # noqa: E402
 from llmnp.model import storage_dtype                   # noqa: E402
 
 BF16 = storage_dtype("bfloat16")
 
 
-def dev_kernel(file, name, dtype, arch=None, **defines):
+def dev_kernel(file, name, dtype, **defines):
     """Kernel `name` of dev/cuda/<file>.cu (which may include llmnp/cuda's files: compile_options puts
-    that folder on the include path); arch: a target such as sm_90a (wgmma), else CuPy's default."""
+    that folder on the include path)."""
     with open(os.path.join(DEV, file + ".cu")) as f:
         code = f.read()
     options = compile_options(np.dtype(dtype) == BF16, tuple(sorted(defines.items())))
-    if arch:
-        options += (f"-arch={arch}",)
     return cp.RawModule(code=code, options=options).get_function(name)
 
 
@@ -73,42 +72,46 @@ def backward_fused_blocks(per_sm):
     def run(dqkv, dout, qkv, out, lse):
         original = att.tensor_core_kernel
 
-        def build(name, dtype, hs, smem):
-            k = kernel("attention", name, dtype, HS=hs, BWD_BLOCKS=per_sm)
+        def build(name, dtype, hs, smem, family="attention"):
+            k = kernel(family, name, dtype, HS=hs, BWD_BLOCKS=per_sm)
             k.max_dynamic_shared_size_bytes = smem
             return k
         att.tensor_core_kernel = build
         try:
-            att.attention_backward(dqkv, dout, qkv, out, lse, tensor_cores=True)
+            att.attention_backward(dqkv, dout, qkv, out, lse, kernels="mma")
         finally:
             att.tensor_core_kernel = original
     return run
 
 
+def wgmma_only(out, lse):
+    """The wgmma kernels take head size 64 on a Hopper GPU only."""
+    if out.shape[-1] // lse.shape[1] != 64 or not hopper():
+        raise NotImplementedError("head size 64 on compute capability 9.0 only")
+
+
+def forward_wgmma(out, lse, qkv):
+    wgmma_only(out, lse)
+    att.attention_forward(out, lse, qkv, kernels="wgmma")
+
+
+def backward_wgmma(dqkv, dout, qkv, out, lse):
+    wgmma_only(out, lse)
+    att.attention_backward(dqkv, dout, qkv, out, lse, kernels="wgmma")
+
+
 ATTENTION_BACKWARD = [
-    ("fp32 CUDA cores", lambda *a: att.attention_backward(*a, tensor_cores=False)),
-    ("mma fused*", lambda *a: att.attention_backward(*a, tensor_cores=True)),
+    ("fp32 CUDA cores", lambda *a: att.attention_backward(*a, kernels="fp32")),
+    ("mma fused (the portable path)", lambda *a: att.attention_backward(*a, kernels="mma")),
     ("mma fused, 2 blocks/SM", backward_fused_blocks(2)),
     ("mma fused, 3 blocks/SM", backward_fused_blocks(3)),
     ("mma split (dk/dv, dq)", backward_split),
+    ("wgmma fused* (attention_hopper.cu)", backward_wgmma),
 ]
-def forward_wgmma(out, lse, qkv):
-    """dev/cuda/attention_wgmma.cu: Hopper's warpgroup mma, head size 64 only."""
-    B, T, C = out.shape
-    NH = lse.shape[1]
-    if C // NH != 64:
-        raise NotImplementedError("head size 64 only")
-    smem = (128 + 4 * 64) * 64 * 2 + 1024                  # Q, K and V twice, and room to align to 1024 bytes
-    k = dev_kernel("attention_wgmma", "attention_forward_wgmma", out.dtype, arch="sm_90a", HS=64)
-    k.max_dynamic_shared_size_bytes = smem
-    k((blocks(T, 128), B * NH), (256,), (out, lse, qkv, np.int32(B), np.int32(T), np.int32(NH)),
-      shared_mem=smem)
-
-
 ATTENTION_FORWARD = [
-    ("fp32 CUDA cores", lambda out, lse, qkv: att.attention_forward(out, lse, qkv, tensor_cores=False)),
-    ("mma*", lambda out, lse, qkv: att.attention_forward(out, lse, qkv, tensor_cores=True)),
-    ("wgmma (sm_90a)", forward_wgmma),
+    ("fp32 CUDA cores", lambda out, lse, qkv: att.attention_forward(out, lse, qkv, kernels="fp32")),
+    ("mma (the portable path)", lambda out, lse, qkv: att.attention_forward(out, lse, qkv, kernels="mma")),
+    ("wgmma* (attention_hopper.cu)", forward_wgmma),
 ]
 
 
@@ -137,7 +140,10 @@ def check_attention(B=2, T=200, NH=2, hs=64, dtype=BF16):
                            x["lse"].get().astype(np.float64))
     for name, run in ATTENTION_BACKWARD:
         dqkv = cp.full_like(x["dqkv"], np.nan)
-        run(dqkv, x["dout"], x["qkv"], x["out"], x["lse"])
+        try:
+            run(dqkv, x["dout"], x["qkv"], x["out"], x["lse"])
+        except NotImplementedError:
+            continue
         errors["backward", name] = relative_error(dqkv, dwant)
     return errors
 
@@ -228,7 +234,156 @@ def matmul(shape=(64 * 1024, 768), tol=2e-2):
             print(f"| {name}, {label} | {err:.2e}{flag} | {time_ms(lambda: run(big), 12):.2f} |")
 
 
-FAMILIES = {"attention": attention, "matmul": matmul}
+# ------------------------------------------------------------------------------------------- membound
+# three memory-bound kernels at d12's training shape: the residual add fused with the layernorm after it,
+# the layernorm backward (dinp, then dweight | dbias from per-block partial rows), and the matmul's dbias
+# (per-block column sums, then their total); each as the mainline launcher (*) and with the earlier form
+# of its row kernel, dev/cuda/membound_plain.cu. moved: the bytes each must read and write at least.
+@functools.lru_cache(maxsize=None)
+def plain_kernel(name, dtype):
+    """A kernel of dev/cuda/membound_plain.cu, built once (building it in each timed call would time the
+    host, not the kernel)."""
+    return dev_kernel("membound_plain", name, dtype)
+
+
+def residual_layernorm_plain(residual, out, mean, rstd, inp, proj, proj_bias, weight, bias):
+    C = inp.shape[-1]
+    N = inp.size // C
+    k = plain_kernel("residual_layernorm_forward_plain", out.dtype)
+    k((blocks(N, 8),), (256,),
+      (residual, out, mean, rstd, inp, proj, proj_bias, weight, bias, np.int32(N), np.int32(C)))
+
+
+def layernorm_backward_plain(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
+    from llmnp.cuda.runtime import num_sms, pack
+    C = inp.shape[-1]
+    N = inp.size // C
+    grid = min(blocks(N, 4), 8 * num_sms())
+    partial = scratch("layernorm_partial", grid * 2 * C)
+    chunk = 32 * pack(dinp.dtype)
+    smem = 4 * 2 * blocks(C, chunk) * chunk * 4
+    k = plain_kernel("layernorm_backward_rows_plain", dinp.dtype)
+    k.max_dynamic_shared_size_bytes = smem
+    k((grid,), (128,), (dinp, partial, dout, inp, weight, mean, rstd, np.int32(N), np.int32(C)), shared_mem=smem)
+    k = plain_kernel("layernorm_backward_dweight_dbias_plain", dinp.dtype)
+    k((blocks(2 * C, 256),), (256,), (dweight, dbias, partial, np.int32(grid), np.int32(C)))
+
+
+def matmul_dbias_plain(dbias, dout):
+    from llmnp.cuda.runtime import num_sms, pack
+    OC = dbias.size
+    N = dout.size // OC
+    col_blocks = blocks(OC, 32 * pack(dout.dtype))
+    R = max(1, min(blocks(N, 64), blocks(4 * num_sms(), col_blocks)))
+    partial = scratch("matmul_partial", R * OC)
+    k = plain_kernel("matmul_backward_dbias_partial_plain", dout.dtype)
+    k((col_blocks, R), (32, 8), (partial, dout, np.int32(N), np.int32(OC)))
+    k = plain_kernel("matmul_backward_dbias_total_plain", dout.dtype)
+    k((blocks(OC, 256),), (256,), (dbias, partial, np.int32(R), np.int32(OC)))
+
+
+def membound_inputs(N, C, dtype, seed=0):
+    """Device arrays for the layernorm ops at (N, C) and their float64 host copies (as rounded on the
+    device); mean and rstd, the backward's inputs, from the NumPy forward (the forward writes its own
+    into mean_out, rstd_out)."""
+    from llmnp import layernorm as ref_ln
+    rng = np.random.default_rng(seed)
+    host = dict(inp=3 * rng.standard_normal((N, C)), proj=rng.standard_normal((N, C)), pb=rng.standard_normal(C),
+                w=rng.standard_normal(C), b=rng.standard_normal(C), dout=rng.standard_normal((N, C)),
+                dinp=rng.standard_normal((N, C)), dw=rng.standard_normal(C), db=rng.standard_normal(C))
+    dev = {k: cp.asarray(v.astype(dtype)) for k, v in host.items()}
+    host = {k: v.astype(np.float32).get().astype(np.float64) for k, v in dev.items()}
+    mean, rstd = np.empty(N), np.empty(N)
+    ref_ln.layernorm_forward(np.empty((N, C)), mean, rstd, host["inp"], host["w"], host["b"])
+    dev.update(mean=cp.asarray(mean.astype(np.float32)), rstd=cp.asarray(rstd.astype(np.float32)))
+    host.update(mean=mean.astype(np.float32).astype(np.float64), rstd=rstd.astype(np.float32).astype(np.float64))
+    dev.update(residual=cp.empty((N, C), dtype), out=cp.empty((N, C), dtype),
+               mean_out=cp.empty(N, np.float32), rstd_out=cp.empty(N, np.float32))
+    return dev, host
+
+
+def membound_layernorm_ops():
+    """(name, [(label, run(x))], error(x, h): max rel. error of the outputs vs NumPy)."""
+    from llmnp import layernorm as ref_ln
+    from llmnp.cuda import layernorm as ln
+
+    def forward(launcher):
+        return lambda x: launcher(x["residual"], x["out"], x["mean_out"], x["rstd_out"], x["inp"], x["proj"], x["pb"],
+                                  x["w"], x["b"])
+
+    def backward(launcher):
+        return lambda x: launcher(x["dinp"], x["dw"], x["db"], x["dout"], x["inp"], x["w"], x["mean"], x["rstd"])
+
+    def forward_error(x, h):
+        N, C = h["inp"].shape
+        res, out, mean, rstd = np.empty((N, C)), np.empty((N, C)), np.empty(N), np.empty(N)
+        ref_ln.residual_layernorm_forward(res, out, mean, rstd, h["inp"], h["proj"], h["pb"], h["w"], h["b"])
+        return max(relative_error(x["residual"], res), relative_error(x["out"], out),
+                   relative_error(x["mean_out"], mean), relative_error(x["rstd_out"], rstd))
+
+    def backward_error(x, h):
+        dinp, dw, db = h["dinp"].copy(), h["dw"].copy(), h["db"].copy()     # all three accumulate
+        ref_ln.layernorm_backward(dinp, dw, db, h["dout"], h["inp"], h["w"], h["mean"], h["rstd"])
+        return max(relative_error(x["dinp"], dinp), relative_error(x["dw"], dw), relative_error(x["db"], db))
+
+    return [("residual + layernorm forward", [("passes over the row", forward(residual_layernorm_plain)),
+                                              ("row in registers*", forward(ln.residual_layernorm_forward))],
+             forward_error),
+            ("layernorm backward", [("passes over the row", backward(layernorm_backward_plain)),
+                                    ("row in registers*", backward(ln.layernorm_backward))], backward_error)]
+
+
+def host_f64(a):
+    return a.astype(np.float32).get().astype(np.float64)
+
+
+def membound(N=64 * 1024, C=768, dbias_oc=(768, 2304, 3072), tol=2e-2):
+    """Each variant checked at small shapes (C a multiple of PACK, and not: the element-by-element
+    paths), then timed for 12 calls at (N, C); GB/s from the bytes each call must move."""
+    from llmnp.cuda.matmul import matmul_dbias
+    dtype = BF16
+    size = np.dtype(dtype).itemsize
+    moved = 4 * N * C * size                  # both layernorm ops read two (N, C) arrays and write two
+    print(f"| membound variant | max rel. error vs NumPy | ms x12, N={N} C={C} | us per call | GB/s |")
+    print("|---|---|---|---|---|")
+    src, dst = cp.empty(moved // 2 // size, dtype), cp.empty(moved // 2 // size, dtype)
+    ms = time_ms(lambda: cp.copyto(dst, src), 12)
+    print(f"| device copy of as many bytes (reference) | - | {ms:.2f} | {ms / 12 * 1e3:.1f} | "
+          f"{moved * 12 / ms / 1e6:.0f} |")
+    big, _ = membound_inputs(N, C, dtype)
+    for name, variants, error in membound_layernorm_ops():
+        for label, run in variants:
+            err = 0.0
+            for n, c in ((210, C), (70, 100), (33, 8)):
+                small, host = membound_inputs(n, c, dtype, seed=1)
+                run(small)
+                err = max(err, error(small, host))
+            ms = time_ms(lambda: run(big), 12)
+            print(f"| {name}, {label} | {err:.2e}{'' if err < tol else ' FAILS'} | {ms:.2f} | {ms / 12 * 1e3:.1f} | "
+                  f"{moved * 12 / ms / 1e6:.0f} |")
+    print()
+    print("| dbias variant | max rel. error vs NumPy | " + " | ".join(
+        f"ms x12 (GB/s), N={N} OC={oc}" for oc in dbias_oc) + " |")
+    print("|---|---|" + "---|" * len(dbias_oc))
+    rng = np.random.default_rng(0)
+    douts = [cp.asarray(rng.standard_normal((N, oc)).astype(dtype)) for oc in dbias_oc]
+    for label, run in (("one row per thread at a time", matmul_dbias_plain), ("4 rows per thread*", matmul_dbias)):
+        err = 0.0
+        for n, oc in ((300, 768), (77, 50)):
+            dout = cp.asarray(rng.standard_normal((n, oc)).astype(dtype))
+            db = cp.asarray(rng.standard_normal(oc).astype(dtype))
+            want = host_f64(db) + host_f64(dout).sum(axis=0)       # dbias accumulates
+            run(db, dout)
+            err = max(err, relative_error(db, want))
+        times = []
+        for dout in douts:
+            db = cp.zeros(dout.shape[1], dtype)
+            ms = time_ms(lambda: run(db, dout), 12)
+            times.append(f"{ms:.2f} ({dout.nbytes * 12 / ms / 1e6:.0f})")
+        print(f"| dbias, {label} | {err:.2e}{'' if err < tol else ' FAILS'} | " + " | ".join(times) + " |")
+
+
+FAMILIES = {"attention": attention, "matmul": matmul, "membound": membound}
 
 
 def main():
