@@ -370,9 +370,11 @@ show("attention", "float m = -INFINITY, l = 0.0f;", "lse[(long long)bh * T + t]"
 # step 3's shortcut, then recomputes $P = e^{S - \ell}$ tile by tile: one kernel walks the queries for
 # each key tile to make $dk$ and $dv$, another walks the keys for each query tile to make $dq$, so each
 # gradient element is written by exactly one thread. Beside these CUDA-core kernels sit
-# `attention_forward_mma` and `attention_backward_dkdv_mma/5`, the same algorithm on the tensor
-# cores (bf16 matrix instructions), tested against them. All compile here; `HS`, the head size, is a
-# compile-time constant, 64 for GPT-2:
+# `attention_forward_mma` and `attention_backward_mma`, the same algorithm on the tensor cores (bf16
+# matrix instructions; the backward makes dq in the same pass, adding each key tile's share with
+# atomics), tested against them; on Hopper GPUs (H100, H200) `attention_hopper.cu` runs it again with
+# warpgroup instructions that read the tiles from shared memory directly, tested against those. All
+# compile here; `HS`, the head size, is a compile-time constant, 64 for GPT-2:
 
 # %%
 compile_kernels("attention", HS=64)
