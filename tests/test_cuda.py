@@ -226,6 +226,35 @@ def attention_cases():
                 yield dtype, B, T, NH, hs, kernels
 
 
+@pytest.mark.parametrize("on_hopper", [False, True])
+def test_attention_kernel_choice(monkeypatch, on_hopper):
+    """kernels_for picks wgmma only on Hopper at head size 64 and aligned bf16 rows; a forced set that
+    cannot run is refused by name (no GPU needed: the arrays only show their addresses)."""
+    from types import SimpleNamespace
+
+    from llmnp.cuda import attention
+    from llmnp.model import storage_dtype
+    monkeypatch.setattr(attention, "hopper", lambda: on_hopper)
+    bf16, aligned, odd = storage_dtype("bfloat16"), SimpleNamespace(data=SimpleNamespace(ptr=256)), \
+        SimpleNamespace(data=SimpleNamespace(ptr=258))
+    assert attention.kernels_for(bf16, 64, aligned) == ("wgmma" if on_hopper else "mma")
+    assert attention.kernels_for(bf16, 128, aligned) == "mma"
+    assert attention.kernels_for(bf16, 64, aligned, odd) == "fp32"
+    assert attention.kernels_for(bf16, 72, aligned) == "fp32"
+    assert attention.kernels_for(np.float32, 64, aligned) == "fp32"
+    assert attention.chosen(None, bf16, 64, aligned) == attention.kernels_for(bf16, 64, aligned)
+    assert attention.chosen("fp32", bf16, 64, aligned) == "fp32"
+    assert attention.chosen("mma", bf16, 64, aligned) == "mma"
+    with pytest.raises(ValueError, match="'mma' attention kernels cannot run float32"):
+        attention.chosen("mma", np.float32, 64, aligned)
+    with pytest.raises(ValueError, match="'tensor' attention kernels"):
+        attention.chosen("tensor", bf16, 64, aligned)
+    if on_hopper:
+        assert attention.chosen("wgmma", bf16, 64, aligned) == "wgmma"
+    with pytest.raises(ValueError, match="'wgmma' attention kernels cannot run bfloat16 storage with head size 128"):
+        attention.chosen("wgmma", bf16, 128, aligned)
+
+
 @requires_gpu
 @pytest.mark.parametrize("dtype,B,T,NH,hs,kernels", list(attention_cases()))
 def test_attention(dtype, B, T, NH, hs, kernels):

@@ -37,6 +37,19 @@ def kernels_for(dtype, hs, *arrays):
     return "wgmma" if hs == 64 and hopper() else "mma"
 
 
+def chosen(kernels, dtype, hs, *arrays):
+    """The kernels a launcher runs: kernels_for's choice, or the set a caller forces (tests, dev/cuda's
+    variants), refused where it cannot run."""
+    if kernels is None:
+        return kernels_for(dtype, hs, *arrays)
+    possible = {"fp32": True, "mma": kernels_for(dtype, hs, *arrays) != "fp32",
+                "wgmma": kernels_for(dtype, hs, *arrays) == "wgmma"}
+    if not possible.get(kernels, False):
+        raise ValueError(f"the {kernels!r} attention kernels cannot run {np.dtype(dtype).name} storage with head "
+                         f"size {hs} here (there are {', '.join(k for k, ok in possible.items() if ok)})")
+    return kernels
+
+
 def tile_smem(hs, tiles, floats=0):
     """Dynamic shared memory of a tensor-core kernel: `tiles` bf16 tiles of ROWS rows at pitch hs + 8,
     then `floats` float32 values."""
@@ -55,11 +68,11 @@ HOPPER_BACKWARD_SMEM = 7 * 8192 + 4 * ROWS * 4 + 1024   # K, V, Q | dO double-bu
 
 
 def attention_forward(out, lse, qkv, kernels=None):
-    """out (B,T,C), lse (B,NH,T) <- qkv (B,T,3C). kernels: None chooses (kernels_for); tests force one."""
+    """out (B,T,C), lse (B,NH,T) <- qkv (B,T,3C). kernels: None chooses (kernels_for), else forced."""
     B, T, C, NH, hs = _shapes(out, lse, qkv)
     check(out.dtype, out=out, qkv=qkv)
     check(np.float32, lse=lse)
-    kernels = kernels or kernels_for(out.dtype, hs, out, qkv)
+    kernels = chosen(kernels, out.dtype, hs, out, qkv)
     args = (out, lse, qkv, np.int32(B), np.int32(T), np.int32(NH))
     if kernels == "wgmma":
         smem = HOPPER_FORWARD_SMEM
@@ -89,7 +102,7 @@ def attention_backward(dqkv, dout, qkv, out, lse, kernels=None):
     B, T, C, NH, hs = _shapes(out, lse, qkv)
     check(out.dtype, dqkv=dqkv, dout=dout, qkv=qkv, out=out)
     check(np.float32, lse=lse)
-    kernels = kernels or kernels_for(out.dtype, hs, dqkv, dout, qkv, out)
+    kernels = chosen(kernels, out.dtype, hs, dqkv, dout, qkv, out)
     D = scratch("attention_D", B * NH * T)
     dq_acc = scratch("attention_dq", B * T * C) if kernels != "fp32" else None
     rowdot(D, dq_acc, dout, out, NH)                       # D, and dq_acc = 0 for the atomics
