@@ -393,6 +393,27 @@ __device__ __forceinline__ void store_forward(floatX* out, float* lse, const flo
     }
 }
 
+// The backwards' end for this thread's keys j0 and j0 + 8 (rows of a 16-row accumulator tile) of batch b,
+// head h: dk / sqrt(HS) and dv into dqkv's k and v parts (bf16), keys at or past T left alone.
+__device__ __forceinline__ void store_dkdv(floatX* dqkv, const float (&dk)[HS / 8][4], const float (&dv)[HS / 8][4],
+                                           int b, int h, int NH, int j0, int T) {
+    const int tig = threadIdx.x % 4, C = NH * HS, C3 = 3 * C, j1 = j0 + 8;
+    const float scale = 1.0f / sqrtf((float)HS);
+    for (int n = 0; n < HS / 8; n++) {
+        const int col = h * HS + n * 8 + 2 * tig;
+        if (j0 < T) {
+            floatX* gr = dqkv + ((long long)b * T + j0) * C3 + col;
+            *reinterpret_cast<__nv_bfloat162*>(gr + C) = __floats2bfloat162_rn(dk[n][0] * scale, dk[n][1] * scale);
+            *reinterpret_cast<__nv_bfloat162*>(gr + 2 * C) = __floats2bfloat162_rn(dv[n][0], dv[n][1]);
+        }
+        if (j1 < T) {
+            floatX* gr = dqkv + ((long long)b * T + j1) * C3 + col;
+            *reinterpret_cast<__nv_bfloat162*>(gr + C) = __floats2bfloat162_rn(dk[n][2] * scale, dk[n][3] * scale);
+            *reinterpret_cast<__nv_bfloat162*>(gr + 2 * C) = __floats2bfloat162_rn(dv[n][2], dv[n][3]);
+        }
+    }
+}
+
 // grid (ceil(T/64), B*NH), 128 threads; the longest query tiles (last in time) start first.
 // Shared: Q, then K/V double-buffered.
 extern "C" __global__ void __launch_bounds__(128) attention_forward_mma(floatX* out, float* lse, const floatX* qkv,
@@ -589,20 +610,7 @@ attention_backward_mma(floatX* dqkv, float* dq_acc, const floatX* dout, const fl
         }
         __syncthreads();                                          // done with Q, dO, dS^T and dq of this tile
     }
-    const float scale = 1.0f / sqrtf((float)HS);
-    for (int n = 0; n < HS / 8; n++) {
-        const int col = h * HS + n * 8 + 2 * tig;
-        if (j0 < T) {
-            floatX* gr = dqkv + ((long long)b * T + j0) * C3 + col;
-            *reinterpret_cast<__nv_bfloat162*>(gr + C) = __floats2bfloat162_rn(dk[n][0] * scale, dk[n][1] * scale);
-            *reinterpret_cast<__nv_bfloat162*>(gr + 2 * C) = __floats2bfloat162_rn(dv[n][0], dv[n][1]);
-        }
-        if (j1 < T) {
-            floatX* gr = dqkv + ((long long)b * T + j1) * C3 + col;
-            *reinterpret_cast<__nv_bfloat162*>(gr + C) = __floats2bfloat162_rn(dk[n][2] * scale, dk[n][3] * scale);
-            *reinterpret_cast<__nv_bfloat162*>(gr + 2 * C) = __floats2bfloat162_rn(dv[n][2], dv[n][3]);
-        }
-    }
+    store_dkdv(dqkv, dk, dv, b, h, NH, j0, T);
 }
 
 // dqkv's q part (B,T,C of each 3C row) = dq_acc (B,T,C) / sqrt(HS), two values per thread

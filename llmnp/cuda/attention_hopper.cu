@@ -256,19 +256,6 @@ attention_backward_wgmma(floatX* dqkv, float* dq_acc, const floatX* dout, const 
                                    *reinterpret_cast<const float4*>(dqs + r * HS + (((c / 8) ^ (r % 8)) * 8) + c % 8));
         }
     }
-    const float scale = 1.0f / sqrtf((float)HS);
-    for (int n = 0; n < HS / 8; n++) {
-        const int col = h * HS + n * 8 + 2 * tig;
-        if (j0 < T) {
-            floatX* gr = dqkv + ((long long)b * T + j0) * C3 + col;
-            *reinterpret_cast<__nv_bfloat162*>(gr + C) = __floats2bfloat162_rn(dk[n][0] * scale, dk[n][1] * scale);
-            *reinterpret_cast<__nv_bfloat162*>(gr + 2 * C) = __floats2bfloat162_rn(dv[n][0], dv[n][1]);
-        }
-        if (j1 < T) {
-            floatX* gr = dqkv + ((long long)b * T + j1) * C3 + col;
-            *reinterpret_cast<__nv_bfloat162*>(gr + C) = __floats2bfloat162_rn(dk[n][2] * scale, dk[n][3] * scale);
-            *reinterpret_cast<__nv_bfloat162*>(gr + 2 * C) = __floats2bfloat162_rn(dv[n][2], dv[n][3]);
-        }
-    }
+    store_dkdv(dqkv, dk, dv, b, h, NH, j0, T);
 }
 #endif
