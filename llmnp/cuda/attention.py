@@ -42,8 +42,8 @@ def chosen(kernels, dtype, hs, *arrays):
     variants), refused where it cannot run."""
     if kernels is None:
         return kernels_for(dtype, hs, *arrays)
-    possible = {"fp32": True, "mma": kernels_for(dtype, hs, *arrays) != "fp32",
-                "wgmma": kernels_for(dtype, hs, *arrays) == "wgmma"}
+    best = kernels_for(dtype, hs, *arrays)
+    possible = {"fp32": True, "mma": best != "fp32", "wgmma": best == "wgmma"}
     if not possible.get(kernels, False):
         raise ValueError(f"the {kernels!r} attention kernels cannot run {np.dtype(dtype).name} storage with head "
                          f"size {hs} here (there are {', '.join(k for k, ok in possible.items() if ok)})")
