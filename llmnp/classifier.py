@@ -7,6 +7,8 @@ forward:  lse = logsumexp(logits[..., :V]), saved for backward (B,T);
 backward: dlogits = (softmax(logits[..., :V]) - onehot(target)) * dloss, the softmax recomputed from the
           logits and the saved lse as exp(logits - lse), dloss the weight of each position in the mean
           loss (1 / (B*T*grad_accum_steps)).
+both:     the forward's losses and the backward's dlogits in one call, no lse kept (training's
+          classifier, model.forward_backward: on the GPU one read of the logits instead of two).
 As llm.c's fused classifier, training never writes a (B,T,Vp) probs tensor: the forward reads the logits
 and leaves them as they are; the backward reads each row once and overwrites dlogits, which may be the
 logits buffer itself (the model does that, so after backward its logits hold dlogits).
@@ -67,6 +69,13 @@ def crossentropy_softmax_backward(dlogits, logits, lse, targets, dloss, V):
             dx[i:j, V:] = 0.0
 
     parallel_for(x.shape[0], part, grain=ROWS)
-    B, T = targets.shape
-    b, t = np.meshgrid(np.arange(B), np.arange(T), indexing="ij")
-    dlogits[b, t, targets] -= dloss
+    t = targets.reshape(-1)
+    dx[np.arange(t.size), t] -= dloss
+
+
+def crossentropy_forward_backward(losses, dlogits, logits, targets, dloss, V):
+    """crossentropy_forward's losses (B,T) and crossentropy_softmax_backward's dlogits (B,T,Vp) in one call
+    (no lse kept); dlogits may be logits itself."""
+    lse = np.empty(losses.shape, losses.dtype)
+    crossentropy_forward(losses, lse, logits, targets, V)
+    crossentropy_softmax_backward(dlogits, logits, lse, targets, dloss, V)

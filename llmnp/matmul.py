@@ -60,3 +60,9 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, pre_gelu=None):
                      grain=max(1, BLOCK // C))                                             # over the cores
     if dbias is not None:
         dbias += dout2.sum(axis=0)
+
+
+def add_into(out, inp):
+    """out += inp, inp float32 and out of the model's dtype: a gradient summed in float32 over several
+    products (the classifier's row chunks) added into the model's gradient once."""
+    np.add(out, inp, out=out, casting="unsafe")

@@ -390,6 +390,64 @@ def test_classifier(dtype, B, T, V, Vp):
 
 @requires_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,V,Vp,cached", [(10, 11, 16, True), (12, 50257, 50304, True), (4, 90, 100, True),
+                                           (6, 50257, 50304, False), (5, 90, 100, False)])
+def test_crossentropy_forward_backward(monkeypatch, dtype, N, V, Vp, cached):
+    """The loss and dlogits in one kernel, against the NumPy softmax: -log softmax at the target and
+    (softmax - onehot) * dloss, on (N,) rows as the model's blocks pass them; with the row kept in shared
+    memory and (MAX_SHARED 0) read twice; written over the logits."""
+    from llmnp.cuda import classifier
+    if not cached:
+        monkeypatch.setattr(classifier, "MAX_SHARED", 0)
+    k = Case(dtype)
+    z = k.rng.standard_normal((N, Vp)) * 3.0
+    z[:, V:] += 50.0                                       # padding: would dominate if it counted
+    logits = k.dev(z)
+    logits_h = host(logits)
+    targets = k.rng.integers(0, V, size=N).astype(np.int32)
+    targets[0] = V - 1                                     # the last real column
+    probs_h = np.empty((N, Vp))
+    ref.softmax_forward(probs_h, logits_h, V)
+    dloss = 1.0 / (N * 3)
+    onehot = np.zeros((N, Vp))
+    onehot[np.arange(N), targets] = 1.0
+    losses, dlogits = k.nan(N, dtype=np.float32), k.nan(N, Vp)
+    classifier.crossentropy_forward_backward(losses, dlogits, logits, cp.asarray(targets), dloss, V)
+    k.close(losses, -np.log(probs_h[np.arange(N), targets]), "losses", tol=1e-6)
+    k.close(dlogits, (probs_h - onehot) * dloss, "dlogits")
+    assert not cp.any(dlogits[:, V:]), "padded columns of dlogits must be 0"
+    np.testing.assert_array_equal(host(logits), logits_h)          # not in place: the logits only read
+    losses2 = k.nan(N, dtype=np.float32)
+    classifier.crossentropy_forward_backward(losses2, logits, logits, cp.asarray(targets), dloss, V)
+    np.testing.assert_array_equal(host(losses2), host(losses))
+    np.testing.assert_array_equal(host(logits), host(dlogits))     # in place: the same numbers
+
+
+@requires_gpu
+@pytest.mark.parametrize("module", PRODUCTS)
+@pytest.mark.parametrize("N,C,OC", [(64, 32, 48), (300, 24, 100)])
+def test_matmul_backward_into_float32(module, N, C, OC):
+    """A bf16 product's weight gradient summed into a float32 dweight (the classifier's blocks), then
+    add_into a bf16 gradient: against float64 NumPy of the same bf16 values."""
+    from llmnp.cuda import add_into
+    m = products(module)
+    k = Case("bfloat16")
+    inp, inp_h = k.randn(N, C)
+    w, w_h = k.randn(OC, C)
+    dout, dout_h = k.randn(N, OC)
+    dw32, dw32_h = k.randn(OC, C, dtype=np.float32)
+    m.matmul_backward(None, dw32, None, dout, inp, w)
+    assert dw32.dtype == np.float32
+    k.close(dw32, dw32_h + dout_h.T @ inp_h, "float32 dweight", tol=1e-6)
+    grad, grad_h = k.randn(OC, C)
+    add_into(grad, dw32)
+    k.close(grad, grad_h + host(dw32), "add_into", tol=1e-2)
+    with pytest.raises(TypeError, match="dweight"):
+        m.matmul_backward(None, cp.zeros((OC, C), np.float64), None, dout, inp, w)
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [1, 1000, 1 << 20])
 def test_adamw_and_global_norm(dtype, n):
     from llmnp.cuda import adamw_update, global_norm_squared

@@ -13,10 +13,12 @@ if cublaslt() is not None:     # nvmath-python installed: the products with thei
     from llmnp.cuda.matmul_lt import matmul_forward, matmul_gelu_forward, matmul_backward
 else:                          # the plain products and kernels (matmul.py), the reference for those
     from llmnp.cuda.matmul import matmul_forward, matmul_gelu_forward, matmul_backward
+from llmnp.cuda.matmul import add_into
 from llmnp.cuda.attention import attention_forward, attention_backward
 from llmnp.cuda.gelu import gelu_forward, gelu_backward
 from llmnp.cuda.residual import residual_forward, residual_backward
-from llmnp.cuda.classifier import softmax_forward, crossentropy_forward, crossentropy_softmax_backward
+from llmnp.cuda.classifier import softmax_forward, crossentropy_forward, crossentropy_softmax_backward, \
+    crossentropy_forward_backward
 from llmnp.cuda.adamw import adamw_update, global_norm_squared
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "residual_layernorm_forward", "matmul_forward", "matmul_gelu_forward", "matmul_backward",
     "attention_forward", "attention_backward", "gelu_forward", "gelu_backward",
     "residual_forward", "residual_backward",
-    "softmax_forward", "crossentropy_forward", "crossentropy_softmax_backward",
+    "softmax_forward", "crossentropy_forward", "crossentropy_softmax_backward", "crossentropy_forward_backward",
+    "add_into",
     "adamw_update", "global_norm_squared",
 ]

@@ -50,3 +50,19 @@ def crossentropy_softmax_backward(dlogits, logits, lse, targets, dloss, V):
     block_size = 512
     k = kernel("classifier", "crossentropy_softmax_backward_kernel", logits.dtype)
     k((N,), (block_size,), (dlogits, logits, lse, targets, np.float32(dloss), np.int32(N), np.int32(V), np.int32(Vp)))
+
+
+def crossentropy_forward_backward(losses, dlogits, logits, targets, dloss, V):
+    """crossentropy_forward's losses (B,T) and crossentropy_softmax_backward's dlogits (B,T,Vp) in one pass
+    over the logits (no lse kept); dlogits may be logits itself."""
+    Vp = logits.shape[-1]
+    N = logits.size // Vp
+    check(logits.dtype, dlogits=dlogits, logits=logits)
+    check(np.float32, losses=losses)
+    check(np.int32, targets=targets)
+    k = kernel("classifier", "crossentropy_forward_backward_kernel", logits.dtype)
+    smem = Vp * logits.dtype.itemsize                     # the row, kept in shared memory between passes
+    cached = smem <= MAX_SHARED
+    k.max_dynamic_shared_size_bytes = smem if cached else 0
+    k((N,), (1024,), (losses, dlogits, logits, targets, np.float32(dloss), np.int32(N), np.int32(V), np.int32(Vp),
+                      np.int32(cached)), shared_mem=smem if cached else 0)

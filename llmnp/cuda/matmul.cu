@@ -4,6 +4,7 @@
 // forward:  out (N,OC) = bias (OC,) broadcast, before cuBLAS adds inp @ weight^T into it (beta = 1)
 // backward: dbias (OC,) += sum over the N rows of dout (N,OC): matmul_backward_dbias_partial leaves per-block column sums in
 //           partial (gridDim.y, OC), matmul_backward_dbias_total adds them up into dbias (deterministic, fp32 sums).
+// add_into: out (n,) += inp (n,) float32 (a weight gradient summed in float32 over several products).
 #include "common.cuh"
 
 // out (N,OC) = bias, broadcast over the rows (written only: cuBLAS then adds the product, beta = 1)
@@ -57,4 +58,10 @@ extern "C" __global__ void matmul_backward_dbias_total(floatX* dbias, const floa
     const int col = blockIdx.x * 32 + threadIdx.x;
     const float sum = column_sum(partial, R, OC);
     if (threadIdx.y == 0 && col < OC) dbias[col] = fromF(toF(dbias[col]) + sum);
+}
+
+// one element per thread, a grid-stride loop
+extern "C" __global__ void add_into_kernel(floatX* out, const float* inp, long long n) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        out[i] = fromF(toF(out[i]) + inp[i]);
 }

@@ -34,10 +34,12 @@ def matmul_gelu_forward(out, pre_gelu, inp, weight, bias):
 
 def matmul_backward(dinp, dweight, dbias, dout, inp, weight, pre_gelu=None):
     """dinp (B,T,C) overwritten (unless None); adds into dweight (OC,C) and dbias (OC,) (unless None).
-    With pre_gelu (B,T,C), inp being gelu(pre_gelu): dinp is the gradient with respect to pre_gelu."""
+    With pre_gelu (B,T,C), inp being gelu(pre_gelu): dinp is the gradient with respect to pre_gelu.
+    dweight may be float32 where the rest is bf16 (the product then sums into it in float32)."""
     OC, C = weight.shape
     N = inp.size // C
-    check(dout.dtype, dweight=dweight, dout=dout, inp=inp, weight=weight)
+    check(dout.dtype, dout=dout, inp=inp, weight=weight)
+    check_dweight(dweight, dout)
     if dinp is not None:
         check(dout.dtype, dinp=dinp)
         # dinp (N,C) = dout (N,OC) @ weight (OC,C):  dinp_cm (C x N) = W_cm (C x OC) @ dout_cm (OC x N)
@@ -63,3 +65,19 @@ def matmul_dbias(dbias, dout):
     k((col_blocks, R), (32, 8), (partial, dout, np.int32(N), np.int32(OC)))
     k = kernel("matmul", "matmul_backward_dbias_total", dout.dtype)
     k((blocks(OC, 32),), (32, 32), (dbias, partial, np.int32(R), np.int32(OC)))
+
+
+def check_dweight(dweight, dout):
+    """dweight of dout's dtype, or float32."""
+    check(np.float32 if dweight.dtype == np.float32 else dout.dtype, dweight=dweight)
+
+
+def add_into(out, inp):
+    """out (any shape) += inp (out's shape, float32), in float32 arithmetic."""
+    check(out.dtype, out=out)
+    check(np.float32, inp=inp)
+    if inp.shape != out.shape:
+        raise ValueError(f"add_into: inp {inp.shape} and out {out.shape} differ")
+    block_size = 256
+    k = kernel("matmul", "add_into_kernel", out.dtype)
+    k((min(blocks(out.size, block_size), 32 * num_sms()),), (block_size,), (out, inp, np.int64(out.size)))

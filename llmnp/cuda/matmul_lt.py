@@ -9,7 +9,7 @@ in the product's epilogue instead of by a kernel of their own, saving a pass ove
 matmul.py stays the plain form these are tested against; llmnp/cuda/__init__.py takes these where
 nvmath-python (the cuBLASLt binding) is installed. The column-major mapping is matmul.py's.
 """
-from llmnp.cuda.matmul import matmul_dbias
+from llmnp.cuda.matmul import check_dweight, matmul_dbias
 from llmnp.cuda.runtime import check, gemm_lt
 
 
@@ -33,10 +33,12 @@ def matmul_gelu_forward(out, pre_gelu, inp, weight, bias):
 
 def matmul_backward(dinp, dweight, dbias, dout, inp, weight, pre_gelu=None):
     """dinp (B,T,C) overwritten (unless None); adds into dweight (OC,C) and dbias (OC,) (unless None).
-    With pre_gelu (B,T,C), inp being gelu(pre_gelu): dinp is the gradient with respect to pre_gelu."""
+    With pre_gelu (B,T,C), inp being gelu(pre_gelu): dinp is the gradient with respect to pre_gelu.
+    dweight may be float32 where the rest is bf16 (the product then sums into it in float32)."""
     OC, C = weight.shape
     N = inp.size // C
-    check(dout.dtype, dweight=dweight, dout=dout, inp=inp, weight=weight)
+    check(dout.dtype, dout=dout, inp=inp, weight=weight)
+    check_dweight(dweight, dout)
     if dinp is not None:
         check(dout.dtype, dinp=dinp, **({} if pre_gelu is None else {"pre_gelu": pre_gelu}))
         gemm_lt(dinp, weight, dout, m=C, n=N, k=OC, transa=False, transb=False, lda=C, ldb=OC, ldc=C,

@@ -182,19 +182,27 @@ def _alpha_beta(beta):
     return _ALPHA_BETA[key]
 
 
+def _types(a, c):
+    """(A and B's cuda data type, C's, the compute type) of a product: A and B of a's dtype, C of c's
+    (the same, or float32 for a bf16 product summed in float32)."""
+    bf16 = storage_is_bf16(a.dtype)
+    ab_type = _CUDA_R_16BF if bf16 else _CUDA_R_32F
+    c_type = _CUDA_R_16BF if storage_is_bf16(c.dtype) else _CUDA_R_32F
+    return ab_type, c_type, _CUBLAS_COMPUTE_32F if bf16 else _fp32_compute[0]
+
+
 def gemm(c, a, b, m, n, k, transa, transb, lda, ldb, ldc, beta=0.0):
-    """cuBLAS, column-major: C (m,n) = op(A) op(B) + beta C, fp32 accumulation, data of c's dtype.
-    The row-major launchers in matmul.py say how their shapes map onto this."""
+    """cuBLAS, column-major: C (m,n) = op(A) op(B) + beta C, fp32 accumulation, A and B of a's dtype, C
+    of c's. The row-major launchers in matmul.py say how their shapes map onto this."""
     cp = cupy()
     from cupy_backends.cuda.libs import cublas
-    bf16 = storage_is_bf16(c.dtype)
-    dtype, compute = (_CUDA_R_16BF, _CUBLAS_COMPUTE_32F) if bf16 else (_CUDA_R_32F, _fp32_compute[0])
+    ab_type, c_type, compute = _types(a, c)
     handle = cp.cuda.device.get_cublas_handle()
     cublas.setPointerMode(handle, 0)      # CUBLAS_POINTER_MODE_HOST: alpha, beta below are host floats
     ab = _alpha_beta(beta)
     cublas.gemmEx(handle, _OP[transa], _OP[transb], m, n, k,
-                  ab.ctypes.data, a.data.ptr, dtype, lda, b.data.ptr, dtype, ldb,
-                  ab.ctypes.data + 4, c.data.ptr, dtype, ldc, compute, _CUBLAS_GEMM_DEFAULT)
+                  ab.ctypes.data, a.data.ptr, ab_type, lda, b.data.ptr, ab_type, ldb,
+                  ab.ctypes.data + 4, c.data.ptr, c_type, ldc, compute, _CUBLAS_GEMM_DEFAULT)
 
 
 # -------------------------------------------------------------------------------------- cuBLASLt
@@ -225,21 +233,20 @@ def _lt_set(set_attribute, obj, attr, value, dtype):
 
 
 @functools.lru_cache(maxsize=None)
-def _lt_plan(bf16, compute, m, n, k, transa, transb, lda, ldb, ldc, epilogue, align):
-    """A matmul descriptor, the four matrix layouts and cuBLASLt's first choice of algorithm for one
+def _lt_plan(ab_type, c_type, compute, m, n, k, transa, transb, lda, ldb, ldc, epilogue, align):
+    """A matmul descriptor, the three matrix layouts and cuBLASLt's first choice of algorithm for one
     product shape (found once, kept): (desc, (a, b, c) layouts, heuristic result array)."""
     L = cublaslt()
     A = L.MatmulDescAttribute
-    dtype = _CUDA_R_16BF if bf16 else _CUDA_R_32F
     desc = L.matmul_desc_create(compute, _CUDA_R_32F)
     _lt_set(L.matmul_desc_set_attribute, desc, A.TRANSA, _OP[transa], np.int32)
     _lt_set(L.matmul_desc_set_attribute, desc, A.TRANSB, _OP[transb], np.int32)
     _lt_set(L.matmul_desc_set_attribute, desc, A.EPILOGUE, getattr(L.Epilogue, epilogue), np.int32)
     if epilogue in ("GELU_AUX_BIAS", "DGELU"):
         _lt_set(L.matmul_desc_set_attribute, desc, A.EPILOGUE_AUX_LD, ldc, np.int64)
-    layouts = (L.matrix_layout_create(dtype, *((k, m) if transa else (m, k)), lda),
-               L.matrix_layout_create(dtype, *((n, k) if transb else (k, n)), ldb),
-               L.matrix_layout_create(dtype, m, n, ldc))
+    layouts = (L.matrix_layout_create(ab_type, *((k, m) if transa else (m, k)), lda),
+               L.matrix_layout_create(ab_type, *((n, k) if transb else (k, n)), ldb),
+               L.matrix_layout_create(c_type, m, n, ldc))
     pref = L.matmul_preference_create()
     P = L.MatmulPreferenceAttribute
     _lt_set(L.matmul_preference_set_attribute, pref, P.MAX_WORKSPACE_BYTES, LT_WORKSPACE_BYTES, np.uint64)
@@ -267,13 +274,11 @@ def _alignment(*arrays):
 def gemm_lt(c, a, b, m, n, k, transa, transb, lda, ldb, ldc, beta=0.0, epilogue="DEFAULT", bias=None, aux=None):
     """gemm's product, C (m,n) = op(A) op(B) + beta C, through cuBLASLt with an epilogue on it:
     BIAS: + bias (m,) on every column; GELU_AUX_BIAS: aux (m,n), ld ldc, <- the product + bias, and
-    C <- gelu(aux); DGELU: C <- the product * gelu'(aux)."""
+    C <- gelu(aux); DGELU: C <- the product * gelu'(aux). A and B of a's dtype, C of c's."""
     L = cublaslt()
     cp = cupy()
-    bf16 = storage_is_bf16(c.dtype)
-    compute = _CUBLAS_COMPUTE_32F if bf16 else _fp32_compute[0]
     extra = [x for x in (bias, aux) if x is not None]
-    desc, layouts, algo = _lt_plan(bf16, compute, m, n, k, transa, transb, lda, ldb, ldc, epilogue,
+    desc, layouts, algo = _lt_plan(*_types(a, c), m, n, k, transa, transb, lda, ldb, ldc, epilogue,
                                    _alignment(a, b, c, *extra))
     A = L.MatmulDescAttribute
     if bias is not None:                  # the descriptor is this shape's; the pointers are this call's
