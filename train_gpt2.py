@@ -501,7 +501,7 @@ def train(args):
                 val_loss = 0.0
                 for _ in range(val_batches):
                     x, y = val_loader.next_batch()
-                    batch_loss = float(model.forward(x, y))
+                    batch_loss = float(model.validate(x, y))
                     check_finite(step, "val loss", batch_loss, args.output_dir, model, [(x, y)])
                     val_loss += batch_loss
                 val_loss = dist.average(val_loss / val_batches)
@@ -579,8 +579,7 @@ def forward_backward(args, dist, model, train_loader, grad_accum_steps):
         for _ in range(grad_accum_steps):
             x, y = train_loader.next_batch()
             batches.append((x, y))
-            loss = loss + model.forward(x, y)        # stays on the device until read below
-            model.backward(grad_accum_steps=grad_accum_steps)
+            loss = loss + model.forward_backward(x, y, grad_accum_steps)   # stays on the device until read below
     dist.reduce_gradients(model)
     norm = dist.grad_norm(model)
     return dist.average(float(loss) / grad_accum_steps), norm, batches

@@ -64,9 +64,8 @@ def row_llmnp(dtype, B, T, warmup, steps, model_name, recompute):
     x, y = tokens[:, :-1], tokens[:, 1:]
 
     def step(t):
-        loss = model.forward(x, y)
         model.zero_grad()
-        model.backward()
+        loss = model.forward_backward(x, y)
         norm = model.grad_norm()
         model.update(6e-4, BETA1, BETA2, EPS, 0.1, t, grad_scale=min(1.0, 1.0 / max(norm, 1e-12)))
         return float(loss)

@@ -162,15 +162,15 @@ def completion_losses(model, inputs, targets, weights):
 
 
 def _row_losses(model, inputs, targets, weights):
-    """completion_losses, left on the device (the GPU may still be computing it). On the GPU: one
-    forward pass with targets, whose fused classifier writes every position's loss (B, T) reading each
-    row of logits once, then each row's weighted sum. On the CPU, where a log-sum-exp over every
+    """completion_losses, left on the device (the GPU may still be computing it). On the GPU: the model's
+    validate(), whose classifier writes every position's loss (B, T) reading each row of logits once,
+    then each row's weighted sum. On the CPU, where a log-sum-exp over every
     position costs more than the rest of the pass: a forward pass without targets and the log-softmax
     of the scored positions only (the same numbers)."""
     xp, V = model.xp, model.config.vocab_size
     B, T = inputs.shape
     if xp is not np:
-        model.forward(inputs, targets)
+        model.validate(inputs, targets)
         losses = model.acts["losses"][:B, :T]                                 # (B,T) -log p(target)
         return (losses * xp.asarray(weights.astype(losses.dtype, copy=False))).sum(axis=1)
     model.forward(inputs)

@@ -3,8 +3,9 @@ allocate them, and a check that refuses (one line, with the sizes and the larges
 cannot fit before anything is allocated.
 
     model:     parameters (dtype) + fp32 master weights where parameters are bf16
-    training:  + gradients (dtype) + AdamW m and v (fp32, 1/N each under ZeRO-1 with N processes)
-               + activations and their statistics for (B, T) + the logits (B, T, Vp)
+    training:  + gradients (dtype, and the classifier's (Vp, C) summed in fp32) + AdamW m and v (fp32,
+               1/N each under ZeRO-1 with N processes) + activations and their statistics for (B, T)
+               + the logits of min(B*T, CLASSIFIER_ROWS) rows (Vp each)
                + scratch: one layer's activation gradients and the largest temporary a layer makes
                + the runtime: Python, NumPy and BLAS on the CPU; the CUDA context on the GPU
     disk:      a checkpoint's model file and per-process state file, and what -n / -nk add up to
@@ -23,7 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from llmnp.errors import UserError
-from llmnp.params import (STATISTICS, activation_specs, gradient_scratch_specs, num_elements, num_parameters)
+from llmnp.params import (CLASSIFIER_ROWS, STATISTICS, activation_specs, gradient_scratch_specs, num_elements,
+                          num_parameters)
 
 # What a process holds before any model buffer: Python, NumPy, llmnp's modules, OpenBLAS's per-thread
 # buffers and the worker threads (measured on the CPU: 28 MiB after the imports, ~60 MiB once the
@@ -52,15 +54,16 @@ def model_bytes(config, dtype, state_dtype):
 
 
 def training_bytes(config, B, T, dtype, state_dtype, recompute=1, shards=1):
-    """Bytes of the buffers a training process allocates: model_bytes + gradients + AdamW state +
-    activations (logits included) for (B, T) + one layer's activation gradients (no runtime, no scratch:
-    estimate() has those)."""
+    """Bytes of the buffers a training process allocates: model_bytes + gradients (with the classifier's
+    fp32 sum) + AdamW state + activations (logits included) for (B, T) + one layer's activation gradients
+    (no runtime, no scratch: estimate() has those)."""
     n = num_parameters(config)
     size, state_size = itemsize(dtype), itemsize(state_dtype)
     specs = activation_specs(config, B, T, recompute)
     stats = [s for s in specs if s[0] in STATISTICS]
     acts = num_elements(specs) - num_elements(stats)
-    return (model_bytes(config, dtype, state_dtype) + n * size + 2 * (n // shards) * state_size
+    dwte = config.padded_vocab_size * config.channels * state_size
+    return (model_bytes(config, dtype, state_dtype) + n * size + dwte + 2 * (n // shards) * state_size
             + acts * size + num_elements(stats) * state_size
             + num_elements(gradient_scratch_specs(config, B, T)) * size)
 
@@ -116,7 +119,7 @@ def estimate(config, B, T, dtype="fp32", recompute=1, processes=1, zero_stage=0,
     shard = n // processes if sharded else n
     specs = activation_specs(config, B, T, recompute)
     stats = num_elements([s for s in specs if s[0] in STATISTICS])
-    logits = B * T * Vp
+    logits = min(B * T, CLASSIFIER_ROWS) * Vp
     acts = num_elements(specs) - stats - logits
     dacts = num_elements(gradient_scratch_specs(config, B, T))
     if device == "cpu":
@@ -137,8 +140,8 @@ def estimate(config, B, T, dtype="fp32", recompute=1, processes=1, zero_stage=0,
     dtype_name = {2: "bf16", 4: "fp32", 8: "fp64"}.get(size, str(dtype))
     rows = [
         ("parameters", n * size, f"{n:,} x {size} B"),
-        ("gradients", n * size + (shard * size if sharded else 0),
-         "+ ZeRO-1's reduce-scatter slice" if sharded else ""),
+        ("gradients", n * size + (shard * size if sharded else 0) + Vp * C * state_size,
+         "+ the classifier's (Vp, C) summed in fp32" + (" + ZeRO-1's reduce-scatter slice" if sharded else "")),
         ("AdamW m, v", 2 * shard * state_size,
          f"1/{processes} each (ZeRO-1)" if sharded else ("fp32" if state_size != size else "")),
         ("master weights", n * 4 if master else 0,
@@ -148,7 +151,7 @@ def estimate(config, B, T, dtype="fp32", recompute=1, processes=1, zero_stage=0,
          f"-r {recompute}: " + {0: "every layer's GELU output kept",
                                 1: "one layer's GELU output, recomputed in backward"}.get(
              recompute, "one layer's GELU and layernorm outputs, recomputed in backward")),
-        ("logits", logits * size, "(B, T, Vp); backward writes dlogits over them"),
+        ("logits", logits * size, f"({min(B * T, CLASSIFIER_ROWS)}, Vp): the classifier's rows at a time, dlogits written over them"),
         ("scratch", dacts * size + temporary, scratch_note),
         ("runtime", RUNTIME_BYTES[device], "Python, NumPy, BLAS buffers" if device == "cpu"
          else "CUDA context, cuBLAS workspace, kernels (approximate)"),

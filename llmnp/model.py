@@ -11,6 +11,14 @@ dlogits (B, T, Vp), which backward writes over the logits: the loss is computed 
 softmax recomputed in backward from each row's log-sum-exp (llm.c's fused classifier), so no
 probabilities are kept, and after backward() model.logits holds dlogits.
 
+Two ways through a training step, the same numbers (tests/test_model.py):
+    forward(inputs, targets); backward()      every layer in turn, the (B, T, Vp) logits whole
+    forward_backward(inputs, targets)         what training runs: the layers' forward, then the
+        classifier over blocks of at most classifier_rows rows (logits, then the loss and dlogits in one
+        call, then the classifier's two products), then the layers' backward. The logits are never
+        whole: (classifier_rows, Vp) instead of (B*T, Vp), 0.8 GiB instead of 6.1 at d12, B=64, bf16.
+validate(inputs, targets) is the loss alone, over the same blocks, the gradients untouched.
+
 Not here: the training loop, schedules and logging (train_gpt2.py), file formats (checkpoint.py).
 """
 import math
@@ -19,8 +27,8 @@ import numpy as np
 
 from llmnp import layers
 from llmnp.memory import model_bytes, require
-from llmnp.params import (DECAYED_PARAMETERS, PARAMETER_NAMES, STATISTICS, activation_specs, allocate, gradient_scratch_specs,
-                          make_views, num_elements, num_parameters, parameter_specs)
+from llmnp.params import (CLASSIFIER_ROWS, DECAYED_PARAMETERS, PARAMETER_NAMES, STATISTICS, activation_specs, allocate,
+                          gradient_scratch_specs, make_views, num_elements, num_parameters, parameter_specs)
 
 
 def storage_dtype(dtype):
@@ -53,6 +61,8 @@ def backend(device):
 
 
 class GPT2:
+    classifier_rows = CLASSIFIER_ROWS              # rows of logits forward_backward and validate hold at once
+
     def __init__(self, config, device="cpu", dtype=np.float32, seed=42, init=True, recompute=0, master_weights=True):
         self.config = config
         self.recompute = recompute                 # 1: recompute GELU in backward, 2: GELU and layernorms
@@ -76,6 +86,7 @@ class GPT2:
         if init:
             self.init_weights(seed)
         self.grads_memory = self.grads = None      # same layout as params, at the first backward
+        self.dwte = None                           # float32 (Vp, C), with the gradients
         self.m_memory = self.v_memory = None       # AdamW state, at the first update
         self.acts_memory = None                    # activations, at allocate() or the first forward
         self.B = self.T = 0                        # the (B, T) the activations were allocated for
@@ -181,7 +192,7 @@ class GPT2:
     def _activations(self, B, T):
         """Views of the activation and activation-gradient tables for (B, T), allocated once for the
         largest (B, T) seen first; a smaller (B, T) uses the front of the same memory."""
-        specs, stats = _split_statistics(activation_specs(self.config, B, T, self.recompute))
+        specs, stats = _split_statistics(activation_specs(self.config, B, T, self.recompute, self.classifier_rows))
         gspecs = gradient_scratch_specs(self.config, B, T)
         if self.acts_memory is None:
             self.B, self.T = B, T
@@ -200,6 +211,9 @@ class GPT2:
     def _allocate_grads(self):
         if self.grads_memory is None:
             self.grads_memory, self.grads = allocate(self.param_specs, self.dtype, self.xp)
+            # forward_backward's classifier gradient (Vp, C), summed over its blocks in float32 (bf16: once
+            # rounded into grads["wte"], as one product over all rows would be)
+            self.dwte = self.xp.zeros(self.grads["wte"].shape, dtype=self.state_dtype)
 
     def _allocate_optimizer_state(self):
         if self.m_memory is None:
@@ -212,7 +226,26 @@ class GPT2:
         """inputs, targets: int32 (B, T) token ids (NumPy arrays). Fills model.logits (B, T, Vp);
         with targets, returns the mean loss as a 0-d array of the device (float() to read it),
         without, returns None. Tokens must be < vocab_size, T <= max_seq_len. The loss is computed from
-        the logits without touching them; a backward() after it overwrites them with dlogits."""
+        the logits without touching them; a backward() after it overwrites them with dlogits.
+        The logits live in the classifier's buffer when B*T <= classifier_rows (generation, HellaSwag,
+        small batches), else in a (B, T, Vp) array of their own."""
+        B, T = self._forward_layers(inputs)
+        a, ops, Vp = self.acts, self.ops, self.config.padded_vocab_size
+        rows = a["logits"].shape[0]
+        logits = a["logits"].reshape(B, T, Vp) if rows == B * T else self.xp.empty((B, T, Vp), self.dtype)
+        ops.matmul_forward(logits, a["lnf"], self.params["wte"], None)                         # (B,T,Vp), tied wte
+        self.logits = logits
+        if targets is None:
+            self.y = None
+            self.mean_loss = None
+            return None
+        y = self._targets(targets, B, T)
+        ops.crossentropy_forward(a["losses"], a["logits_lse"], logits, y, self.config.vocab_size)   # no probs kept
+        self.mean_loss = a["losses"].mean()
+        return self.mean_loss
+
+    def _forward_layers(self, inputs):
+        """The forward pass up to the final layernorm's output lnf (B,T,C); returns (B, T)."""
         cfg = self.config
         inputs = self._check_tokens(inputs, "inputs")
         B, T = inputs.shape
@@ -220,8 +253,7 @@ class GPT2:
             raise ValueError(f"sequence length T={T} exceeds the model's max_seq_len={cfg.max_seq_len}")
         self._activations(B, T)
         p, a, ops = self.params, self.acts, self.ops
-        full = (B, T) == (self.B, self.T)         # the preallocated token buffers fit exactly
-        x = self.inputs if full else self.xp.empty((B, T), np.int32)
+        x = self.inputs if (B, T) == (self.B, self.T) else self.xp.empty((B, T), np.int32)   # preallocated: exact fit
         x[...] = self.xp.asarray(inputs)
         self.x = x
         ops.encoder_forward(a["encoded"], x, p["wte"], p["wpe"])
@@ -245,18 +277,55 @@ class GPT2:
             out, mean, rstd, w, b = self._next_layernorm(l)
             ops.residual_layernorm_forward(a["residual3"][l], out, mean, rstd,
                                            a["residual2"][l], a["residual3"][l], p["fcprojb"][l], w, b)
-        ops.matmul_forward(a["logits"], a["lnf"], p["wte"], None)                                 # (B,T,Vp), tied wte
-        self.logits = a["logits"]
-        if targets is None:
-            self.y = None
-            self.mean_loss = None
-            return None
-        y = self.targets if full else self.xp.empty((B, T), np.int32)
+        return B, T
+
+    def _targets(self, targets, B, T):
+        """targets checked and on the device, in the preallocated buffer where (B, T) fits it exactly."""
+        y = self.targets if (B, T) == (self.B, self.T) else self.xp.empty((B, T), np.int32)
         y[...] = self.xp.asarray(self._check_tokens(targets, "targets", shape=(B, T)))
         self.y = y
-        ops.crossentropy_forward(a["losses"], a["logits_lse"], a["logits"], y, cfg.vocab_size)   # no probs kept
-        self.mean_loss = a["losses"].mean()
-        return self.mean_loss
+        return y
+
+    def _classifier_blocks(self, B, T):
+        """[(rows, logits)] of the classifier's blocks: each a slice of the B*T rows and the front of the
+        (classifier_rows, Vp) logits buffer it uses."""
+        logits = self.acts["logits"]
+        n = logits.shape[0]
+        return [(slice(i, min(i + n, B * T)), logits[:min(n, B * T - i)]) for i in range(0, B * T, n)]
+
+    def validate(self, inputs, targets):
+        """The mean loss (a 0-d device array) of a batch, the classifier's logits made a block of rows at a
+        time (never (B, T, Vp) whole); model.acts["losses"] holds each position's. Gradients untouched."""
+        B, T = self._forward_layers(inputs)
+        y = self._targets(targets, B, T).reshape(-1)
+        a, ops, C = self.acts, self.ops, self.config.channels
+        lnf, losses, lse = a["lnf"].reshape(-1, C), a["losses"].reshape(-1), a["logits_lse"].reshape(-1)
+        for rows, logits in self._classifier_blocks(B, T):
+            ops.matmul_forward(logits, lnf[rows], self.params["wte"], None)                    # (rows,Vp)
+            ops.crossentropy_forward(losses[rows], lse[rows], logits, y[rows], self.config.vocab_size)
+        self.logits = self.mean_loss = None          # nothing for backward(): the logits are not whole
+        return a["losses"].mean()
+
+    def forward_backward(self, inputs, targets, grad_accum_steps=1):
+        """One training micro-step: forward(inputs, targets) and backward(grad_accum_steps) in one, the
+        classifier a block of rows at a time (its logits never (B, T, Vp) whole): each block's logits,
+        then its losses and dlogits in one call (written over the logits), then the classifier's two
+        products. Adds the gradients into model.grads; returns the mean loss (a 0-d device array)."""
+        B, T = self._forward_layers(inputs)
+        y = self._targets(targets, B, T).reshape(-1)
+        self._allocate_grads()
+        cfg, p, g, a, d, ops = self.config, self.params, self.grads, self.acts, self.dacts, self.ops
+        dloss = 1.0 / (B * T * grad_accum_steps)
+        lnf, dlnf, losses = a["lnf"].reshape(-1, cfg.channels), d["dln"].reshape(-1, cfg.channels), a["losses"].reshape(-1)
+        self.dwte.fill(0)                            # the classifier's wte gradient, summed over blocks in float32
+        for rows, logits in self._classifier_blocks(B, T):
+            ops.matmul_forward(logits, lnf[rows], p["wte"], None)                              # (rows,Vp)
+            ops.crossentropy_forward_backward(losses[rows], logits, logits, y[rows], dloss, cfg.vocab_size)
+            ops.matmul_backward(dlnf[rows], self.dwte, None, logits, lnf[rows], p["wte"])     # logits: dlogits
+        ops.add_into(g["wte"], self.dwte)
+        self._backward_layers()
+        self.logits = self.mean_loss = None
+        return a["losses"].mean()
 
     def _next_layernorm(self, l):
         """The layernorm that reads layer l's output: layer l+1's ln1, or lnf after the last layer, as
@@ -309,9 +378,17 @@ class GPT2:
         B, T = self.y.shape
         p, g, a, d, ops = self.params, self.grads, self.acts, self.dacts, self.ops
         dloss = 1.0 / (B * T * grad_accum_steps)
-        dlogits = a["logits"]                                       # written over the logits (B,T,Vp)
-        ops.crossentropy_softmax_backward(dlogits, a["logits"], a["logits_lse"], self.y, dloss, cfg.vocab_size)
+        dlogits = self.logits                                       # written over the logits (B,T,Vp)
+        ops.crossentropy_softmax_backward(dlogits, self.logits, a["logits_lse"], self.y, dloss, cfg.vocab_size)
         ops.matmul_backward(d["dln"], g["wte"], None, dlogits, a["lnf"], p["wte"])
+        self._backward_layers()
+        self.mean_loss = None                                       # model.logits now hold dlogits
+
+    def _backward_layers(self):
+        """The backward pass from d["dln"], the gradient of the final layernorm's output, down to the
+        embeddings."""
+        cfg = self.config
+        p, g, a, d, ops = self.params, self.grads, self.acts, self.dacts, self.ops
         d["dresidual"].fill(0)
         ops.layernorm_backward(d["dresidual"], g["lnfw"], g["lnfb"], d["dln"], a["residual3"][-1], p["lnfw"], a["lnf_mean"], a["lnf_rstd"])
         dres = d["dresidual"]                                       # (B,T,C), accumulates
@@ -334,7 +411,6 @@ class GPT2:
             ops.matmul_backward(d["dln"], g["qkvw"][l], g["qkvb"][l], d["dqkv"], ln1, p["qkvw"][l])
             ops.layernorm_backward(dres, g["ln1w"][l], g["ln1b"][l], d["dln"], residual, p["ln1w"][l], a["ln1_mean"][l], a["ln1_rstd"][l])
         ops.encoder_backward(g["wte"], g["wpe"], dres, self.x)
-        self.mean_loss = None                                       # model.logits now hold dlogits
 
     # ------------------------------------------------------------------------------ update
     def grad_norm(self):

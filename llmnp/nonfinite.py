@@ -32,6 +32,7 @@ OUTPUTS = {
     "gelu_forward": 1, "gelu_backward": 1,
     "residual_forward": 1, "residual_backward": 2,
     "softmax_forward": 1, "crossentropy_forward": 2, "crossentropy_softmax_backward": 1,
+    "crossentropy_forward_backward": 2, "add_into": 1,
 }
 
 
@@ -195,8 +196,7 @@ def locate(model, inputs, targets, grad_accum_steps=1, step=None):
             with checked(model):
                 model.zero_grad()
                 for x, y in zip(inputs, targets):
-                    model.forward(x, y)
-                    model.backward(grad_accum_steps=grad_accum_steps)
+                    model.forward_backward(x, y, grad_accum_steps)
         except NonFinite as e:
             return prefix + str(e)
     return None

@@ -40,7 +40,13 @@ def parameter_specs(config):
     return list(zip(PARAMETER_NAMES, shapes))
 
 
-def activation_specs(config, B, T, recompute=0):
+# rows of logits the classifier holds at once (model.forward_backward and validate walk B*T in blocks
+# of these): 0.8 GiB of bf16 logits at GPT-2's Vp, and its products a little faster than over all of
+# d12's 65,536 rows at once (dev/cuda/README.md)
+CLASSIFIER_ROWS = 8192
+
+
+def activation_specs(config, B, T, recompute=0, classifier_rows=CLASSIFIER_ROWS):
     """[(name, shape)] of what the forward pass keeps for backward, all L layers stacked.
 
     recompute >= 1 (llm.c's -r 1): GELU's output is not kept per layer; one layer's buffer is reused
@@ -56,7 +62,8 @@ def activation_specs(config, B, T, recompute=0):
     fch is the fc layer's pre-activation, the product with its bias; fch_gelu = gelu(fch).
     The loss is computed from the logits directly, keeping each row's log-sum-exp, from which backward
     recomputes the softmax (llm.c's fused classifier), so no (B, T, Vp) probabilities are kept;
-    backward writes dlogits over the logits.
+    backward writes dlogits over the logits. The logits buffer holds min(B*T, classifier_rows) rows:
+    training's classifier goes over the rows a block at a time (model.forward_backward).
     """
     L, C, NH, Vp = config.num_layers, config.channels, config.num_heads, config.padded_vocab_size
     ln = (B, T, C) if recompute >= 2 else (L, B, T, C)
@@ -78,7 +85,7 @@ def activation_specs(config, B, T, recompute=0):
         ("lnf", (B, T, C)),
         ("lnf_mean", (B, T)),
         ("lnf_rstd", (B, T)),
-        ("logits", (B, T, Vp)),          # backward overwrites them with dlogits
+        ("logits", (min(B * T, classifier_rows), Vp)),   # backward overwrites them with dlogits
         ("losses", (B, T)),
         ("logits_lse", (B, T)),          # log-sum-exp of each row of logits[..., :V]
     ]

@@ -149,7 +149,8 @@ show_table(activation_specs(tiny, B=3, T=5))
 
 # %% [markdown]
 # For GPT-2 small at B = 4, T = 1024, the picture shows where that memory goes. The largest is the
-# (B, T, Vp) logits over the whole vocabulary (no probabilities are kept beside them: notebook 07), then
+# logits over the whole vocabulary, a row of Vp per position (no probabilities are kept beside them:
+# notebook 07; training holds at most 8,192 rows of them at once, `model.forward_backward`), then
 # the MLP's 4C-wide activations of all 12 layers. Attention keeps only `att_lse`, T numbers per head
 # (too small to see): notebook 04 shows how it avoids saving the (T, T) attention matrix.
 

@@ -557,6 +557,34 @@ def test_model_bf16_close_to_cpu_and_learns():
 
 
 @requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_model_forward_backward_in_blocks_matches_forward_then_backward(dtype):
+    """forward_backward (the classifier in blocks of 100 rows of 4*64, the fused loss kernel, the float32
+    sum of wte's gradient) against forward + backward on the same GPU model; validate's loss and
+    per-position losses against forward's."""
+    from llmnp import GPT2, GPT2Config
+    from llmnp.params import PARAMETER_NAMES
+    config = GPT2Config(**SMALL)
+    x, y = _batch(config, B=4, T=64)
+    whole, blocks = (GPT2(config, device="cuda", dtype=dtype, seed=3) for _ in range(2))
+    blocks.classifier_rows = 100
+    lw = _step(whole, x, y)
+    losses_w = host(whole.acts["losses"])
+    blocks.zero_grad()
+    lb = float(blocks.forward_backward(x, y))
+    assert abs(lw - lb) < 1e-5, (lw, lb)
+    for name in PARAMETER_NAMES:
+        want, got = host(whole.grads[name]), host(blocks.grads[name])
+        err = np.linalg.norm(got - want) / np.linalg.norm(want)
+        assert err < (1e-6 if dtype == "float32" else 1e-2), f"{name}: relative error {err:.3g}"
+    before = host(blocks.grads_memory)
+    assert abs(float(blocks.validate(x, y)) - lw) < 1e-5
+    k = Case(dtype)
+    k.close(blocks.acts["losses"], losses_w, "validate's losses", tol=1e-6)
+    np.testing.assert_array_equal(host(blocks.grads_memory), before)
+
+
+@requires_gpu
 def test_model_gpu_buffers_stay_on_the_gpu():
     from llmnp import GPT2, GPT2Config
     config = GPT2Config(**SMALL)

@@ -9,6 +9,7 @@ import pytest
 
 from llmnp import GPT2Config
 from llmnp.errors import UserError
+from llmnp.params import CLASSIFIER_ROWS
 from llmnp.memory import (check_fits, checkpoints_on_disk, duration, estimate, eta_line, largest_batch,
                           model_bytes, predict_step_ms, step_flops, training_bytes)
 
@@ -28,8 +29,7 @@ rng = np.random.default_rng(0)
 x, y = (rng.integers(0, config.vocab_size, (B, T)).astype(np.int32) for _ in range(2))
 model.zero_grad()
 model.update(1e-4, 0.9, 0.95, 1e-8, 0.1, 1)
-model.forward(x, y)
-model.backward()
+model.forward_backward(x, y)
 print(json.dumps({"measured": peak_rss_bytes(), "predicted": estimate(config, B, T, "fp32", r).peak_bytes}))
 """
 
@@ -54,7 +54,8 @@ def test_rows_add_up_to_the_tables():
     est = estimate(config, 4, 64, "fp32", recompute=1)
     rows = {label: nbytes for label, nbytes, _ in est.rows}
     n = 124_475_904
-    assert rows["parameters"] == rows["gradients"] == 4 * n
+    assert rows["parameters"] == 4 * n
+    assert rows["gradients"] == 4 * n + 50304 * 768 * 4          # + the classifier's sum over its row blocks
     assert rows["AdamW m, v"] == 8 * n and rows["master weights"] == 0
     assert rows["logits"] == 4 * 64 * 50304 * 4
     assert est.peak_bytes == sum(rows.values())
@@ -76,8 +77,10 @@ def test_bf16_and_zero1_divide_what_they_divide():
     four = {l: b for l, b, _ in estimate(config, 8, 1024, "bf16", 1, processes=4, zero_stage=1, device="cuda").rows}
     assert one["parameters"] == 2 * n and one["master weights"] == 4 * n and one["AdamW m, v"] == 8 * n
     assert four["AdamW m, v"] == 2 * n and four["master weights"] == 4 * n      # master weights stay whole
-    assert four["gradients"] == 2 * n + 2 * n // 4                              # + the reduce-scatter slice
-    assert four["activations"] == one["activations"] and four["logits"] == one["logits"]
+    assert four["gradients"] == 2 * n + 2 * n // 4 + 4 * 50304 * 768             # + the reduce-scatter slice
+    assert four["activations"] == one["activations"] and four["logits"] == one["logits"] == 8192 * 50304 * 2
+    big = {l: b for l, b, _ in estimate(config, 64, 1024, "bf16", 1, device="cuda").rows}
+    assert big["logits"] == CLASSIFIER_ROWS * 50304 * 2                          # a block of rows, not B*T
     r0 = {l: b for l, b, _ in estimate(config, 8, 1024, "bf16", 0, device="cuda").rows}
     assert r0["activations"] - one["activations"] == 11 * 8 * 1024 * 4 * 768 * 2   # (L-1) GELU outputs kept
     r2 = {l: b for l, b, _ in estimate(config, 8, 1024, "bf16", 2, device="cuda").rows}

@@ -138,6 +138,49 @@ def test_gradients_accumulate_and_micro_batches_add_up():
     np.testing.assert_allclose(full.grads_memory, 2 * micro.grads_memory, rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.parametrize("rows", [5, 12, 100])
+def test_forward_backward_in_blocks_is_forward_then_backward(rows):
+    """forward_backward's classifier over blocks of `rows` of the 12 rows (5: two whole blocks and one of
+    2; 12: one; 100: one, smaller than the buffer would allow) gives forward + backward's loss and
+    gradients, added to what the gradients held; validate gives forward's loss and per-position losses
+    and leaves the gradients alone."""
+    x, y = batch(TINY, B=2, T=6)
+    whole = perturbed_model()
+    whole.zero_grad()
+    loss = float(whole.forward(x, y))
+    whole.backward(grad_accum_steps=3)
+    losses = whole.acts["losses"].copy()
+    model = perturbed_model()
+    model.classifier_rows = rows
+    model.zero_grad()
+    model.grads_memory += 1.0                          # adds into what is there, as backward does
+    assert float(model.forward_backward(x, y, grad_accum_steps=3)) == pytest.approx(loss, rel=1e-14)
+    assert model.acts["logits"].shape == (min(rows, 12), TINY.padded_vocab_size)
+    np.testing.assert_allclose(model.grads_memory, whole.grads_memory + 1.0, rtol=1e-12, atol=1e-14)
+    before = model.grads_memory.copy()
+    assert float(model.validate(x, y)) == pytest.approx(loss, rel=1e-14)
+    np.testing.assert_allclose(model.acts["losses"], losses, rtol=1e-14)
+    np.testing.assert_array_equal(model.grads_memory, before)
+    with pytest.raises(RuntimeError, match="needs a forward"):
+        model.backward()                               # validate leaves no logits for backward
+
+
+def test_forward_of_more_rows_than_the_classifier_holds_gives_every_logit():
+    """forward() on a batch larger than the classifier's block: (B, T, Vp) logits of their own, the same
+    as a model whose block holds them all, and backward() after it the same gradients."""
+    x, y = batch(TINY, B=2, T=6)
+    small, big = perturbed_model(), perturbed_model()
+    small.classifier_rows = 5
+    for model in (small, big):
+        model.forward(x, y)
+        model.zero_grad()
+    np.testing.assert_array_equal(small.logits, big.logits)
+    assert small.logits.shape == (2, 6, TINY.padded_vocab_size)
+    for model in (small, big):
+        model.backward()
+    np.testing.assert_array_equal(small.grads_memory, big.grads_memory)
+
+
 def test_smaller_batch_reuses_buffers_and_larger_batch_errors():
     model = perturbed_model()
     x, y = batch(TINY, B=2, T=6)

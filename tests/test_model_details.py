@@ -105,8 +105,8 @@ def test_allocate_takes_the_bytes_the_estimate_counts(dtype, recompute, shards):
     model.set_shard(0, model.num_parameters // shards)
     model.allocate(2, 8)
     assert model.m_memory.dtype == model.v_memory.dtype == np.float32
-    buffers = (model.params_memory, model.master_memory, model.grads_memory, model.m_memory, model.v_memory,
-               model.acts_memory, model.stats_memory, model.dacts_memory)
+    buffers = (model.params_memory, model.master_memory, model.grads_memory, model.dwte, model.m_memory,
+               model.v_memory, model.acts_memory, model.stats_memory, model.dacts_memory)
     used = sum(a.nbytes for a in buffers if a is not None)
     assert used == training_bytes(TINY, 2, 8, model.dtype, np.float32, recompute, shards)
 

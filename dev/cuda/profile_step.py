@@ -74,9 +74,8 @@ def main():
             m.kernel = lambda *a, _k=runtime.kernel, **kw: TimedKernel(_k(*a, **kw), a[1])
 
     def step(t):
-        loss = model.forward(x, y)
         model.zero_grad()
-        model.backward()
+        loss = model.forward_backward(x, y)
         norm = model.grad_norm()
         model.update(6e-4, BETA1, BETA2, EPS, 0.1, t, grad_scale=min(1.0, 1.0 / norm))
         return float(loss)
