@@ -41,8 +41,8 @@ def parameter_specs(config):
 
 
 # rows of logits the classifier holds at once (model.forward_backward and validate walk B*T in blocks
-# of these): 0.8 GiB of bf16 logits at GPT-2's Vp, and its products a little faster than over all of
-# d12's 65,536 rows at once (dev/cuda/README.md)
+# of these): 0.8 GiB of bf16 logits at GPT-2's Vp, and its products as fast as over all of d12's
+# 65,536 rows at once (dev/cuda/README.md)
 CLASSIFIER_ROWS = 8192
 
 
