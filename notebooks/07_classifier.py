@@ -297,4 +297,30 @@ else:
           f"lse {float(abs(lse_gpu.get() - lse_ref).max()):.1e}")
 
 # %% [markdown]
+# ## Training: the loss and dlogits in one pass, a block of rows at a time
+#
+# A training step needs the loss and `dlogits` of the same logits, one right after the other, so
+# `crossentropy_forward_backward(losses, dlogits, logits, targets, dloss, V)` does both in one call:
+# on the GPU one kernel that reads each row once, keeps it in shared memory while the block agrees on
+# its maximum and sum, then writes `dlogits` from that copy (in NumPy, the two functions above one after
+# the other). And since each row of logits is used only for its own loss and gradient,
+# `model.forward_backward(inputs, targets)`, the call training makes, never holds all B*T rows: it
+# makes the logits of `model.classifier_rows` rows (8,192) at a time, writes their loss and dlogits,
+# runs the classifier's two products for those rows (adding wte's gradient into a float32 sum), and
+# moves on. The gradients are forward + backward's:
+
+# %%
+x, y = tokens[:, :-1], tokens[:, 1:]                   # (4, 16): 64 rows
+whole, blocks = GPT2(config, seed=0), GPT2(config, seed=0)
+blocks.classifier_rows = 10                            # blocks of 10, 10, ..., 4 rows
+for m in (whole, blocks):
+    m.zero_grad()
+whole.forward(x, y)
+whole.backward()
+loss_blocks = float(blocks.forward_backward(x, y))
+print("logits held:", whole.acts["logits"].shape, "against", blocks.acts["logits"].shape)
+print("same loss:", np.isclose(loss_blocks, float(whole.acts["losses"].mean())),
+      "same gradients:", np.allclose(blocks.grads_memory, whole.grads_memory))
+
+# %% [markdown]
 # Next: [08 adamw](08_adamw.ipynb), what to do with the gradients.
