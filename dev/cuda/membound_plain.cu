@@ -86,14 +86,7 @@ extern "C" __global__ void layernorm_backward_rows_plain(floatX* dinp, float* pa
         }
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < 2 * C; i += blockDim.x) {
-        const int part = i / C, c = i % C;                          // dweight or dbias, column c
-        const int rem = c % (32 * PACK);
-        const int at = part * CP + (c - rem) + (rem % PACK) * 32 + rem / PACK;
-        float sum = 0.0f;
-        for (int w = 0; w < warps; w++) sum += acc[w * 2 * CP + at];
-        partial[(long long)blockIdx.x * 2 * C + i] = sum;
-    }
+    store_dweight_dbias_partials(partial, acc, C, CP);
 }
 
 // block (32, 8): threadIdx.x picks a PACK-wide chunk of columns, threadIdx.y strides over this

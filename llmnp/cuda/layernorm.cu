@@ -130,6 +130,20 @@ __device__ __forceinline__ void layernorm_row_in_registers(floatX* o, float* mea
     }
 }
 
+// the end of a layernorm backward block: acc (warps x [CP dweight terms, CP dbias terms], lane-minor as
+// below) summed over the block's warps into its row of partial (2C: dweight, then dbias)
+__device__ __forceinline__ void store_dweight_dbias_partials(float* partial, const float* acc, int C, int CP) {
+    const int warps = blockDim.x / 32;
+    for (int i = threadIdx.x; i < 2 * C; i += blockDim.x) {
+        const int part = i / C, c = i % C;                          // dweight or dbias, column c
+        const int rem = c % (32 * PACK);
+        const int at = part * CP + (c - rem) + (rem % PACK) * 32 + rem / PACK;
+        float sum = 0.0f;
+        for (int w = 0; w < warps; w++) sum += acc[w * 2 * CP + at];
+        partial[(long long)blockIdx.x * 2 * C + i] = sum;
+    }
+}
+
 // rows strided over the grid (one wave, layernorm.py), one warp per row, the row in registers: residual =
 // inp + (proj + proj_bias) in fp32, rounded once to floatX and stored, then the layernorm of those stored
 // values; while a row is worked on, L2 fetches the warp's next row. residual may be proj: each lane reads
@@ -213,14 +227,7 @@ layernorm_backward_rows(floatX* dinp, float* partial, const floatX* dout, const 
         store_row(dinp + at, g, C, vec);
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < 2 * C; i += blockDim.x) {
-        const int part = i / C, c = i % C;                          // dweight or dbias, column c
-        const int rem = c % (32 * PACK);
-        const int at = part * CP + (c - rem) + (rem % PACK) * 32 + rem / PACK;
-        float sum = 0.0f;
-        for (int w = 0; w < warps; w++) sum += acc[w * 2 * CP + at];
-        partial[(long long)blockIdx.x * 2 * C + i] = sum;
-    }
+    store_dweight_dbias_partials(partial, acc, C, CP);
 }
 
 // block (32, 32), grid ceil(2C / 32): the column sums of partial (nblocks, 2C), dweight (first C) and dbias
