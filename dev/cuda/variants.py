@@ -25,7 +25,7 @@ import cupy as cp                                       # noqa: E402
 from llmnp import attention as ref                      # noqa: E402
 from llmnp import gelu as gelu_ref_module               # noqa: E402
 from llmnp.cuda import attention as att                 # noqa: E402
-from llmnp.cuda.runtime import blocks, compile_options, hopper, kernel, scratch   # noqa: E402
+from llmnp.cuda.runtime import blocks, compile_options, dev_arch, hopper, kernel, scratch   # noqa: E402
 from llmnp.model import storage_dtype                   # noqa: E402
 
 BF16 = storage_dtype("bfloat16")
@@ -33,11 +33,12 @@ BF16 = storage_dtype("bfloat16")
 
 def dev_kernel(file, name, dtype, **defines):
     """Kernel `name` of dev/cuda/<file>.cu (which may include llmnp/cuda's files: compile_options puts
-    that folder on the include path)."""
+    that folder on the include path), built for the architecture of the files it includes."""
     with open(os.path.join(DEV, file + ".cu")) as f:
         code = f.read()
     options = compile_options(np.dtype(dtype) == BF16, tuple(sorted(defines.items())))
-    return cp.RawModule(code=code, options=options).get_function(name)
+    arch = dev_arch(code)
+    return cp.RawModule(code=code, options=options + ((f"-arch={arch}",) if arch else ())).get_function(name)
 
 
 # ------------------------------------------------------------------------------------------ attention
@@ -100,13 +101,30 @@ def backward_wgmma(dqkv, dout, qkv, out, lse):
     att.attention_backward(dqkv, dout, qkv, out, lse, kernels="wgmma")
 
 
+def backward_wgmma_64keys(dqkv, dout, qkv, out, lse):
+    """dev/cuda/attention_hopper_64keys.cu: one warpgroup per 64 keys, three blocks per SM, each copying
+    its own query tiles and adding its own dq."""
+    wgmma_only(out, lse)
+    B, T, C3 = qkv.shape
+    NH = lse.shape[1]
+    sizes = (np.int32(B), np.int32(T), np.int32(NH))
+    D, dq_acc = scratch("attention_D", B * NH * T), scratch("attention_dq", B * T * C3 // 3)
+    att.rowdot(D, dq_acc, dout, out, NH)
+    smem = 7 * 8192 + 4 * att.ROWS * 4 + 1024          # K, V, Q | dO double-buffered, dS^T; lse, D twice
+    k = dev_kernel("attention_hopper_64keys", "attention_backward_wgmma_64keys", dqkv.dtype, HS=64)
+    k.max_dynamic_shared_size_bytes = smem
+    k((blocks(T, att.ROWS), B * NH), (128,), (dqkv, dq_acc, dout, qkv, lse, D) + sizes, shared_mem=smem)
+    att.dq_store(dqkv, dq_acc, sizes)
+
+
 ATTENTION_BACKWARD = [
     ("fp32 CUDA cores", lambda *a: att.attention_backward(*a, kernels="fp32")),
     ("mma fused (the portable path)", lambda *a: att.attention_backward(*a, kernels="mma")),
     ("mma fused, 2 blocks/SM", backward_fused_blocks(2)),
     ("mma fused, 3 blocks/SM", backward_fused_blocks(3)),
     ("mma split (dk/dv, dq)", backward_split),
-    ("wgmma fused* (attention_hopper.cu)", backward_wgmma),
+    ("wgmma, a warpgroup per 64 keys", backward_wgmma_64keys),
+    ("wgmma, warp-specialized, 128 keys* (attention_hopper.cu)", backward_wgmma),
 ]
 ATTENTION_FORWARD = [
     ("fp32 CUDA cores", lambda out, lse, qkv: att.attention_forward(out, lse, qkv, kernels="fp32")),

@@ -613,14 +613,19 @@ attention_backward_mma(floatX* dqkv, float* dq_acc, const floatX* dout, const fl
     store_dkdv(dqkv, dk, dv, b, h, NH, j0, T);
 }
 
-// dqkv's q part (B,T,C of each 3C row) = dq_acc (B,T,C) / sqrt(HS), two values per thread
+// dqkv's q part (B,T,C of each 3C row) = dq_acc (B,T,C) / sqrt(HS), one 16-byte pack (PACK = 8 values,
+// in one row: C is a multiple of 16) per thread
 extern "C" __global__ void attention_backward_dq_store(floatX* dqkv, const float* dq_acc, int B, int T, int NH) {
     const int C = NH * HS;
-    const long long i = 2 * ((long long)blockIdx.x * blockDim.x + threadIdx.x);     // (b*T + t) * C + c
+    const long long i = PACK * ((long long)blockIdx.x * blockDim.x + threadIdx.x);   // (b*T + t) * C + c
     if (i >= (long long)B * T * C) return;
     const float scale = 1.0f / sqrtf((float)HS);
-    const float2 v = *reinterpret_cast<const float2*>(dq_acc + i);
-    *reinterpret_cast<__nv_bfloat162*>(dqkv + (i / C) * 3 * C + i % C) = __floats2bfloat162_rn(v.x * scale, v.y * scale);
+    x128 v;
+    for (int k = 0; k < PACK; k += 4) {
+        const float4 f = *reinterpret_cast<const float4*>(dq_acc + i + k);
+        v.v[k] = fromF(f.x * scale), v.v[k + 1] = fromF(f.y * scale), v.v[k + 2] = fromF(f.z * scale), v.v[k + 3] = fromF(f.w * scale);
+    }
+    store128(dqkv + (i / C) * 3 * C + i % C, v);
 }
 
 #endif

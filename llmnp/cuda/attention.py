@@ -64,7 +64,9 @@ def tensor_core_kernel(name, dtype, hs, smem, family="attention"):
 
 # attention_hopper.cu's shared memory: 64 x 64 bf16 tiles (8 KB), and up to 1 KB to align them to 1024 bytes
 HOPPER_FORWARD_SMEM = 6 * 8192 + 1024                 # Q (128 rows), K and V double-buffered
-HOPPER_BACKWARD_SMEM = 7 * 8192 + 4 * ROWS * 4 + 1024   # K, V, Q | dO double-buffered, dS^T; lse, D twice
+WS_STAGES, WS_DS = 3, 2                               # attention_hopper.cu: query tile stages, dS^T buffers
+# K and V (128 keys: 4 tiles), Q | dO per stage, dS^T (128 keys) per buffer, lse and D per stage
+HOPPER_BACKWARD_SMEM = (4 + 2 * WS_STAGES + 2 * WS_DS) * 8192 + 2 * WS_STAGES * ROWS * 4 + 1024
 
 
 def attention_forward(out, lse, qkv, kernels=None):
@@ -97,6 +99,14 @@ def rowdot(D, dq_acc, dout, out, NH):
       (D, np.uint64(0) if dq_acc is None else dq_acc, dout, out, np.int32(B), np.int32(T), np.int32(NH)))
 
 
+def dq_store(dqkv, dq_acc, sizes):
+    """dqkv's q part <- dq_acc (B,T,C float) / sqrt(hs), 8 values (a 16-byte pack) per thread."""
+    B, T, NH = (int(x) for x in sizes)
+    hs = dqkv.shape[-1] // 3 // NH
+    kernel("attention", "attention_backward_dq_store", dqkv.dtype, HS=hs)(
+        (blocks(B * T * NH * hs // 8, 256),), (256,), (dqkv, dq_acc) + tuple(sizes))
+
+
 def attention_backward(dqkv, dout, qkv, out, lse, kernels=None):
     """dqkv (B,T,3C) overwritten <- dout (B,T,C), with qkv, out, lse saved by forward. kernels: as forward's."""
     B, T, C, NH, hs = _shapes(out, lse, qkv)
@@ -109,15 +119,15 @@ def attention_backward(dqkv, dout, qkv, out, lse, kernels=None):
     sizes = (np.int32(B), np.int32(T), np.int32(NH))
     grid = (blocks(T, ROWS), B * NH)
     if kernels != "fp32":
-        if kernels == "wgmma":
+        if kernels == "wgmma":                             # 128 keys per block of three warpgroups
             smem = HOPPER_BACKWARD_SMEM
             k = tensor_core_kernel("attention_backward_wgmma", out.dtype, hs, smem, "attention_hopper")
+            k((blocks(T, 2 * ROWS), B * NH), (384,), (dqkv, dq_acc, dout, qkv, lse, D) + sizes, shared_mem=smem)
         else:
             smem = tile_smem(hs, 6, 4 * ROWS) + ROWS * (ROWS + 8) * 2                   # + dS^T at pitch 72
             k = tensor_core_kernel("attention_backward_mma", out.dtype, hs, smem)
-        k(grid, (128,), (dqkv, dq_acc, dout, qkv, lse, D) + sizes, shared_mem=smem)
-        kernel("attention", "attention_backward_dq_store", out.dtype, HS=hs)(
-            (blocks(B * T * C // 2, 256),), (256,), (dqkv, dq_acc) + sizes)
+            k(grid, (128,), (dqkv, dq_acc, dout, qkv, lse, D) + sizes, shared_mem=smem)
+        dq_store(dqkv, dq_acc, sizes)
     else:
         smem = 4 * (2 * ROWS * (hs + 1) + 2 * TILE1 * hs + 2 * TILE1)
         for name in ("attention_backward_dkdv_fp32", "attention_backward_dq_fp32"):

@@ -1,8 +1,8 @@
 // Causal self-attention on Hopper's warpgroup instructions (sm_90a: wgmma reading shared memory
 // directly), head size 64 (every GPT-2 size): the forward and the fused backward of attention.cu's
 // tensor-core kernels, which stay the portable path (pre-Hopper GPUs, other head sizes) and the
-// reference these are tested against. Same arguments, grids' meaning, outputs and companions
-// (attention_backward_rowdot before the backward, attention_backward_dq_store after it); the online
+// reference these are tested against. Same arguments, outputs and companions (attention_backward_rowdot
+// before the backward, attention_backward_dq_store after it); the online
 // softmax, its output and the backward's element-wise step are attention.cu's, whose mma.sync
 // accumulator layout wgmma's m64nN shares (warp w of a warpgroup holds its rows 16w..16w+15).
 // Compiled with -arch=sm_90a (runtime.py ARCH); empty for any other target.
@@ -19,19 +19,25 @@
 #if LLMNP_BF16 && HS == 64 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define WG_ROWS 128                            // query rows per block: two warpgroups of 64
 
-// start copying ROWS rows of one head (HS = 64 bf16 = 128 bytes each) into a swizzled shared tile, by a
-// block of THREADS threads (rows at or past T: zeros). Both are constants, so each thread's rows and
-// chunk, and the swizzle, are worked out once and the copies unrolled.
+// start copying ROWS rows of one head (HS = 64 bf16 = 128 bytes each) into a swizzled shared tile, by
+// THREADS threads (this one is number tid of them; rows at or past T: zeros). Both are constants, so
+// each thread's rows and chunk, and the swizzle, are worked out once and the copies unrolled.
 template <int ROWS, int THREADS>
-__device__ __forceinline__ void load_tile_sw(floatX* tile, const floatX* src, int row0, int T, int stride) {
+__device__ __forceinline__ void load_tile_sw(floatX* tile, const floatX* src, int row0, int T, int stride, int tid) {
     static_assert(THREADS % 8 == 0 && ROWS * 8 % THREADS == 0, "whole rows per pass");
-    const int r = threadIdx.x / 8, c = threadIdx.x % 8;             // first row, 16-byte chunk
+    const int r = tid / 8, c = tid % 8;                             // first row, 16-byte chunk
     char* dst = reinterpret_cast<char*>(tile) + r * 128 + ((c ^ (r % 8)) * 16);   // r % 8 is the same every pass
     for (int k = 0; k < ROWS * 8 / THREADS; k++) {
         const int row = row0 + r + k * (THREADS / 8);
         const bool ok = row < T;
         cp_async16(dst + k * (THREADS / 8) * 128, src + (long long)(ok ? row : 0) * stride + c * 8, ok);
     }
+}
+
+// the dynamic shared memory's first 1024-byte boundary (the launchers add 1 KB for it), as a pointer the
+// compiler knows is shared, so its loads and stores are LDS/STS rather than generic ones
+__device__ __forceinline__ floatX* smem_aligned_1024() {
+    return smem16 + ((1024 - (smem_u32(smem16) & 1023)) & 1023) / sizeof(floatX);
 }
 
 // a shared-memory matrix descriptor: start address, leading and stride byte offsets, 128-byte swizzle
@@ -81,7 +87,7 @@ __device__ __forceinline__ void wgmma_ss_t(float (&d)[8][4], unsigned long long 
 // and up to 1 KB to align it to 1024 bytes): Q (128 rows), then K and V double-buffered (64 rows each).
 extern "C" __global__ void __launch_bounds__(256) attention_forward_wgmma(floatX* out, float* lse, const floatX* qkv,
                                                                             int B, int T, int NH) {
-    floatX* qs = reinterpret_cast<floatX*>((reinterpret_cast<unsigned long long>(smem16) + 1023) & ~1023ull);
+    floatX* qs = smem_aligned_1024();
     floatX* ks = qs + WG_ROWS * HS;                               // 2 tiles
     floatX* vs = ks + 2 * TILE * HS;                              // 2 tiles
     const int C = NH * HS, C3 = 3 * C;
@@ -89,9 +95,9 @@ extern "C" __global__ void __launch_bounds__(256) attention_forward_wgmma(floatX
     const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
     const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, g = threadIdx.x % 32 / 4;
     const floatX* q = qkv + (long long)b * T * C3 + h * HS;
-    load_tile_sw<WG_ROWS, 256>(qs, q, qt * WG_ROWS, T, C3);
-    load_tile_sw<TILE, 256>(ks, q + C, 0, T, C3);
-    load_tile_sw<TILE, 256>(vs, q + 2 * C, 0, T, C3);
+    load_tile_sw<WG_ROWS, 256>(qs, q, qt * WG_ROWS, T, C3, threadIdx.x);
+    load_tile_sw<TILE, 256>(ks, q + C, 0, T, C3, threadIdx.x);
+    load_tile_sw<TILE, 256>(vs, q + 2 * C, 0, T, C3, threadIdx.x);
     cp_async_commit();
     const int row_base = qt * WG_ROWS + wg * 64;                  // this warpgroup's first query
     const int r0 = row_base + warp * 16 + g;                      // this thread's query rows: r0, r0 + 8
@@ -106,8 +112,8 @@ extern "C" __global__ void __launch_bounds__(256) attention_forward_wgmma(floatX
         const char* kcur = reinterpret_cast<const char*>(ks + cur * TILE * HS);
         const char* vcur = reinterpret_cast<const char*>(vs + cur * TILE * HS);
         if (kt < last) {
-            load_tile_sw<TILE, 256>(ks + (cur ^ 1) * TILE * HS, q + C, (kt + 1) * TILE, T, C3);
-            load_tile_sw<TILE, 256>(vs + (cur ^ 1) * TILE * HS, q + 2 * C, (kt + 1) * TILE, T, C3);
+            load_tile_sw<TILE, 256>(ks + (cur ^ 1) * TILE * HS, q + C, (kt + 1) * TILE, T, C3, threadIdx.x);
+            load_tile_sw<TILE, 256>(vs + (cur ^ 1) * TILE * HS, q + 2 * C, (kt + 1) * TILE, T, C3, threadIdx.x);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -135,126 +141,169 @@ extern "C" __global__ void __launch_bounds__(256) attention_forward_wgmma(floatX
     store_forward(out, lse, o, m, l, b, h, NH, r0, T);
 }
 
-// The backward on warpgroup instructions, in attention_backward_mma's order and with its arguments, grid
-// and companions (attention_backward_rowdot first, attention_backward_dq_store after): one warpgroup
-// (128 threads) per 64-key tile, walking the query tiles from the diagonal to the end. Per query tile:
-//   S^T = K Q^T and dP^T = V dO^T    (wgmma, both operands in shared memory, K-major)
-//   P^T, dS^T in registers           (the mma kernel's element-wise step; only the diagonal and last
-//                                     tiles are masked)
-//   dV += P^T dO, dK += dS^T Q       (wgmma, A from registers, B = dO, Q in shared memory, N-major)
-//   dQ = dS K                        (wgmma, A = dS^T in shared memory read transposed, B = K N-major)
-// and dq is added into dq_acc through shared memory in 16-byte packs. Shared (dynamic, 1024-byte
-// aligned, 128-byte swizzle): K, V, Q | dO double-buffered, dS^T (64 x 64 bf16 each, 8 KB), then the lse
-// and D of two query tiles.
-extern "C" __global__ void __launch_bounds__(128, 3)
+// The backward, its warpgroups specialized (dev/cuda/attention_hopper_64keys.cu has the one-warpgroup form
+// it replaced): grid (ceil(T/128), B*NH), three warpgroups per block of 128 keys, the longest blocks
+// (the first keys) first; one block per SM (115 KB of shared memory, 162 registers).
+//   Consumers, warpgroups 0 and 1: 64 keys each, their dK and dV in registers, walking the query tiles
+//   (64 queries) from their diagonal to the end. Per tile:
+//     S^T = K Q^T and dP^T = V dO^T  (wgmma, both operands in shared memory, K-major)
+//     P^T, dS^T in registers         (attention_backward_mma's element-wise step; only the diagonal and
+//                                     last tiles are masked)
+//     dV += P^T dO, dK += dS^T Q     (wgmma, A from registers, B = dO, Q in shared memory, N-major)
+//     dS^T into shared memory        (warpgroup 1 writes zeros on the block's first tile: its keys are
+//                                     all after those queries)
+//   Producer, warpgroup 2: copies the query tiles in (Q, dO, lse, D; WS_STAGES stages, so the copies run
+//   two tiles ahead), and per tile computes dQ = dS K over all 128 keys (wgmma, A = dS^T read transposed,
+//   B = K N-major) and adds it into dq_acc from its registers (8-byte atomic additions).
+// So Q and dO are copied once per 128 keys, dq_acc takes half the additions the one-warpgroup form
+// made, and the consumers wait on neither the copies, dQ nor the atomics. Shared (1024-byte aligned,
+// 128-byte swizzle, 64 x 64 bf16 tiles of 8 KB): K, V (128 keys), Q | dO per stage, dS^T (128 keys) per
+// buffer, then lse and D per stage. The warpgroups meet at named barriers (bar 0 is __syncthreads), each
+// counting 384 threads: one side arrives (bar.arrive), the other waits (bar.sync):
+//   FULL[s]    producer -> consumers: the query tile of stage s is in shared memory
+//   EMPTY[s]   consumers -> producer: done reading stage s (their dV, dK products finished)
+//   DSFULL[d]  consumers -> producer: dS^T buffer d written
+//   DSEMPTY[d] producer -> consumers: the dQ product reading dS^T buffer d finished
+// Every arrival is matched by one wait: a side arrives only where the other will wait, so no barrier
+// is left half-counted at the end.
+#define WS_STAGES 3                                   // query tiles (Q, dO, lse, D) in shared memory
+#define WS_DS 2                                       // dS^T buffers
+#define BAR_FULL 1
+#define BAR_EMPTY (BAR_FULL + WS_STAGES)
+#define BAR_DSFULL (BAR_EMPTY + WS_STAGES)
+#define BAR_DSEMPTY (BAR_DSFULL + WS_DS)
+static_assert(BAR_DSEMPTY + WS_DS <= 16, "16 named barriers");
+__device__ __forceinline__ void bar_sync(int id, int threads) { asm volatile("bar.sync %0, %1;\n" :: "r"(id), "r"(threads) : "memory"); }
+__device__ __forceinline__ void bar_arrive(int id, int threads) { asm volatile("bar.arrive %0, %1;\n" :: "r"(id), "r"(threads) : "memory"); }
+
+extern "C" __global__ void __launch_bounds__(384, 1)
 attention_backward_wgmma(floatX* dqkv, float* dq_acc, const floatX* dout, const floatX* qkv, const float* lse,
-                         const float* D, int B, int T, int NH) {
-    floatX* ks = reinterpret_cast<floatX*>((reinterpret_cast<unsigned long long>(smem16) + 1023) & ~1023ull);
-    floatX* vs = ks + TILE * HS;
-    floatX* tiles = vs + TILE * HS;                               // 4 tiles: [2 cur]: Q, [2 cur + 1]: dO
-    floatX* dst = tiles + 4 * TILE * HS;                          // dS^T [key][query]
-    float* ls = reinterpret_cast<float*>(dst + TILE * TILE);      // [2][TILE]
-    float* Ds = ls + 2 * TILE;                                    // [2][TILE]
+                            const float* D, int B, int T, int NH) {
+    floatX* ks = smem_aligned_1024();
+    floatX* vs = ks + 2 * TILE * HS;                              // K, V: [128 keys][HS]
+    floatX* tiles = vs + 2 * TILE * HS;                           // [WS_STAGES][Q, dO][TILE][HS]
+    floatX* dst = tiles + WS_STAGES * 2 * TILE * HS;              // dS^T: [WS_DS][128 keys][TILE queries]
+    float* ls = reinterpret_cast<float*>(dst + WS_DS * 2 * TILE * TILE);   // [WS_STAGES][TILE]
+    float* Ds = ls + WS_STAGES * TILE;                            // [WS_STAGES][TILE]
     const int C = NH * HS, C3 = 3 * C;
-    const int kt = blockIdx.x;
+    const int kt = blockIdx.x;                                    // keys kt*128 .. kt*128 + 127
     const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
+    const int wg = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);   // the compiler sees it is the same across a warp
+    const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
     const floatX* q = qkv + (long long)b * T * C3 + h * HS;
     const floatX* dO = dout + (long long)b * T * C + h * HS;
-    const float* lse_bh = lse + (long long)bh * T;
-    const float* D_bh = D + (long long)bh * T;
-    load_tile_sw<TILE, 128>(ks, q + C, kt * TILE, T, C3);
-    load_tile_sw<TILE, 128>(vs, q + 2 * C, kt * TILE, T, C3);
-    load_tile_sw<TILE, 128>(tiles, q, kt * TILE, T, C3);                // the first query tile (the diagonal)
-    load_tile_sw<TILE, 128>(tiles + TILE * HS, dO, kt * TILE, T, C);
-    load_stat(ls, lse_bh, kt * TILE, T);
-    load_stat(Ds, D_bh, kt * TILE, T);
-    cp_async_commit();
-    const int jl0 = warp * 16 + g, jl1 = jl0 + 8;                // this thread's two keys, in the tile
-    const int j0 = kt * TILE + jl0, j1 = kt * TILE + jl1;
-    const float sl2 = LOG2E / sqrtf((float)HS);
-    char* dsc = reinterpret_cast<char*>(dst);
-    float dk[HS / 8][4], dv[HS / 8][4];
-    for (int n = 0; n < HS / 8; n++)
-        for (int e = 0; e < 4; e++) dk[n][e] = dv[n][e] = 0.0f;
-    const int ntiles = (T + TILE - 1) / TILE;
-    // descriptors of the tiles' starts; a k-step adds its byte offset / 16 (the address field's unit)
-    const unsigned long long kd = smem_desc(ks, 16, 1024), vd = smem_desc(vs, 16, 1024), dsd = smem_desc(dst, 16, 1024);
-    const unsigned long long td = smem_desc(tiles, 16, 1024);
-    for (int qt = kt; qt < ntiles; qt++) {
-        const int cur = (qt - kt) & 1;
-        const unsigned long long qd = td + 2 * cur * (TILE * HS * 2 / 16), dod = qd + TILE * HS * 2 / 16;
-        cp_async_wait<0>();
-        fence_async_shared();                                     // this thread's copies, visible to wgmma
-        __syncthreads();                                          // tile qt is in; tile qt-1's buffers are free
-        if (qt + 1 < ntiles) {
-            load_tile_sw<TILE, 128>(tiles + 2 * (cur ^ 1) * TILE * HS, q, (qt + 1) * TILE, T, C3);
-            load_tile_sw<TILE, 128>(tiles + (2 * (cur ^ 1) + 1) * TILE * HS, dO, (qt + 1) * TILE, T, C);
-            load_stat(ls + (cur ^ 1) * TILE, lse_bh, (qt + 1) * TILE, T);
-            load_stat(Ds + (cur ^ 1) * TILE, D_bh, (qt + 1) * TILE, T);
+    const int q0 = 2 * kt;                                        // the first query tile: the diagonal's
+    const int n = (T + TILE - 1) / TILE - q0;                     // query tiles of this block
+    constexpr unsigned TD = TILE * HS * 2 / 16;                   // a 64 x 64 bf16 tile in descriptor units
+    const unsigned long long kd = smem_desc(ks, 16, 1024), vd = smem_desc(vs, 16, 1024);
+    const unsigned long long td = smem_desc(tiles, 16, 1024), dsd = smem_desc(dst, 16, 1024);
+    if (wg == 2) {                                                // the producer
+        const int t = threadIdx.x - 256;
+        const float* lse_bh = lse + (long long)bh * T;
+        const float* D_bh = D + (long long)bh * T;
+        auto load_query_tile = [&](int i) {                       // query tile q0 + i into stage i % WS_STAGES
+            const int s = i % WS_STAGES, row0 = (q0 + i) * TILE, row = row0 + t % TILE;
+            load_tile_sw<TILE, 128>(tiles + 2 * s * TILE * HS, q, row0, T, C3, t);
+            load_tile_sw<TILE, 128>(tiles + (2 * s + 1) * TILE * HS, dO, row0, T, C, t);
+            cp_async4((t < TILE ? ls : Ds) + s * TILE + t % TILE, (t < TILE ? lse_bh : D_bh) + (row < T ? row : 0), row < T);
+        };
+        load_tile_sw<2 * TILE, 128>(ks, q + C, kt * 2 * TILE, T, C3, t);
+        load_tile_sw<2 * TILE, 128>(vs, q + 2 * C, kt * 2 * TILE, T, C3, t);
+        for (int i = 0; i < WS_STAGES - 1; i++) {                // tiles 0 .. WS_STAGES - 2, a group each
+            if (i < n) load_query_tile(i);
             cp_async_commit();
         }
-        float st[TILE / 8][4], dpt[TILE / 8][4];                  // S^T and dP^T: rows keys, columns queries
-        wg_fence();
-        for (int kk = 0; kk < HS / 16; kk++)
-            wgmma_ss(st, kd + kk * 2, qd + kk * 2, kk > 0);
-        for (int kk = 0; kk < HS / 16; kk++)
-            wgmma_ss(dpt, vd + kk * 2, dod + kk * 2, kk > 0);
-        wg_commit();
-        wg_wait0();
-        if (qt == kt || (qt + 1) * TILE > T)                      // the diagonal and last tiles: mask
-            for (int n = 0; n < TILE / 8; n++)
-                for (int e = 0; e < 4; e++) {
-                    const int i = qt * TILE + n * 8 + 2 * tig + (e & 1), j = e < 2 ? j0 : j1;
-                    if (!(i >= j && i < T && j < T)) st[n][e] = -INFINITY;    // p = exp2(-inf) = 0, dS = 0
+        cp_async_wait<WS_STAGES - 2>();                           // tile 0 (and K, V) in
+        fence_async_shared();
+        bar_arrive(BAR_FULL, 384);
+        for (int i = 0; i <= n; i++) {        // tile i + WS_STAGES - 1 in, tile i + 1 announced, tile i - 1's dQ
+            if (i + WS_STAGES - 1 < n) {
+                if (i >= 1) bar_sync(BAR_EMPTY + (i - 1) % WS_STAGES, 384);   // tile i - 1's stage is free
+                load_query_tile(i + WS_STAGES - 1);
+            }
+            cp_async_commit();                                    // one group per pass, empty or not
+            if (i + 1 < n) {
+                cp_async_wait<WS_STAGES - 2>();                   // tile i + 1 in
+                fence_async_shared();                             // this thread's copies, visible to wgmma
+                bar_arrive(BAR_FULL + (i + 1) % WS_STAGES, 384);
+            }
+            if (i == 0) continue;
+            const int p = i - 1, d = p % WS_DS;                   // dQ of query tile q0 + p
+            float dq[HS / 8][4];                                  // rows: queries warp*16 + g (+ 8)
+            bar_sync(BAR_DSFULL + d, 384);
+            wg_fence();
+            for (int kk = 0; kk < 2 * TILE / 16; kk++) wgmma_ss_t(dq, dsd + d * 2 * TD + kk * 128, kd + kk * 128, kk > 0);
+            wg_commit();
+            wg_wait0();
+            if (p + WS_DS < n) bar_arrive(BAR_DSEMPTY + d, 384);
+            for (int e = 0; e < 2; e++) {                         // into dq_acc straight from the registers
+                const int iq = (q0 + p) * TILE + warp * 16 + g + 8 * e;
+                if (iq < T) {
+                    float2* row = reinterpret_cast<float2*>(dq_acc + ((long long)b * T + iq) * C + h * HS + 2 * tig);
+                    for (int n8 = 0; n8 < HS / 8; n8++) atomicAdd(row + n8 * 4, make_float2(dq[n8][2 * e], dq[n8][2 * e + 1]));
                 }
-        for (int n = 0; n < TILE / 8; n++) {                      // this thread's queries n*8 + 2 tig (+ 1)
-            const float2 l2 = *reinterpret_cast<const float2*>(ls + cur * TILE + n * 8 + 2 * tig);
-            const float2 d2 = *reinterpret_cast<const float2*>(Ds + cur * TILE + n * 8 + 2 * tig);
-            const float lse2[2] = {l2.x * LOG2E, l2.y * LOG2E}, Dq[2] = {d2.x, d2.y};
-            for (int e = 0; e < 4; e++) {
-                const float p = exp2_ftz(fmaf(st[n][e], sl2, -lse2[e & 1]));
-                st[n][e] = p;
-                dpt[n][e] = p * (dpt[n][e] - Dq[e & 1]);
             }
         }
+        return;
+    }
+    // the consumers: warpgroup wg holds keys j0, j0 + 8 (its 64 keys start at (q0 + wg) * TILE)
+    const int jl0 = warp * 16 + g, jl1 = jl0 + 8;                 // this thread's two keys, in its 64
+    const int j0 = (q0 + wg) * TILE + jl0, j1 = j0 + 8;
+    const float sl2 = LOG2E / sqrtf((float)HS);
+    const unsigned long long kdw = kd + wg * TD, vdw = vd + wg * TD;
+    float dk[HS / 8][4], dv[HS / 8][4];
+    for (int n8 = 0; n8 < HS / 8; n8++)
+        for (int e = 0; e < 4; e++) dk[n8][e] = dv[n8][e] = 0.0f;
+    for (int i = 0; i < n; i++) {
+        const int s = i % WS_STAGES, d = i % WS_DS, qt = q0 + i;
+        const unsigned long long qd = td + 2 * s * TD, dod = qd + TD;
+        const bool active = qt >= q0 + wg;                        // else every key here is after every query
+        char* dsc = reinterpret_cast<char*>(dst) + (d * 2 + wg) * TILE * 128;   // this warpgroup's 64 rows
         unsigned pa[TILE / 16][4], da[TILE / 16][4];
-        for (int kk = 0; kk < TILE / 16; kk++) {
-            acc_to_a(pa[kk], st[2 * kk], st[2 * kk + 1]);
-            acc_to_a(da[kk], dpt[2 * kk], dpt[2 * kk + 1]);
+        bar_sync(BAR_FULL + s, 384);
+        if (active) {
+            float st[TILE / 8][4], dpt[TILE / 8][4];              // S^T and dP^T: rows keys, columns queries
+            wg_fence();
+            for (int kk = 0; kk < HS / 16; kk++) wgmma_ss(st, kdw + kk * 2, qd + kk * 2, kk > 0);
+            for (int kk = 0; kk < HS / 16; kk++) wgmma_ss(dpt, vdw + kk * 2, dod + kk * 2, kk > 0);
+            wg_commit();
+            wg_wait0();
+            if (qt == q0 + wg || (qt + 1) * TILE > T)             // the diagonal and last tiles: mask
+                for (int n8 = 0; n8 < TILE / 8; n8++)
+                    for (int e = 0; e < 4; e++) {
+                        const int iq = qt * TILE + n8 * 8 + 2 * tig + (e & 1), j = e < 2 ? j0 : j1;
+                        if (!(iq >= j && iq < T && j < T)) st[n8][e] = -INFINITY;
+                    }
+            for (int n8 = 0; n8 < TILE / 8; n8++) {
+                const float2 l2 = *reinterpret_cast<const float2*>(ls + s * TILE + n8 * 8 + 2 * tig);
+                const float2 d2 = *reinterpret_cast<const float2*>(Ds + s * TILE + n8 * 8 + 2 * tig);
+                const float lse2[2] = {l2.x * LOG2E, l2.y * LOG2E}, Dq[2] = {d2.x, d2.y};
+                for (int e = 0; e < 4; e++) {
+                    const float p = exp2_ftz(fmaf(st[n8][e], sl2, -lse2[e & 1]));
+                    st[n8][e] = p;
+                    dpt[n8][e] = p * (dpt[n8][e] - Dq[e & 1]);
+                }
+            }
+            for (int kk = 0; kk < TILE / 16; kk++) {
+                acc_to_a(pa[kk], st[2 * kk], st[2 * kk + 1]);
+                acc_to_a(da[kk], dpt[2 * kk], dpt[2 * kk + 1]);
+            }
+            wg_fence();
+            for (int kk = 0; kk < TILE / 16; kk++) {
+                wgmma_rs(dv, pa[kk], dod + kk * 128);
+                wgmma_rs(dk, da[kk], qd + kk * 128);
+            }
+            wg_commit();
         }
-        for (int n = 0; n < TILE / 8; n++) {                      // dS^T to shared memory, swizzled like the tiles
-            *reinterpret_cast<unsigned*>(dsc + jl0 * 128 + ((n ^ (jl0 % 8)) * 16) + 4 * tig) = da[n / 2][n % 2 * 2];
-            *reinterpret_cast<unsigned*>(dsc + jl1 * 128 + ((n ^ (jl1 % 8)) * 16) + 4 * tig) = da[n / 2][n % 2 * 2 + 1];
+        if (i >= WS_DS) bar_sync(BAR_DSEMPTY + d, 384);           // tile i - WS_DS's dQ has read buffer d
+        for (int n8 = 0; n8 < TILE / 8; n8++) {                   // dS^T, swizzled like the tiles (0 if not active)
+            *reinterpret_cast<unsigned*>(dsc + jl0 * 128 + ((n8 ^ (jl0 % 8)) * 16) + 4 * tig) = active ? da[n8 / 2][n8 % 2 * 2] : 0u;
+            *reinterpret_cast<unsigned*>(dsc + jl1 * 128 + ((n8 ^ (jl1 % 8)) * 16) + 4 * tig) = active ? da[n8 / 2][n8 % 2 * 2 + 1] : 0u;
         }
-        wg_fence();
-        for (int kk = 0; kk < TILE / 16; kk++) {
-            wgmma_rs(dv, pa[kk], dod + kk * 128);
-            wgmma_rs(dk, da[kk], qd + kk * 128);
-        }
-        wg_commit();
-        fence_async_shared();                                     // dS^T, visible to wgmma
-        __syncthreads();
-        float dq[HS / 8][4];                                      // rows: queries warp*16 + g (+ 8)
-        wg_fence();
-        for (int kk = 0; kk < TILE / 16; kk++)
-            wgmma_ss_t(dq, dsd + kk * 128, kd + kk * 128, kk > 0);
-        wg_commit();
-        wg_wait0();                                               // dV, dK and dQ done: Q and dO are free
-        // dq through shared memory (over this tile's Q and dO; 8-float chunks swizzled by row) into dq_acc
-        float* dqs = reinterpret_cast<float*>(tiles + 2 * cur * TILE * HS);   // [TILE][HS] float
-        for (int n = 0; n < HS / 8; n++) {
-            const int r0 = warp * 16 + g, r1 = r0 + 8;
-            *reinterpret_cast<float2*>(dqs + r0 * HS + ((n ^ (r0 % 8)) * 8) + 2 * tig) = make_float2(dq[n][0], dq[n][1]);
-            *reinterpret_cast<float2*>(dqs + r1 * HS + ((n ^ (r1 % 8)) * 8) + 2 * tig) = make_float2(dq[n][2], dq[n][3]);
-        }
-        __syncthreads();
-#pragma unroll 1
-        for (int x = threadIdx.x; x < TILE * HS / 4; x += 128) {             // 128 threads
-            const int r = x / (HS / 4), c = x % (HS / 4) * 4, i = qt * TILE + r;
-            if (i < T) atomic_add4(dq_acc + ((long long)b * T + i) * C + h * HS + c,
-                                   *reinterpret_cast<const float4*>(dqs + r * HS + (((c / 8) ^ (r % 8)) * 8) + c % 8));
-        }
+        fence_async_shared();                                     // dS^T, visible to the producer's wgmma
+        bar_arrive(BAR_DSFULL + d, 384);
+        wg_wait0();                                               // dV and dK done: stage s is free
+        if (i + WS_STAGES < n) bar_arrive(BAR_EMPTY + s, 384);
     }
     store_dkdv(dqkv, dk, dv, b, h, NH, j0, T);
 }

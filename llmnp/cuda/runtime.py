@@ -80,6 +80,11 @@ def source(family):
 ARCH = {"attention_hopper": "sm_90a"}      # wgmma: Hopper (compute capability 9.0) only
 
 
+def dev_arch(code):
+    """The architecture a variant file (dev/cuda) is built for: that of an ARCH file it includes."""
+    return next((arch for family, arch in ARCH.items() if f'#include "{family}.cu"' in code), None)
+
+
 @functools.lru_cache(maxsize=None)
 def hopper():
     """Whether the device runs sm_90a code (compute capability 9.0: H100, H200); asked once."""
