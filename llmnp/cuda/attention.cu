@@ -338,10 +338,11 @@ __device__ __forceinline__ void load_stat(float* dst, const float* src, int row0
 // One key tile of the forward's online softmax, for this thread's rows r0 and r0 + 8 of a 16-row
 // accumulator tile s (scores q k^T; column n*8 + 2 tig + (e & 1) is key key0 + that): the scores masked
 // past the diagonal and T when `edge`, the running max m (of the scores scaled to base 2: s log2(e) /
-// sqrt(HS)) and sum l of each row updated, s turned into exp2(scaled s - m) (the tile's P, one fused
-// multiply-add and one exponential per score), and the output accumulator o rescaled to the new max.
-__device__ __forceinline__ void softmax_tile(float (&s)[TILE / 8][4], float (&o)[HS / 8][4], float (&m)[2], float (&l)[2],
-                                             int key0, int r0, bool edge, int T) {
+// sqrt(HS)) and sum l of each row updated, and s turned into exp2(scaled s - m) (the tile's P, one fused
+// multiply-add and one exponential per score); c, the factor the output accumulator must be rescaled by
+// to the new max (softmax_tile does it at once; the Hopper forward once its last P V product is done).
+__device__ __forceinline__ void softmax_scores(float (&s)[TILE / 8][4], float (&m)[2], float (&l)[2], float (&c)[2],
+                                               int key0, int r0, bool edge, int T) {
     const int tig = threadIdx.x % 4;
     const float sl2 = LOG2E / sqrtf((float)HS);
     if (edge)
@@ -359,8 +360,8 @@ __device__ __forceinline__ void softmax_tile(float (&s)[TILE / 8][4], float (&o)
         mx[i] = fmaxf(m[i], mx[i] * sl2);
     }
     // key 0 is visible to every row, so after the first tile mx is finite and exp2(-inf) = 0 once
-    const float c[2] = {exp2_ftz(m[0] - mx[0]), exp2_ftz(m[1] - mx[1])};
     for (int i = 0; i < 2; i++) {
+        c[i] = exp2_ftz(m[i] - mx[i]);
         m[i] = mx[i];
         l[i] *= c[i];
     }
@@ -369,6 +370,12 @@ __device__ __forceinline__ void softmax_tile(float (&s)[TILE / 8][4], float (&o)
             s[n][e] = exp2_ftz(fmaf(s[n][e], sl2, -m[e / 2]));
             l[e / 2] += s[n][e];
         }
+}
+
+__device__ __forceinline__ void softmax_tile(float (&s)[TILE / 8][4], float (&o)[HS / 8][4], float (&m)[2], float (&l)[2],
+                                             int key0, int r0, bool edge, int T) {
+    float c[2];
+    softmax_scores(s, m, l, c, key0, r0, edge, T);
     for (int n = 0; n < HS / 8; n++)
         for (int e = 0; e < 4; e++) o[n][e] *= c[e / 2];
 }

@@ -63,7 +63,7 @@ def tensor_core_kernel(name, dtype, hs, smem, family="attention"):
 
 
 # attention_hopper.cu's shared memory: 64 x 64 bf16 tiles (8 KB), and up to 1 KB to align them to 1024 bytes
-HOPPER_FORWARD_SMEM = 6 * 8192 + 1024                 # Q (128 rows), K and V double-buffered
+HOPPER_FORWARD_SMEM = 8 * 8192 + 1024                 # Q (128 rows), K and V in three stages
 WS_STAGES, WS_DS = 3, 2                               # attention_hopper.cu: query tile stages, dS^T buffers
 # K and V (128 keys: 4 tiles), Q | dO per stage, dS^T (128 keys) per buffer, lse and D per stage
 HOPPER_BACKWARD_SMEM = (4 + 2 * WS_STAGES + 2 * WS_DS) * 8192 + 2 * WS_STAGES * ROWS * 4 + 1024

@@ -82,18 +82,23 @@ __device__ __forceinline__ void wgmma_ss_t(float (&d)[8][4], unsigned long long 
 }
 
 // The forward: grid (ceil(T/128), B*NH), 256 threads, two warpgroups of 64 queries; the longest query
-// tiles start first. Per 64-key tile each warpgroup computes S = Q K^T (wgmma, both in shared memory),
-// the online softmax step in registers, then O += P V (wgmma, P from registers). Shared (dynamic, 48 KB
-// and up to 1 KB to align it to 1024 bytes): Q (128 rows), then K and V double-buffered (64 rows each).
+// tiles start first. Per 64-key tile each warpgroup starts S = Q K^T (wgmma, both in shared memory) and
+// the previous tile's O += P V (wgmma, P from registers) together, works out this tile's softmax step
+// in registers while the P V product runs, then rescales O to the new max once it is done. Shared
+// (dynamic, 64 KB and up to 1 KB to align it to 1024 bytes): Q (128 rows), then K and V in three
+// stages (64 rows each): a tile is copied in while the one before is used and V of the one before that
+// is still being read.
+#define FWD_STAGES 3
 extern "C" __global__ void __launch_bounds__(256) attention_forward_wgmma(floatX* out, float* lse, const floatX* qkv,
                                                                             int B, int T, int NH) {
     floatX* qs = smem_aligned_1024();
-    floatX* ks = qs + WG_ROWS * HS;                               // 2 tiles
-    floatX* vs = ks + 2 * TILE * HS;                              // 2 tiles
+    floatX* ks = qs + WG_ROWS * HS;                               // FWD_STAGES tiles
+    floatX* vs = ks + FWD_STAGES * TILE * HS;                     // FWD_STAGES tiles
     const int C = NH * HS, C3 = 3 * C;
     const int qt = gridDim.x - 1 - blockIdx.x;
     const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
-    const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, g = threadIdx.x % 32 / 4;
+    const int wg = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);   // the compiler sees it is the same across a warp
+    const int warp = (threadIdx.x / 32) % 4, g = threadIdx.x % 32 / 4;
     const floatX* q = qkv + (long long)b * T * C3 + h * HS;
     load_tile_sw<WG_ROWS, 256>(qs, q, qt * WG_ROWS, T, C3, threadIdx.x);
     load_tile_sw<TILE, 256>(ks, q + C, 0, T, C3, threadIdx.x);
@@ -103,40 +108,46 @@ extern "C" __global__ void __launch_bounds__(256) attention_forward_wgmma(floatX
     const int r0 = row_base + warp * 16 + g;                      // this thread's query rows: r0, r0 + 8
     const int my_last = row_base / TILE;                          // the diagonal key tile of this warpgroup
     const int last = min((qt * WG_ROWS + WG_ROWS - 1) / TILE, (T - 1) / TILE);   // the block's last key tile
-    const char* qw = reinterpret_cast<const char*>(qs) + wg * 64 * 128;
+    const unsigned long long qd = smem_desc(qs + wg * 64 * HS, 16, 1024);
+    const unsigned long long kd = smem_desc(ks, 16, 1024), vd = smem_desc(vs, 16, 1024);
+    constexpr unsigned TD = TILE * HS * 2 / 16;                   // a 64 x 64 bf16 tile in descriptor units
     float o[HS / 8][4];
     for (int n = 0; n < HS / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};    // rows r0, r0 + 8: running max (base 2), sum
+    unsigned pa[TILE / 16][4];                                    // the previous tile's P, as A fragments
     for (int kt = 0; kt <= last; kt++) {
-        const int cur = kt & 1;
-        const char* kcur = reinterpret_cast<const char*>(ks + cur * TILE * HS);
-        const char* vcur = reinterpret_cast<const char*>(vs + cur * TILE * HS);
-        if (kt < last) {
-            load_tile_sw<TILE, 256>(ks + (cur ^ 1) * TILE * HS, q + C, (kt + 1) * TILE, T, C3, threadIdx.x);
-            load_tile_sw<TILE, 256>(vs + (cur ^ 1) * TILE * HS, q + 2 * C, (kt + 1) * TILE, T, C3, threadIdx.x);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
+        cp_async_wait<0>();                                       // tile kt in
         fence_async_shared();                                     // this thread's copies, visible to wgmma
-        __syncthreads();
-        if (kt <= my_last && row_base < T) {
-            float s[TILE / 8][4] = {};                            // written by the first wgmma (no accumulate)
-            wg_fence();
-            for (int kk = 0; kk < HS / 16; kk++)
-                wgmma_ss(s, smem_desc(qw + kk * 32, 16, 1024), smem_desc(kcur + kk * 32, 16, 1024), kk > 0);
-            wg_commit();
-            wg_wait0();
-            softmax_tile(s, o, m, l, kt * TILE, r0, kt == my_last || (kt + 1) * TILE > T, T);
-            unsigned pa[TILE / 16][4];
-            for (int kk = 0; kk < TILE / 16; kk++) acc_to_a(pa[kk], s[2 * kk], s[2 * kk + 1]);
-            wg_fence();
-            for (int kk = 0; kk < TILE / 16; kk++) wgmma_rs(o, pa[kk], smem_desc(vcur + kk * 2048, 16, 1024));
-            wg_commit();
-            wg_wait0();
+        __syncthreads();                                          // ... everyone's; tile kt - 2's buffers are free
+        if (kt < last) {
+            const int next = (kt + 1) % FWD_STAGES;
+            load_tile_sw<TILE, 256>(ks + next * TILE * HS, q + C, (kt + 1) * TILE, T, C3, threadIdx.x);
+            load_tile_sw<TILE, 256>(vs + next * TILE * HS, q + 2 * C, (kt + 1) * TILE, T, C3, threadIdx.x);
+            cp_async_commit();
         }
-        __syncthreads();                                          // done with buffer cur before it refills
+        if (kt <= my_last && row_base < T) {
+            float s[TILE / 8][4];                                 // written by the first wgmma (no accumulate)
+            const unsigned long long kcur = kd + kt % FWD_STAGES * TD, vprev = vd + (kt + FWD_STAGES - 1) % FWD_STAGES * TD;
+            wg_fence();
+            for (int kk = 0; kk < HS / 16; kk++) wgmma_ss(s, qd + kk * 2, kcur + kk * 2, kk > 0);
+            wg_commit();
+            if (kt > 0)
+                for (int kk = 0; kk < TILE / 16; kk++) wgmma_rs(o, pa[kk], vprev + kk * 128);
+            wg_commit();                                          // (an empty group on the first tile)
+            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");   // S is done
+            float c[2];
+            softmax_scores(s, m, l, c, kt * TILE, r0, kt == my_last || (kt + 1) * TILE > T, T);
+            wg_wait0();                                           // O += P V of the previous tile is done
+            for (int n = 0; n < HS / 8; n++)
+                for (int e = 0; e < 4; e++) o[n][e] *= c[e / 2];
+            for (int kk = 0; kk < TILE / 16; kk++) acc_to_a(pa[kk], s[2 * kk], s[2 * kk + 1]);
+        }
+    }
+    if (row_base < T) {                                           // the last tile's P V
+        wg_fence();
+        for (int kk = 0; kk < TILE / 16; kk++) wgmma_rs(o, pa[kk], vd + my_last % FWD_STAGES * TD + kk * 128);
+        wg_commit();
+        wg_wait0();
     }
     store_forward(out, lse, o, m, l, b, h, NH, r0, T);
 }
