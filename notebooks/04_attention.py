@@ -373,8 +373,11 @@ show("attention", "float m = -INFINITY, l = 0.0f;", "lse[(long long)bh * T + t]"
 # `attention_forward_mma` and `attention_backward_mma`, the same algorithm on the tensor cores (bf16
 # matrix instructions; the backward makes dq in the same pass, adding each key tile's share with
 # atomics), tested against them; on Hopper GPUs (H100, H200) `attention_hopper.cu` runs it again with
-# warpgroup instructions that read the tiles from shared memory directly, tested against those. All
-# compile here; `HS`, the head size, is a compile-time constant, 64 for GPT-2:
+# warpgroup instructions that read the tiles from shared memory directly, tested against those. Its
+# backward gives each of its three warpgroups a job: two hold 64 keys' $dk$ and $dv$ each and walk the
+# query tiles, the third copies the next query tiles in and turns each tile's $dS$ into $dq$, so the
+# copies and the atomics never hold up the products. All compile here; `HS`, the head size, is a
+# compile-time constant, 64 for GPT-2:
 
 # %%
 compile_kernels("attention", HS=64)
