@@ -86,8 +86,8 @@ __device__ __forceinline__ void wgmma_ss_t(float (&d)[8][4], unsigned long long 
 // the previous tile's O += P V (wgmma, P from registers) together, works out this tile's softmax step
 // in registers while the P V product runs, then rescales O to the new max once it is done. Shared
 // (dynamic, 64 KB and up to 1 KB to align it to 1024 bytes): Q (128 rows), then K and V in three
-// stages (64 rows each): a tile is copied in while the one before is used and V of the one before that
-// is still being read.
+// stages (64 rows each): the next tile is copied in while this tile's K and the previous tile's V are
+// being read.
 #define FWD_STAGES 3
 extern "C" __global__ void __launch_bounds__(256) attention_forward_wgmma(floatX* out, float* lse, const floatX* qkv,
                                                                             int B, int T, int NH) {
