@@ -71,7 +71,7 @@ attention_backward_wgmma_64keys(floatX* dqkv, float* dq_acc, const floatX* dout,
         for (int kk = 0; kk < HS / 16; kk++)
             wgmma_ss(dpt, vd + kk * 2, dod + kk * 2, kk > 0);
         wg_commit();
-        wg_wait0();
+        wg_wait<0>();
         if (qt == kt || (qt + 1) * TILE > T)                      // the diagonal and last tiles: mask
             for (int n = 0; n < TILE / 8; n++)
                 for (int e = 0; e < 4; e++) {
@@ -110,7 +110,7 @@ attention_backward_wgmma_64keys(floatX* dqkv, float* dq_acc, const floatX* dout,
         for (int kk = 0; kk < TILE / 16; kk++)
             wgmma_ss_t(dq, dsd + kk * 128, kd + kk * 128, kk > 0);
         wg_commit();
-        wg_wait0();                                               // dV, dK and dQ done: Q and dO are free
+        wg_wait<0>();                                             // dV, dK and dQ done: Q and dO are free
         // dq through shared memory (over this tile's Q and dO; 8-float chunks swizzled by row) into dq_acc
         float* dqs = reinterpret_cast<float*>(tiles + 2 * cur * TILE * HS);   // [TILE][HS] float
         for (int n = 0; n < HS / 8; n++) {

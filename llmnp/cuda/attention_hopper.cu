@@ -57,7 +57,8 @@ __device__ __forceinline__ unsigned long long smem_desc(const void* p, unsigned 
 
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// wait until at most N of this warpgroup's committed groups of products are still running (they finish in order)
+template <int N> __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" :: "n"(N) : "memory"); }
 __device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 // d (64 x 64, fp32) = (accumulate ? d : 0) + A (64 x 16, shared, K-major) B (16 x 64, shared, K-major)
@@ -134,10 +135,10 @@ extern "C" __global__ void __launch_bounds__(256) attention_forward_wgmma(floatX
             if (kt > 0)
                 for (int kk = 0; kk < TILE / 16; kk++) wgmma_rs(o, pa[kk], vprev + kk * 128);
             wg_commit();                                          // (an empty group on the first tile)
-            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");   // S is done
+            wg_wait<1>();                                         // S is done
             float c[2];
             softmax_scores(s, m, l, c, kt * TILE, r0, kt == my_last || (kt + 1) * TILE > T, T);
-            wg_wait0();                                           // O += P V of the previous tile is done
+            wg_wait<0>();                                         // O += P V of the previous tile is done
             for (int n = 0; n < HS / 8; n++)
                 for (int e = 0; e < 4; e++) o[n][e] *= c[e / 2];
             for (int kk = 0; kk < TILE / 16; kk++) acc_to_a(pa[kk], s[2 * kk], s[2 * kk + 1]);
@@ -147,7 +148,7 @@ extern "C" __global__ void __launch_bounds__(256) attention_forward_wgmma(floatX
         wg_fence();
         for (int kk = 0; kk < TILE / 16; kk++) wgmma_rs(o, pa[kk], vd + my_last % FWD_STAGES * TD + kk * 128);
         wg_commit();
-        wg_wait0();
+        wg_wait<0>();
     }
     store_forward(out, lse, o, m, l, b, h, NH, r0, T);
 }
@@ -245,7 +246,7 @@ attention_backward_wgmma(floatX* dqkv, float* dq_acc, const floatX* dout, const 
             wg_fence();
             for (int kk = 0; kk < 2 * TILE / 16; kk++) wgmma_ss_t(dq, dsd + d * 2 * TD + kk * 128, kd + kk * 128, kk > 0);
             wg_commit();
-            wg_wait0();
+            wg_wait<0>();
             if (p + WS_DS < n) bar_arrive(BAR_DSEMPTY + d, 384);
             for (int e = 0; e < 2; e++) {                         // into dq_acc straight from the registers
                 const int iq = (q0 + p) * TILE + warp * 16 + g + 8 * e;
@@ -278,7 +279,7 @@ attention_backward_wgmma(floatX* dqkv, float* dq_acc, const floatX* dout, const 
             for (int kk = 0; kk < HS / 16; kk++) wgmma_ss(st, kdw + kk * 2, qd + kk * 2, kk > 0);
             for (int kk = 0; kk < HS / 16; kk++) wgmma_ss(dpt, vdw + kk * 2, dod + kk * 2, kk > 0);
             wg_commit();
-            wg_wait0();
+            wg_wait<0>();
             if (qt == q0 + wg || (qt + 1) * TILE > T)             // the diagonal and last tiles: mask
                 for (int n8 = 0; n8 < TILE / 8; n8++)
                     for (int e = 0; e < 4; e++) {
@@ -313,7 +314,7 @@ attention_backward_wgmma(floatX* dqkv, float* dq_acc, const floatX* dout, const 
         }
         fence_async_shared();                                     // dS^T, visible to the producer's wgmma
         bar_arrive(BAR_DSFULL + d, 384);
-        wg_wait0();                                               // dV and dK done: stage s is free
+        wg_wait<0>();                                             // dV and dK done: stage s is free
         if (i + WS_STAGES < n) bar_arrive(BAR_EMPTY + s, 384);
     }
     store_dkdv(dqkv, dk, dv, b, h, NH, j0, T);
