@@ -114,7 +114,7 @@ def backward_wgmma_64keys(dqkv, dout, qkv, out, lse):
     k = dev_kernel("attention_hopper_64keys", "attention_backward_wgmma_64keys", dqkv.dtype, HS=64)
     k.max_dynamic_shared_size_bytes = smem
     k((blocks(T, att.ROWS), B * NH), (128,), (dqkv, dq_acc, dout, qkv, lse, D) + sizes, shared_mem=smem)
-    att.dq_store(dqkv, dq_acc, sizes)
+    att.dq_store(dqkv, dq_acc, NH)
 
 
 ATTENTION_BACKWARD = [

@@ -99,12 +99,12 @@ def rowdot(D, dq_acc, dout, out, NH):
       (D, np.uint64(0) if dq_acc is None else dq_acc, dout, out, np.int32(B), np.int32(T), np.int32(NH)))
 
 
-def dq_store(dqkv, dq_acc, sizes):
-    """dqkv's q part <- dq_acc (B,T,C float) / sqrt(hs), 8 values (a 16-byte pack) per thread."""
-    B, T, NH = (int(x) for x in sizes)
-    hs = dqkv.shape[-1] // 3 // NH
-    kernel("attention", "attention_backward_dq_store", dqkv.dtype, HS=hs)(
-        (blocks(B * T * NH * hs // 8, 256),), (256,), (dqkv, dq_acc) + tuple(sizes))
+def dq_store(dqkv, dq_acc, NH):
+    """dqkv (B,T,3C)'s q part <- dq_acc (B,T,C) float / sqrt(hs), one 16-byte pack (8 values) per thread."""
+    B, T, C3 = dqkv.shape
+    C = C3 // 3
+    kernel("attention", "attention_backward_dq_store", dqkv.dtype, HS=C // NH)(
+        (blocks(B * T * C // pack(dqkv.dtype), 256),), (256,), (dqkv, dq_acc, np.int32(B), np.int32(T), np.int32(NH)))
 
 
 def attention_backward(dqkv, dout, qkv, out, lse, kernels=None):
@@ -127,7 +127,7 @@ def attention_backward(dqkv, dout, qkv, out, lse, kernels=None):
             smem = tile_smem(hs, 6, 4 * ROWS) + ROWS * (ROWS + 8) * 2                   # + dS^T at pitch 72
             k = tensor_core_kernel("attention_backward_mma", out.dtype, hs, smem)
             k(grid, (128,), (dqkv, dq_acc, dout, qkv, lse, D) + sizes, shared_mem=smem)
-        dq_store(dqkv, dq_acc, sizes)
+        dq_store(dqkv, dq_acc, NH)
     else:
         smem = 4 * (2 * ROWS * (hs + 1) + 2 * TILE1 * hs + 2 * TILE1)
         for name in ("attention_backward_dkdv_fp32", "attention_backward_dq_fp32"):
