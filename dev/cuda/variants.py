@@ -258,10 +258,10 @@ def matmul(shape=(64 * 1024, 768), tol=2e-2):
 # (per-block column sums, then their total); each as the mainline launcher (*) and with the earlier form
 # of its row kernel, dev/cuda/membound_plain.cu. moved: the bytes each must read and write at least.
 @functools.lru_cache(maxsize=None)
-def plain_kernel(name, dtype):
-    """A kernel of dev/cuda/membound_plain.cu, built once (building it in each timed call would time the
-    host, not the kernel)."""
-    return dev_kernel("membound_plain", name, dtype)
+def plain_kernel(name, dtype, file="membound_plain"):
+    """A kernel of dev/cuda/<file>.cu, built once (building it in each timed call would time the host,
+    not the kernel)."""
+    return dev_kernel(file, name, dtype)
 
 
 def residual_layernorm_plain(residual, out, mean, rstd, inp, proj, proj_bias, weight, bias):
@@ -401,7 +401,55 @@ def membound(N=64 * 1024, C=768, dbias_oc=(768, 2304, 3072), tol=2e-2):
         print(f"| dbias, {label} | {err:.2e}{'' if err < tol else ' FAILS'} | " + " | ".join(times) + " |")
 
 
-FAMILIES = {"attention": attention, "matmul": matmul, "membound": membound}
+# ----------------------------------------------------------------------------------------- classifier
+# the loss and dlogits in one kernel, as training runs it: d12's B*T = 65,536 rows of Vp = 50,304 logits in
+# the model's eight blocks of 8,192 rows, dlogits written over the logits
+def crossentropy_plain(losses, dlogits, logits, targets, dloss, V):
+    """dev/cuda/classifier_plain.cu: one block per row, the row loaded through registers a pack at a time."""
+    Vp = logits.shape[-1]
+    N = logits.size // Vp
+    smem = Vp * logits.dtype.itemsize
+    k = plain_kernel("crossentropy_forward_backward_plain", logits.dtype, "classifier_plain")
+    k.max_dynamic_shared_size_bytes = smem
+    k((N,), (1024,), (losses, dlogits, logits, targets, np.float32(dloss), np.int32(N), np.int32(V), np.int32(Vp),
+                      np.int32(1)), shared_mem=smem)
+
+
+def classifier(N=64 * 1024, rows=8192, V=50257, Vp=50304, tol=2e-2):
+    """Each variant checked against NumPy's softmax at small shapes, then timed over N rows in blocks of
+    `rows`; GB/s from the bytes a pass must move (the logits read once, dlogits written once)."""
+    from llmnp import classifier as ref_cl
+    from llmnp.cuda.classifier import crossentropy_forward_backward
+    variants = (("one row per block, loaded through registers", crossentropy_plain),
+                ("rows strided, each copied in whole (cp.async)*", crossentropy_forward_backward))
+    rng = np.random.default_rng(0)
+    print(f"| classifier variant | max rel. error vs NumPy | ms for N={N} in blocks of {rows} | GB/s |")
+    print("|---|---|---|---|")
+    logits = cp.random.default_rng(0).standard_normal((N, Vp), dtype=np.float32).astype(BF16)   # 6.6 GB: made on the GPU
+    targets = cp.asarray(rng.integers(0, V, size=N).astype(np.int32))
+    losses = cp.empty(N, np.float32)
+    for label, run in variants:
+        err = 0.0
+        for n, v, vp in ((300, V, Vp), (37, 90, 100)):
+            x = cp.asarray(rng.standard_normal((n, vp)).astype(BF16))
+            t = rng.integers(0, v, size=n).astype(np.int32)
+            x_h = host_f64(x)
+            probs = np.empty((n, vp))
+            ref_cl.softmax_forward(probs, x_h, v)
+            want_loss = -np.log(probs[np.arange(n), t])
+            probs[np.arange(n), t] -= 1.0
+            loss, d = cp.empty(n, np.float32), cp.full((n, vp), np.nan, BF16)
+            run(loss, d, x, cp.asarray(t), 1.0 / n, v)
+            err = max(err, relative_error(loss, want_loss), relative_error(d, probs / n))
+
+        def step():
+            for r in range(0, N, rows):
+                run(losses[r:r + rows], logits[r:r + rows], logits[r:r + rows], targets[r:r + rows], 1.0 / N, V)
+        ms = time_ms(step, 12) / 12
+        print(f"| {label} | {err:.2e}{'' if err < tol else ' FAILS'} | {ms:.2f} | {2 * logits.nbytes / ms / 1e6:.0f} |")
+
+
+FAMILIES = {"attention": attention, "matmul": matmul, "membound": membound, "classifier": classifier}
 
 
 def main():

@@ -19,8 +19,6 @@
 // blocks of C; head h holds channels h*HS..(h+1)*HS of each; out, dout (B,T,C).
 #include "common.cuh"
 
-#define LOG2E 1.4426950408889634f
-
 // ------------------------------------------------------------------------------------------------------
 // CUDA-core kernels: one thread per query (forward, dq) or per key (dk/dv), the other side in shared tiles
 
@@ -234,8 +232,6 @@ extern "C" __global__ void attention_backward_dq_fp32(floatX* dqkv, const floatX
 // 48 KB a static array may take): forward 5 tiles (Q, K x2, V x2); backward 6 tiles, dS^T and 4 TILE floats.
 extern __shared__ __align__(16) floatX smem16[];
 
-__device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
-
 // A operand (16 x 16, row-major) at rows r0.., columns c0.. of a shared tile
 __device__ __forceinline__ void ldsm_a(unsigned (&a)[4], const floatX* tile, int r0, int c0, int pitch = LDS) {
     const int lane = threadIdx.x % 32;
@@ -274,14 +270,6 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4], 
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// 2^x in one instruction (MUFU.EX2, results below 2^-126 flushed to 0). exp2f keeps those results, at
-// three more instructions per call, and the softmax's exponentials are what these kernels issue most.
-__device__ __forceinline__ float exp2_ftz(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-
 __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<unsigned*>(&v);
@@ -294,16 +282,6 @@ __device__ __forceinline__ void acc_to_a(unsigned (&a)[4], const float (&lo)[4],
     a[2] = pack_bf16(hi[0], hi[1]);
     a[3] = pack_bf16(hi[2], hi[3]);
 }
-
-// cp.async of `bytes` (4 or 16) from global to shared; src_ok false writes zeros (and reads nothing)
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool src_ok) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(smem_u32(dst)), "l"(src), "r"(src_ok ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool src_ok) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" :: "r"(smem_u32(dst)), "l"(src), "r"(src_ok ? 4 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory"); }
 
 // p[0..3] += v in global memory, p 16-byte aligned (one vector reduction on Hopper, four scalar ones before)
 __device__ __forceinline__ void atomic_add4(float* p, float4 v) {

@@ -11,7 +11,7 @@
 //           overwritten; one read and one write of each row. dlogits may be logits itself: each thread
 //           reads a pack, then writes that same pack.
 // both:     the loss and the backward in one kernel (training's classifier): one read of each row from
-//           device memory, kept in shared memory for the write of dlogits; no lse kept.
+//           device memory into shared memory (cp.async), the max, sum and dlogits from there; no lse kept.
 // Shapes: N rows (B*T), V vocab, Vp padded vocab; targets int32 (N,). N * Vp may exceed 2^31: 64-bit offsets.
 #include "common.cuh"
 
@@ -58,16 +58,13 @@ extern "C" __global__ void softmax_forward_kernel(floatX* probs, const floatX* l
 // the max of row x's first V columns and the sum of exp(x - max) over them, in fp32, for the whole
 // block (every thread gets both): one read of the row, each thread keeping a running max and a sum that
 // it rescales whenever its max grows, then the block's partial sums are brought to the block's max.
-// cache (V floatX of shared memory, or nullptr): where the row is copied as it is read.
-__device__ __forceinline__ void row_max_sum(float& m, float& s, const floatX* x, int V, bool vec,
-                                            floatX* cache = nullptr) {
+__device__ __forceinline__ void row_max_sum(float& m, float& s, const floatX* x, int V, bool vec) {
     const int step = vec ? PACK : 1;
     m = -INFINITY;
     s = 0.0f;
     for (int c = threadIdx.x * step; c < V; c += blockDim.x * step) {
         float v[PACK];
         load_floats(v, x + c, vec ? V - c : 1, vec);
-        if (cache) store_floats(cache + c, v, vec ? V - c : 1, vec);   // floatX -> float -> floatX: exact
         float pm = -INFINITY;
         for (int k = 0; k < PACK; k++)
             if (k < step && c + k < V) pm = fmaxf(pm, v[k]);
@@ -116,31 +113,86 @@ extern "C" __global__ void crossentropy_softmax_backward_kernel(floatX* dlogits,
     }
 }
 
-// one block per row: row_max_sum's read of the row (into shared memory when `cached`, Vp floatX), the
-// loss, then dlogits written from the shared copy (or from a second read of the row when not cached).
-// The target's logit is read before the first barrier, so before any thread writes over the row.
+// the row src (n floatX) into shared memory dst, this thread's share of it: cp.async 16-byte copies, all in
+// flight at once, nothing held in registers (vec: src 16-byte aligned, n a whole number of packs); else
+// element by element, plain loads and stores. The caller commits the group and waits for it.
+__device__ __forceinline__ void copy_row_async(floatX* dst, const floatX* src, int n, bool vec) {
+    if (vec) {
+        for (int c = threadIdx.x * PACK; c < n; c += blockDim.x * PACK) cp_async16(dst + c, src + c, true);
+    } else {
+        for (int c = threadIdx.x; c < n; c += blockDim.x) dst[c] = src[c];
+    }
+}
+
+// The loss and dlogits of one row x (Vp floatX, in shared memory or not) by the whole block, in three
+// reads of x: the max, the sum of exp(x - max), then dlogits written to d, with exp(x - lse) * dloss as
+// exp2(x log2(e) + log2(dloss) - lse log2(e)): one multiply-add and one exp2 per logit. Each thread takes
+// 16-byte packs (vec) or single columns (step); n of a pack lie below V (all PACK but in the last).
+__device__ __forceinline__ void crossentropy_row(float* loss, floatX* d, const floatX* x, int target,
+                                                 float target_logit, float dloss, int V, int Vp, bool vec) {
+    const int step = vec ? PACK : 1;
+    float m = -INFINITY;
+    for (int c = threadIdx.x * step; c < V; c += blockDim.x * step) {
+        float v[PACK];
+        const int n = min(step, V - c);
+        load_floats(v, x + c, n, vec);
+        for (int k = 0; k < PACK; k++)
+            if (n == PACK || k < n) m = fmaxf(m, v[k]);
+    }
+    m = block_max(m);
+    float s = 0.0f;
+    for (int c = threadIdx.x * step; c < V; c += blockDim.x * step) {
+        float v[PACK];
+        const int n = min(step, V - c);
+        load_floats(v, x + c, n, vec);
+        for (int k = 0; k < PACK; k++)
+            if (n == PACK || k < n) s += exp2_ftz((v[k] - m) * LOG2E);
+    }
+    const float lse = m + logf(block_sum(s));
+    if (threadIdx.x == 0) *loss = lse - target_logit;
+    const float shift = log2f(dloss) - lse * LOG2E;
+    for (int c = threadIdx.x * step; c < Vp; c += blockDim.x * step) {
+        float v[PACK];
+        const int n = max(0, min(step, V - c));                    // past V: not read, written as 0
+        load_floats(v, x + c, n, vec);
+        for (int k = 0; k < PACK; k++) v[k] = n == PACK || k < n ? exp2_ftz(fmaf(v[k], LOG2E, shift)) : 0.0f;
+        if (target >= c && target < c + step)                      // the target's pack: once a row
+            for (int k = 0; k < PACK; k++) v[k] -= c + k == target ? dloss : 0.0f;
+        if (vec) {
+            x128 o;
+            for (int k = 0; k < PACK; k++) o.v[k] = fromF(v[k]);
+            store128_streaming(d + c, o);
+        } else {
+            store_floats(d + c, v, 1, false);
+        }
+    }
+}
+
+// The loss and dlogits in one kernel (training's classifier). Blocks stride over the rows (two blocks per
+// SM at GPT-2's Vp in bf16). Each row is copied into shared memory (cached: its Vp floatX fit), every
+// thread's 16-byte copies in flight at once (cp.async), and crossentropy_row reads it from there, so
+// device memory sees one read and one write of the row; not cached, crossentropy_row reads the row
+// from device memory three times. The target's logit is read before the row is written over (dlogits
+// may be logits).
 extern "C" __global__ void crossentropy_forward_backward_kernel(float* losses, floatX* dlogits, const floatX* logits,
                                                                  const int* targets, float dloss, int N, int V,
                                                                  int Vp, int cached) {
     extern __shared__ __align__(16) unsigned char row_cache[];
-    floatX* cache = cached ? reinterpret_cast<floatX*>(row_cache) : nullptr;
-    const long long row = blockIdx.x;
-    const floatX* x = logits + row * Vp;
-    floatX* d = dlogits + row * Vp;
-    const int target = targets[row];
-    const float target_logit = toF(x[target]);
+    floatX* cache = reinterpret_cast<floatX*>(row_cache);         // (Vp,) when cached
     const bool vec = Vp % PACK == 0 && aligned16(logits) && aligned16(dlogits);
-    const int step = vec ? PACK : 1;
-    float m, s;
-    row_max_sum(m, s, x, V, vec, cache);          // its barriers also complete the cached row
-    const float row_lse = m + logf(s);
-    if (threadIdx.x == 0) losses[row] = row_lse - target_logit;
-    const floatX* src = cached ? cache : x;
-    for (int c = threadIdx.x * step; c < Vp; c += blockDim.x * step) {
-        float v[PACK];
-        load_floats(v, src + c, min(step, V - c), vec);    // past V: not read, written as 0 below
-        for (int k = 0; k < PACK; k++)
-            v[k] = c + k < V ? __expf(v[k] - row_lse) * dloss - (c + k == target ? dloss : 0.0f) : 0.0f;
-        store_floats(d + c, v, vec ? Vp - c : 1, vec);
+    for (long long row = blockIdx.x; row < N; row += gridDim.x) {
+        const floatX* x = logits + row * Vp;
+        const int target = targets[row];
+        const float target_logit = toF(x[target]);
+        if (cached) {
+            copy_row_async(cache, x, Vp, vec);
+            cp_async_commit();
+            cp_async_wait<0>();
+            __syncthreads();                    // every thread's part of the row in
+            crossentropy_row(losses + row, dlogits + row * Vp, cache, target, target_logit, dloss, V, Vp, vec);
+            __syncthreads();                    // the copy read out before the next row is copied over it
+        } else {
+            crossentropy_row(losses + row, dlogits + row * Vp, x, target, target_logit, dloss, V, Vp, vec);
+        }
     }
 }

@@ -7,9 +7,13 @@ Shapes: B batch, T time, V vocab, Vp padded vocab; targets int32 (B,T).
 """
 import numpy as np
 
-from llmnp.cuda.runtime import check, kernel
+from llmnp.cuda.runtime import check, kernel, max_shared, resident_blocks
 
-MAX_SHARED = 200 * 1024       # dynamic shared memory a softmax block may take (H100: up to 227 KiB)
+
+def fits_in_shared(row_bytes):
+    """Whether a row of row_bytes fits in a block's shared memory, with 1 KiB left for the kernels' own
+    small arrays (block_sum's, block_max's)."""
+    return row_bytes + 1024 <= max_shared()
 
 
 def softmax_forward(probs, logits, V):
@@ -20,7 +24,7 @@ def softmax_forward(probs, logits, V):
     block_size = 1024
     k = kernel("classifier", "softmax_forward_kernel", probs.dtype)
     smem = Vp * probs.dtype.itemsize                      # the row, kept in shared memory between passes
-    cached = smem <= MAX_SHARED
+    cached = fits_in_shared(smem)
     k.max_dynamic_shared_size_bytes = smem if cached else 0
     k((N,), (block_size,), (probs, logits, np.int32(N), np.int32(V), np.int32(Vp), np.int32(cached)),
       shared_mem=smem if cached else 0)
@@ -62,7 +66,9 @@ def crossentropy_forward_backward(losses, dlogits, logits, targets, dloss, V):
     check(np.int32, targets=targets)
     k = kernel("classifier", "crossentropy_forward_backward_kernel", logits.dtype)
     smem = Vp * logits.dtype.itemsize                     # the row, kept in shared memory between passes
-    cached = smem <= MAX_SHARED
-    k.max_dynamic_shared_size_bytes = smem if cached else 0
-    k((N,), (1024,), (losses, dlogits, logits, targets, np.float32(dloss), np.int32(N), np.int32(V), np.int32(Vp),
-                      np.int32(cached)), shared_mem=smem if cached else 0)
+    cached = fits_in_shared(smem)
+    smem = smem if cached else 0
+    k.max_dynamic_shared_size_bytes = smem
+    grid = min(N, resident_blocks(k, 1024, smem))         # one wave; blocks stride over the rows
+    k((grid,), (1024,), (losses, dlogits, logits, targets, np.float32(dloss), np.int32(N), np.int32(V), np.int32(Vp),
+                         np.int32(cached)), shared_mem=smem)

@@ -49,6 +49,11 @@ struct __align__(16) x128 { floatX v[16 / sizeof(floatX)]; };
 
 __device__ __forceinline__ x128 load128(const floatX* p) { return *reinterpret_cast<const x128*>(p); }
 __device__ __forceinline__ void store128(floatX* p, x128 x) { *reinterpret_cast<x128*>(p) = x; }
+// store128 to global memory with the streaming hint (st.global.cs: written once, not read again soon);
+// always one 16-byte store, where nvcc may split a plain store128 into 4-byte ones
+__device__ __forceinline__ void store128_streaming(floatX* p, x128 x) {
+    __stcs(reinterpret_cast<int4*>(p), *reinterpret_cast<const int4*>(&x));
+}
 __device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<size_t>(p) & 15) == 0; }
 
 // PACK consecutive elements at p as floats: one 16-byte load when vec (16-byte aligned) and a whole
@@ -71,6 +76,30 @@ __device__ __forceinline__ void store_floats(floatX* p, const float (&f)[PACK], 
     } else {
         for (int k = 0; k < PACK && k < avail; k++) p[k] = fromF(f[k]);
     }
+}
+
+// a shared-memory address as the 32-bit offset the shared-memory instructions take
+__device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+
+// cp.async of `bytes` (4 or 16) from global to shared; src_ok false writes zeros (and reads nothing)
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool src_ok) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(smem_u32(dst)), "l"(src), "r"(src_ok ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool src_ok) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" :: "r"(smem_u32(dst)), "l"(src), "r"(src_ok ? 4 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory"); }
+
+#define LOG2E 1.4426950408889634f
+
+// 2^x in one instruction (MUFU.EX2, results below 2^-126 flushed to 0). exp2f keeps those results, at
+// three more instructions per call, and softmax exponentials are what the attention and classifier
+// kernels issue most.
+__device__ __forceinline__ float exp2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

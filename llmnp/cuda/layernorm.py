@@ -5,24 +5,14 @@ mean and rstd are float32 in both storage modes. Shapes: N = B*T rows (any leadi
 The kernels are compiled for the C they run at: ROW_CHUNKS, the PACK-wide chunks of a row each lane of
 a warp holds in registers, is a -D constant (one build per C and storage dtype).
 """
-import functools
-
 import numpy as np
 
-from llmnp.cuda.runtime import blocks, check, kernel, num_sms, pack, scratch
+from llmnp.cuda.runtime import blocks, check, kernel, pack, resident_blocks, scratch
 
 
 def row_chunks(C, dtype):
     """layernorm.cu's ROW_CHUNKS: ceil(C / (32 * PACK)), the chunks of a row per lane of a warp."""
     return blocks(C, 32 * pack(dtype))
-
-
-@functools.lru_cache(maxsize=None)
-def resident_blocks(k, block_size, smem):
-    """How many blocks of kernel k fit on the GPU at once (its registers and shared memory permitting)."""
-    from cupy_backends.cuda.api import driver
-    per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(k.kernel.ptr, block_size, smem)
-    return max(1, per_sm) * num_sms()
 
 
 def layernorm_forward(out, mean, rstd, inp, weight, bias):

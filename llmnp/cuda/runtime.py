@@ -150,6 +150,20 @@ def num_sms():
     return cupy().cuda.Device().attributes["MultiProcessorCount"]
 
 
+@functools.lru_cache(maxsize=None)
+def max_shared():
+    """The shared memory (bytes) one block may take on this device, static and dynamic (H100, H200: 227 KiB)."""
+    return cupy().cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"]
+
+
+@functools.lru_cache(maxsize=None)
+def resident_blocks(k, block_size, smem):
+    """How many blocks of kernel k fit on the GPU at once (its registers and shared memory permitting)."""
+    from cupy_backends.cuda.api import driver
+    per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(k.kernel.ptr, block_size, smem)
+    return max(1, per_sm) * num_sms()
+
+
 _scratch = {}
 
 

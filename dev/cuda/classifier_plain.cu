@@ -1,0 +1,57 @@
+// The earlier form of classifier.cu's crossentropy_forward_backward_kernel, kept runnable beside the
+// mainline (dev/cuda/README.md, "classifier"): one block per row (two blocks per SM at Vp = 50,304 in
+// bf16), each thread loading one 16-byte pack of the row into registers at a time, keeping its running
+// max and sum and storing the pack into the shared copy from which dlogits are then written. Same
+// arguments as the mainline kernel except the last: cached (1: the row fits in shared memory) instead of
+// stages, grid N.
+#include "classifier.cu"
+
+// row_max_sum, also copying the row into shared memory cache (V floatX) as it is read
+__device__ __forceinline__ void row_max_sum_copying(float& m, float& s, const floatX* x, int V, bool vec, floatX* cache) {
+    const int step = vec ? PACK : 1;
+    m = -INFINITY;
+    s = 0.0f;
+    for (int c = threadIdx.x * step; c < V; c += blockDim.x * step) {
+        float v[PACK];
+        load_floats(v, x + c, vec ? V - c : 1, vec);
+        if (cache) store_floats(cache + c, v, vec ? V - c : 1, vec);   // floatX -> float -> floatX: exact
+        float pm = -INFINITY;
+        for (int k = 0; k < PACK; k++)
+            if (k < step && c + k < V) pm = fmaxf(pm, v[k]);
+        if (pm > m) {
+            s *= __expf(m - pm);
+            m = pm;
+        }
+        for (int k = 0; k < PACK; k++)
+            if (k < step && c + k < V) s += __expf(v[k] - m);
+    }
+    const float row_m = block_max(m);
+    s = block_sum(s * __expf(m - row_m));
+    m = row_m;
+}
+
+extern "C" __global__ void crossentropy_forward_backward_plain(float* losses, floatX* dlogits, const floatX* logits,
+                                                                const int* targets, float dloss, int N, int V,
+                                                                int Vp, int cached) {
+    extern __shared__ __align__(16) unsigned char row_cache[];
+    floatX* cache = cached ? reinterpret_cast<floatX*>(row_cache) : nullptr;
+    const long long row = blockIdx.x;
+    const floatX* x = logits + row * Vp;
+    floatX* d = dlogits + row * Vp;
+    const int target = targets[row];
+    const float target_logit = toF(x[target]);
+    const bool vec = Vp % PACK == 0 && aligned16(logits) && aligned16(dlogits);
+    const int step = vec ? PACK : 1;
+    float m, s;
+    row_max_sum_copying(m, s, x, V, vec, cache);   // its barriers also complete the cached row
+    const float row_lse = m + logf(s);
+    if (threadIdx.x == 0) losses[row] = row_lse - target_logit;
+    const floatX* src = cached ? cache : x;
+    for (int c = threadIdx.x * step; c < Vp; c += blockDim.x * step) {
+        float v[PACK];
+        load_floats(v, src + c, min(step, V - c), vec);
+        for (int k = 0; k < PACK; k++)
+            v[k] = c + k < V ? __expf(v[k] - row_lse) * dloss - (c + k == target ? dloss : 0.0f) : 0.0f;
+        store_floats(d + c, v, vec ? Vp - c : 1, vec);
+    }
+}
