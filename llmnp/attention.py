@@ -5,7 +5,9 @@ forward:  q, k, v = split(qkv) into NH heads of hs = C/NH channels
           Saved for backward: out itself and lse, the log-sum-exp of each softmax row (B,NH,T).
 backward: recomputes att = exp(q k^T / sqrt(hs) - lse) (masked) instead of storing (B,NH,T,T) per
           layer, as flash attention does; then the usual chain through att v and the softmax.
-          dqkv is overwritten (qkv is a matmul output read by nothing else).
+          dqkv is overwritten (qkv is a matmul output read by nothing else). Given dqkv_bias, its rows
+          are also summed into it: the qkv projection's bias gradient, which the GPU sums as it
+          stores dqkv instead of reading dqkv once more.
 On the CPU the batch rows are split over the cores (parallel.py), each part running the same math on its rows.
 Not here: dropout, KV caching (generation lives elsewhere).
 
@@ -56,10 +58,13 @@ def _forward(out, lse, qkv):
     np.matmul(att, v, out=y)                               # (B,NH,T,hs)
 
 
-def attention_backward(dqkv, dout, qkv, out, lse):
-    """dqkv (B,T,3C) overwritten <- dout (B,T,C), with qkv, out, lse saved by forward."""
+def attention_backward(dqkv, dout, qkv, out, lse, dqkv_bias=None):
+    """dqkv (B,T,3C) overwritten <- dout (B,T,C), with qkv, out, lse saved by forward. dqkv_bias (3C,),
+    unless None: += dqkv's rows summed (the qkv projection's bias gradient: its dout is dqkv)."""
     parallel_for(qkv.shape[0], lambda lo, hi: _backward(dqkv[lo:hi], dout[lo:hi], qkv[lo:hi], out[lo:hi],
                                                         lse[lo:hi]), grain=1)
+    if dqkv_bias is not None:
+        dqkv_bias += dqkv.reshape(-1, dqkv.shape[-1]).sum(axis=0)
 
 
 def _backward(dqkv, dout, qkv, out, lse):

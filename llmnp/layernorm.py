@@ -6,8 +6,10 @@ backward: dinp, dweight and dbias all accumulate (+=): layernorm's input is the 
           whose gradient sums every path that reads it.
 residual_layernorm_forward: the residual add and the layernorm after it, one call (one kernel on the
           GPU): residual = inp + proj + proj_bias, then layernorm(residual). proj is a projection's
-          product without its bias; the bias goes in here. Its backward is the parts' own (the model
-          calls layernorm_backward, and the projection's matmul_backward sums dbias).
+          product without its bias; the bias goes in here. Its backward is the parts' own: the model
+          calls layernorm_backward, and that projection's dbias is the sum of the residual gradient's
+          rows, which layernorm_backward adds into dproj_bias as it leaves them (so the model's
+          matmul_backward for that projection gets no dbias).
 
 Shapes: B batch, T time, C channels. Any leading shape works in place of (B,T); the buffers are
 contiguous, seen as (N, C) rows, and the rows are split over the cores (parallel.py), each part doing
@@ -42,19 +44,22 @@ def _forward_rows(out, mean, rstd, inp, weight, bias):
     out += bias
 
 
-def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
-    """Adds into dinp (B,T,C), dweight (C,), dbias (C,) from dout (B,T,C)."""
+def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, dproj_bias=None):
+    """Adds into dinp (B,T,C), dweight (C,), dbias (C,) from dout (B,T,C); and into dproj_bias (C,), unless
+    None, the rows of dinp as it leaves them summed."""
     x, dy, dx, m, r = as_rows(inp), as_rows(dout), as_rows(dinp), mean.reshape(-1), rstd.reshape(-1)
-    sums = []                                                # each part's (dweight, dbias)
+    sums = []                                                # each part's (dweight, dbias, dinp summed)
     parallel_for(x.shape[0], lambda lo, hi: sums.append(
         _backward_rows(dx[lo:hi], dy[lo:hi], x[lo:hi], weight, m[lo:hi], r[lo:hi])), grain=ROWS)
-    for dw, db in sums:
+    for dw, db, dp in sums:
         dweight += dw
         dbias += db
+        if dproj_bias is not None:
+            dproj_bias += dp
 
 
 def _backward_rows(dinp, dout, inp, weight, mean, rstd):
-    """layernorm_backward on (n,C) rows: adds into dinp, returns this part's (dweight, dbias)."""
+    """layernorm_backward on (n,C) rows: adds into dinp, returns this part's (dweight, dbias, dinp summed)."""
     C = inp.shape[-1]
     norm = np.subtract(inp, mean[:, None])
     norm *= rstd[:, None]                                    # forward: norm = (x - mean) * rstd
@@ -71,7 +76,7 @@ def _backward_rows(dinp, dout, inp, weight, mean, rstd):
     dnorm -= norm
     dnorm *= rstd[:, None]
     dinp += dnorm
-    return dweight, dbias
+    return dweight, dbias, dinp.sum(axis=0)
 
 
 def residual_layernorm_forward(residual, out, mean, rstd, inp, proj, proj_bias, weight, bias):

@@ -389,27 +389,34 @@ class GPT2:
         embeddings."""
         cfg = self.config
         p, g, a, d, ops = self.params, self.grads, self.acts, self.dacts, self.ops
+        L = cfg.num_layers
         d["dresidual"].fill(0)
-        ops.layernorm_backward(d["dresidual"], g["lnfw"], g["lnfb"], d["dln"], a["residual3"][-1], p["lnfw"], a["lnf_mean"], a["lnf_rstd"])
+        # each layernorm backward also sums the rows of the residual gradient it leaves: the bias gradient of
+        # the projection below it, whose dout that gradient is (so that projection's matmul_backward has none)
+        ops.layernorm_backward(d["dresidual"], g["lnfw"], g["lnfb"], d["dln"], a["residual3"][-1], p["lnfw"], a["lnf_mean"], a["lnf_rstd"],
+                               dproj_bias=g["fcprojb"][L - 1])
         dres = d["dresidual"]                                       # (B,T,C), accumulates
-        for l in reversed(range(cfg.num_layers)):
+        for l in reversed(range(L)):
             residual = a["encoded"] if l == 0 else a["residual3"][l - 1]
             # forward: residual3 = residual2 + fcproj; the projection's dout is dres, and dres stays
             fch_gelu = self._fch_gelu(l)
             if self.recompute >= 1:                                 # forward kept only fch: redo GELU
                 ops.gelu_forward(fch_gelu, a["fch"][l])
             # dfch = (dres @ fcprojw) * gelu'(fch): the gradient goes through GELU inside the product's call
-            ops.matmul_backward(d["dfch"], g["fcprojw"][l], g["fcprojb"][l], dres, fch_gelu, p["fcprojw"][l],
-                                a["fch"][l])
+            ops.matmul_backward(d["dfch"], g["fcprojw"][l], None, dres, fch_gelu, p["fcprojw"][l], a["fch"][l])
             ln2 = self._recompute_ln(2, l, a["residual2"][l])
             ops.matmul_backward(d["dln"], g["fcw"][l], g["fcb"][l], d["dfch"], ln2, p["fcw"][l])
-            ops.layernorm_backward(dres, g["ln2w"][l], g["ln2b"][l], d["dln"], a["residual2"][l], p["ln2w"][l], a["ln2_mean"][l], a["ln2_rstd"][l])
+            ops.layernorm_backward(dres, g["ln2w"][l], g["ln2b"][l], d["dln"], a["residual2"][l], p["ln2w"][l], a["ln2_mean"][l], a["ln2_rstd"][l],
+                                   dproj_bias=g["attprojb"][l])
             # forward: residual2 = residual + attproj; likewise
-            ops.matmul_backward(d["datty"], g["attprojw"][l], g["attprojb"][l], dres, a["atty"][l], p["attprojw"][l])
-            ops.attention_backward(d["dqkv"], d["datty"], a["qkv"][l], a["atty"][l], a["att_lse"][l])
+            ops.matmul_backward(d["datty"], g["attprojw"][l], None, dres, a["atty"][l], p["attprojw"][l])
+            # the qkv bias gradient is dqkv's rows summed, which attention_backward does as it writes dqkv
+            ops.attention_backward(d["dqkv"], d["datty"], a["qkv"][l], a["atty"][l], a["att_lse"][l],
+                                   dqkv_bias=g["qkvb"][l])
             ln1 = self._recompute_ln(1, l, residual)
-            ops.matmul_backward(d["dln"], g["qkvw"][l], g["qkvb"][l], d["dqkv"], ln1, p["qkvw"][l])
-            ops.layernorm_backward(dres, g["ln1w"][l], g["ln1b"][l], d["dln"], residual, p["ln1w"][l], a["ln1_mean"][l], a["ln1_rstd"][l])
+            ops.matmul_backward(d["dln"], g["qkvw"][l], None, d["dqkv"], ln1, p["qkvw"][l])
+            ops.layernorm_backward(dres, g["ln1w"][l], g["ln1b"][l], d["dln"], residual, p["ln1w"][l], a["ln1_mean"][l], a["ln1_rstd"][l],
+                                   dproj_bias=g["fcprojb"][l - 1] if l > 0 else None)
         ops.encoder_backward(g["wte"], g["wpe"], dres, self.x)
 
     # ------------------------------------------------------------------------------ update

@@ -5,8 +5,8 @@ call, forward and backward, and one line names the step, the layer and the tenso
 
 How: for the re-run only, the model's backend namespace (model.ops) is swapped for CheckedOps, which
 calls the real function and then checks the arrays it wrote. Every op's outputs come first in its
-signature (OUTPUTS says how many); which buffer an output is, and of which layer, is read off its address
-inside the model's tables (model.acts, model.dacts, model.grads). model.py itself is not touched, and a
+signature (OUTPUTS says how many), or are keywords OUTPUT_KEYWORDS names; which buffer an output is,
+and of which layer, is read off its address inside the model's tables (model.acts, model.dacts, model.grads). model.py itself is not touched, and a
 run that does not ask for the checks does not pay for them.
 
 Names: activations as in params.activation_specs (atty, fch, residual3, ...), activation gradients as in
@@ -34,6 +34,7 @@ OUTPUTS = {
     "softmax_forward": 1, "crossentropy_forward": 2, "crossentropy_softmax_backward": 1,
     "crossentropy_forward_backward": 2, "add_into": 1,
 }
+OUTPUT_KEYWORDS = {"layernorm_backward": ("dproj_bias",), "attention_backward": ("dqkv_bias",)}   # outputs by keyword
 
 
 
@@ -110,13 +111,13 @@ class CheckedOps:
 
         def checked(*args, **kwargs):
             fn(*args, **kwargs)
-            self._check(name, args)
+            written = args[:OUTPUTS[name]] + tuple(kwargs.get(k) for k in OUTPUT_KEYWORDS.get(name, ()))
+            self._check(name, written, args)
         checked.__name__ = name
         return checked
 
-    def _check(self, op, args):
+    def _check(self, op, outputs, args):
         xp = self._model.xp
-        outputs = args[:OUTPUTS[op]]
         for a in outputs:
             if a is None or not hasattr(a, "dtype"):
                 continue

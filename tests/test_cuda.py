@@ -151,6 +151,14 @@ def test_layernorm(dtype, B, T, C):
     k.close(dinp, dinp_h, "dinp")
     k.close(dw, dw_h, "dweight")
     k.close(db, db_h, "dbias")
+    dpb, dpb_h = k.randn(C)                                 # accumulates the rows of dinp as written
+    before = host(dinp)
+    layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, dproj_bias=dpb)
+    k.close(dpb, dpb_h + host(dinp).reshape(-1, C).sum(axis=0), "dproj_bias")
+    ref.layernorm_backward(before, dw_h, db_h, dout_h, inp_h, w_h, m_h, r_h)
+    k.close(dinp, before, "dinp, with dproj_bias")
+    k.close(dw, dw_h, "dweight, with dproj_bias")
+    k.close(db, db_h, "dbias, with dproj_bias")
 
 
 @requires_gpu
@@ -280,6 +288,11 @@ def test_attention(dtype, B, T, NH, hs, kernels):
     ref.attention_backward(dqkv_h, dout_h, qkv_h, host(out), host(lse))   # from the GPU's own saved out/lse
     for i, name in enumerate("qkv"):
         k.close(dqkv[..., i * C:(i + 1) * C], dqkv_h[..., i * C:(i + 1) * C], "d" + name)
+    dbias, dbias_h = k.randn(3 * C)                        # accumulates the rows of dqkv as stored
+    attention_backward(dqkv, dout, qkv, out, lse, kernels=kernels, dqkv_bias=dbias)
+    stored = host(dqkv).reshape(-1, 3 * C).sum(axis=0)
+    for i, name in enumerate("qkv"):
+        k.close(dbias[i * C:(i + 1) * C], dbias_h[i * C:(i + 1) * C] + stored[i * C:(i + 1) * C], f"d{name} bias")
 
 
 @requires_gpu

@@ -79,6 +79,20 @@ def test_layernorm(rng, split):
     assert_grad(f, b, db - 2, rng, name="bias")
 
 
+def test_layernorm_backward_projection_bias(rng, split):
+    """dproj_bias: the gradient of a projection's bias added into the residual stream the layernorm reads
+    (residual = rest + pb), the layernorm's output and the gradient from above (g0) both counted."""
+    rest, pb = rng.standard_normal((B, T, C)) * 3 + 1, rng.standard_normal(C)
+    w, b, dout, g0 = rng.standard_normal(C), rng.standard_normal(C), rng.standard_normal((B, T, C)), rng.standard_normal((B, T, C))
+    out, mean, rstd = np.empty((B, T, C)), np.empty((B, T)), np.empty((B, T))
+    layernorm_forward(out, mean, rstd, rest + pb, w, b)
+    dinp, dw, db, dpb = g0.copy(), np.zeros(C), np.zeros(C), np.full(C, 2.0)     # dproj_bias accumulates
+    layernorm_backward(dinp, dw, db, dout, rest + pb, w, mean, rstd, dproj_bias=dpb)
+    m2, r2 = np.empty((B, T)), np.empty((B, T))
+    f = lambda: (layernorm_forward(out, m2, r2, rest + pb, w, b), np.sum(out * dout) + np.sum((rest + pb) * g0))[1]
+    assert_grad(f, pb, dpb - 2, rng, name="projection bias")
+
+
 # ------------------------------------------------------------------------------------ matmul
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_matmul(rng, with_bias, split):
@@ -140,6 +154,19 @@ def test_attention(rng, split):
     d0[:, 0] = dout[:, 0]
     attention_backward(dqkv_first, d0, qkv, out, lse)
     np.testing.assert_array_equal(dqkv_first[:, 1:], 0.0)
+
+
+def test_attention_backward_qkv_bias(rng, split):
+    """dqkv_bias: the gradient of a bias added to every row of qkv (the qkv projection's), accumulated."""
+    rest, bias = rng.standard_normal((B, T, 3 * C)), rng.standard_normal(3 * C)
+    out, lse = np.empty((B, T, C)), np.empty((B, NH, T))
+    attention_forward(out, lse, rest + bias)
+    dout = rng.standard_normal((B, T, C))
+    dbias = np.full(3 * C, 2.0)
+    attention_backward(np.empty((B, T, 3 * C)), dout, rest + bias, out, lse, dqkv_bias=dbias)
+    o2, l2 = np.empty_like(out), np.empty_like(lse)
+    f = lambda: (attention_forward(o2, l2, rest + bias), np.sum(o2 * dout))[1]
+    assert_grad(f, bias, dbias - 2, rng, name="qkv bias")
 
 
 # -------------------------------------------------------------------------------------- gelu

@@ -23,8 +23,8 @@ class PlantingOps:
         if name != self.op:
             return fn
 
-        def planted(*args):
-            fn(*args)
+        def planted(*args, **kwargs):
+            fn(*args, **kwargs)
             if self.calls == self.call:
                 args[self.index].reshape(-1)[0] = self.value
             self.calls += 1

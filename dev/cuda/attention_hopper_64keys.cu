@@ -126,6 +126,6 @@ attention_backward_wgmma_64keys(floatX* dqkv, float* dq_acc, const floatX* dout,
                                    *reinterpret_cast<const float4*>(dqs + r * HS + (((c / 8) ^ (r % 8)) * 8) + c % 8));
         }
     }
-    store_dkdv(dqkv, dk, dv, b, h, NH, j0, T);
+    store_dkdv(dqkv, nullptr, dk, dv, b, h, NH, j0, T);
 }
 #endif

@@ -96,7 +96,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_backward_dkdv_mma(fl
         }
         __syncthreads();
     }
-    store_dkdv(dqkv, dk, dv, b, h, NH, j0, T);
+    store_dkdv(dqkv, nullptr, dk, dv, b, h, NH, j0, T);
 }
 
 // dq: grid (ceil(T/64), B*NH), 128 threads; block owns 64 queries (16 per warp; q and dout as register

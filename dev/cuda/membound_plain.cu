@@ -86,7 +86,7 @@ extern "C" __global__ void layernorm_backward_rows_plain(floatX* dinp, float* pa
         }
     }
     __syncthreads();
-    store_dweight_dbias_partials(partial, acc, C, CP);
+    store_dweight_dbias_partials(partial, acc, 2, C, CP);
 }
 
 // block (32, 8): threadIdx.x picks a PACK-wide chunk of columns, threadIdx.y strides over this

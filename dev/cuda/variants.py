@@ -114,7 +114,7 @@ def backward_wgmma_64keys(dqkv, dout, qkv, out, lse):
     k = dev_kernel("attention_hopper_64keys", "attention_backward_wgmma_64keys", dqkv.dtype, HS=64)
     k.max_dynamic_shared_size_bytes = smem
     k((blocks(T, att.ROWS), B * NH), (128,), (dqkv, dq_acc, dout, qkv, lse, D) + sizes, shared_mem=smem)
-    att.dq_store(dqkv, dq_acc, NH)
+    att.dq_store(dqkv, dq_acc, None, NH)
 
 
 ATTENTION_BACKWARD = [
@@ -308,7 +308,8 @@ def membound_inputs(N, C, dtype, seed=0):
     rng = np.random.default_rng(seed)
     host = dict(inp=3 * rng.standard_normal((N, C)), proj=rng.standard_normal((N, C)), pb=rng.standard_normal(C),
                 w=rng.standard_normal(C), b=rng.standard_normal(C), dout=rng.standard_normal((N, C)),
-                dinp=rng.standard_normal((N, C)), dw=rng.standard_normal(C), db=rng.standard_normal(C))
+                dinp=rng.standard_normal((N, C)), dw=rng.standard_normal(C), db=rng.standard_normal(C),
+                dpb=rng.standard_normal(C))
     dev = {k: cp.asarray(v.astype(dtype)) for k, v in host.items()}
     host = {k: v.astype(np.float32).get().astype(np.float64) for k, v in dev.items()}
     mean, rstd = np.empty(N), np.empty(N)
@@ -332,6 +333,10 @@ def membound_layernorm_ops():
     def backward(launcher):
         return lambda x: launcher(x["dinp"], x["dw"], x["db"], x["dout"], x["inp"], x["w"], x["mean"], x["rstd"])
 
+    def backward_pb(x):
+        ln.layernorm_backward(x["dinp"], x["dw"], x["db"], x["dout"], x["inp"], x["w"], x["mean"], x["rstd"],
+                              dproj_bias=x["dpb"])
+
     def forward_error(x, h):
         N, C = h["inp"].shape
         res, out, mean, rstd = np.empty((N, C)), np.empty((N, C)), np.empty(N), np.empty(N)
@@ -344,11 +349,16 @@ def membound_layernorm_ops():
         ref_ln.layernorm_backward(dinp, dw, db, h["dout"], h["inp"], h["w"], h["mean"], h["rstd"])
         return max(relative_error(x["dinp"], dinp), relative_error(x["dw"], dw), relative_error(x["db"], db))
 
+    def backward_pb_error(x, h):
+        dpb = h["dpb"] + host_f64(x["dinp"]).sum(axis=0)       # the rows of dinp as written
+        return max(backward_error(x, h), relative_error(x["dpb"], dpb))
+
     return [("residual + layernorm forward", [("passes over the row", forward(residual_layernorm_plain)),
                                               ("row in registers*", forward(ln.residual_layernorm_forward))],
              forward_error),
             ("layernorm backward", [("passes over the row", backward(layernorm_backward_plain)),
-                                    ("row in registers*", backward(ln.layernorm_backward))], backward_error)]
+                                    ("row in registers*", backward(ln.layernorm_backward))], backward_error),
+            ("layernorm backward + the projection's dbias", [("row in registers*", backward_pb)], backward_pb_error)]
 
 
 def host_f64(a):

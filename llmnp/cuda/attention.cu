@@ -4,7 +4,9 @@
 //           of each softmax row. Online softmax over key tiles: no (T,T) buffer is ever written.
 // backward: D = rowsum(dout * out) (B,NH,T) float (attention_backward_rowdot), then the probabilities
 //           are recomputed from q, k and lse: dv = P^T dout, dP = dout v^T, dS = P (dP - D) / sqrt(HS),
-//           dk = dS^T q, dq = dS k. dqkv is overwritten.
+//           dk = dS^T q, dq = dS k. dqkv is overwritten. The tensor-core backwards can also sum the rows of
+//           dqkv as they store them, in partial rows that attention_backward_dbias adds into the qkv
+//           projection's bias gradient (deterministic: no atomics).
 // Two implementations, named by what they run on:
 // - *_fp32: fp32 arithmetic on CUDA cores, any HS up to 128, fp32 or bf16 storage (the fp32 path, and the
 //   reference for the other): attention_forward_fp32; attention_backward_dkdv_fp32 (one pass per key
@@ -379,22 +381,40 @@ __device__ __forceinline__ void store_forward(floatX* out, float* lse, const flo
 }
 
 // The backwards' end for this thread's keys j0 and j0 + 8 (rows of a 16-row accumulator tile) of batch b,
-// head h: dk / sqrt(HS) and dv into dqkv's k and v parts (bf16), keys at or past T left alone.
-__device__ __forceinline__ void store_dkdv(floatX* dqkv, const float (&dk)[HS / 8][4], const float (&dv)[HS / 8][4],
-                                           int b, int h, int NH, int j0, int T) {
-    const int tig = threadIdx.x % 4, C = NH * HS, C3 = 3 * C, j1 = j0 + 8;
+// head h: dk / sqrt(HS) and dv into dqkv's k and v parts (bf16), keys at or past T left alone. Unless
+// dbias_kv is null, the column sums of what this warp stored (its 16 keys, from key0 = j0 - g) go to row
+// b * ceil(T/16) + key0 / 16 of dbias_kv (B * ceil(T/16), 2C) float, k | v columns: partial sums of the
+// qkv projection's bias gradient, which attention_backward_dbias adds up.
+__device__ __forceinline__ void store_dkdv(floatX* dqkv, float* dbias_kv, const float (&dk)[HS / 8][4],
+                                           const float (&dv)[HS / 8][4], int b, int h, int NH, int j0, int T) {
+    const int tig = threadIdx.x % 4, C = NH * HS, C3 = 3 * C;
     const float scale = 1.0f / sqrtf((float)HS);
+    const int key0 = j0 - threadIdx.x % 32 / 4;                   // the warp's first key (a multiple of 16)
+    float* partial = dbias_kv + ((long long)b * ((T + 15) / 16) + key0 / 16) * 2 * C;
     for (int n = 0; n < HS / 8; n++) {
         const int col = h * HS + n * 8 + 2 * tig;
-        if (j0 < T) {
-            floatX* gr = dqkv + ((long long)b * T + j0) * C3 + col;
-            *reinterpret_cast<__nv_bfloat162*>(gr + C) = __floats2bfloat162_rn(dk[n][0] * scale, dk[n][1] * scale);
-            *reinterpret_cast<__nv_bfloat162*>(gr + 2 * C) = __floats2bfloat162_rn(dv[n][0], dv[n][1]);
+        float2 ksum = make_float2(0.0f, 0.0f), vsum = make_float2(0.0f, 0.0f);
+        for (int e = 0; e < 2; e++) {                             // keys j0 and j0 + 8
+            const int j = j0 + 8 * e;
+            if (j >= T) continue;
+            const __nv_bfloat162 kb = __floats2bfloat162_rn(dk[n][2 * e] * scale, dk[n][2 * e + 1] * scale);
+            const __nv_bfloat162 vb = __floats2bfloat162_rn(dv[n][2 * e], dv[n][2 * e + 1]);
+            floatX* gr = dqkv + ((long long)b * T + j) * C3 + col;
+            *reinterpret_cast<__nv_bfloat162*>(gr + C) = kb;
+            *reinterpret_cast<__nv_bfloat162*>(gr + 2 * C) = vb;
+            const float2 kf = __bfloat1622float2(kb), vf = __bfloat1622float2(vb);
+            ksum.x += kf.x, ksum.y += kf.y, vsum.x += vf.x, vsum.y += vf.y;
         }
-        if (j1 < T) {
-            floatX* gr = dqkv + ((long long)b * T + j1) * C3 + col;
-            *reinterpret_cast<__nv_bfloat162*>(gr + C) = __floats2bfloat162_rn(dk[n][2] * scale, dk[n][3] * scale);
-            *reinterpret_cast<__nv_bfloat162*>(gr + 2 * C) = __floats2bfloat162_rn(dv[n][2], dv[n][3]);
+        if (dbias_kv == nullptr) continue;
+        for (int o = 4; o < 32; o *= 2) {                         // over the warp's 8 row pairs (lanes 4 g + tig)
+            ksum.x += __shfl_xor_sync(0xffffffffu, ksum.x, o);
+            ksum.y += __shfl_xor_sync(0xffffffffu, ksum.y, o);
+            vsum.x += __shfl_xor_sync(0xffffffffu, vsum.x, o);
+            vsum.y += __shfl_xor_sync(0xffffffffu, vsum.y, o);
+        }
+        if (threadIdx.x % 32 < 4 && key0 < T) {
+            *reinterpret_cast<float2*>(partial + col) = ksum;
+            *reinterpret_cast<float2*>(partial + C + col) = vsum;
         }
     }
 }
@@ -473,8 +493,8 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_mma(floatX* 
 #define BWD_BLOCKS (HS <= 64 ? 3 : 2)
 #endif
 extern "C" __global__ void __launch_bounds__(128, BWD_BLOCKS)
-attention_backward_mma(floatX* dqkv, float* dq_acc, const floatX* dout, const floatX* qkv, const float* lse,
-                       const float* D, int B, int T, int NH) {
+attention_backward_mma(floatX* dqkv, float* dq_acc, float* dbias_kv, const floatX* dout, const floatX* qkv,
+                       const float* lse, const float* D, int B, int T, int NH) {
     floatX* tiles = smem16;                                       // 4 tiles: [2 cur]: Q, [2 cur + 1]: dO
     floatX* ks = AT(tiles, 4);                                    // this block's keys
     floatX* vs = AT(tiles, 5);                                    // and values
@@ -595,22 +615,66 @@ attention_backward_mma(floatX* dqkv, float* dq_acc, const floatX* dout, const fl
         }
         __syncthreads();                                          // done with Q, dO, dS^T and dq of this tile
     }
-    store_dkdv(dqkv, dk, dv, b, h, NH, j0, T);
+    store_dkdv(dqkv, dbias_kv, dk, dv, b, h, NH, j0, T);
 }
 
-// dqkv's q part (B,T,C of each 3C row) = dq_acc (B,T,C) / sqrt(HS), one 16-byte pack (PACK = 8 values,
-// in one row: C is a multiple of 16) per thread
-extern "C" __global__ void attention_backward_dq_store(floatX* dqkv, const float* dq_acc, int B, int T, int NH) {
-    const int C = NH * HS;
-    const long long i = PACK * ((long long)blockIdx.x * blockDim.x + threadIdx.x);   // (b*T + t) * C + c
-    if (i >= (long long)B * T * C) return;
+// dqkv's q part (B,T,C of each 3C row) = dq_acc (B,T,C) / sqrt(HS) in 16-byte packs (PACK = 8 values; C
+// is a multiple of 16). block (C / PACK, Y): thread x owns the pack of columns x * PACK.. in the rows it
+// takes, DQ_ROWS at a time (their loads all in flight before any is used), the blocks striding over the
+// B*T rows. Unless dbias_q is null, each thread keeps the column sums of what it stored and writes them
+// to its row blockIdx.x * Y + y of dbias_q (gridDim.x * Y, C) float: partial sums of the q part of the
+// qkv projection's bias gradient, which attention_backward_dbias adds up.
+#define DQ_ROWS 4
+extern "C" __global__ void attention_backward_dq_store(floatX* dqkv, float* dbias_q, const float* dq_acc, int B, int T,
+                                                       int NH) {
+    const int C = NH * HS, c = threadIdx.x * PACK;
+    const long long N = (long long)B * T, step = (long long)blockDim.y * DQ_ROWS;
     const float scale = 1.0f / sqrtf((float)HS);
-    x128 v;
-    for (int k = 0; k < PACK; k += 4) {
-        const float4 f = *reinterpret_cast<const float4*>(dq_acc + i + k);
-        v.v[k] = fromF(f.x * scale), v.v[k + 1] = fromF(f.y * scale), v.v[k + 2] = fromF(f.z * scale), v.v[k + 3] = fromF(f.w * scale);
+    float sum[PACK] = {};
+    for (long long r0 = blockIdx.x * step + threadIdx.y; r0 < N; r0 += gridDim.x * step) {
+        float4 f[DQ_ROWS][PACK / 4];                              // rows r0, r0 + Y, ...
+        for (int u = 0; u < DQ_ROWS; u++)
+            for (int k = 0; k < PACK / 4; k++)
+                if (r0 + u * blockDim.y < N)
+                    f[u][k] = *reinterpret_cast<const float4*>(dq_acc + (r0 + u * blockDim.y) * C + c + 4 * k);
+        for (int u = 0; u < DQ_ROWS; u++) {
+            const long long r = r0 + u * blockDim.y;
+            if (r >= N) break;
+            x128 v;
+            for (int k = 0; k < PACK / 4; k++) {
+                v.v[4 * k] = fromF(f[u][k].x * scale), v.v[4 * k + 1] = fromF(f[u][k].y * scale);
+                v.v[4 * k + 2] = fromF(f[u][k].z * scale), v.v[4 * k + 3] = fromF(f[u][k].w * scale);
+            }
+            store128(dqkv + r * 3 * C + c, v);
+            for (int k = 0; k < PACK; k++) sum[k] += toF(v.v[k]);
+        }
     }
-    store128(dqkv + (i / C) * 3 * C + i % C, v);
+    if (dbias_q != nullptr) {
+        float* row = dbias_q + ((long long)blockIdx.x * blockDim.y + threadIdx.y) * C + c;
+        for (int k = 0; k < PACK; k += 4) *reinterpret_cast<float4*>(row + k) = make_float4(sum[k], sum[k + 1], sum[k + 2], sum[k + 3]);
+    }
+}
+
+// block (32, 32), grid ceil(3C / 32): dqkv_bias (3C,) += the column sums of the partial rows: dbias_q (rq, C)
+// for the q part, dbias_kv (rkv, 2C) for k and v; thread (x, y) adds rows y, y + 32, ..., then the
+// block its 32 row groups, in the same order every run
+extern "C" __global__ void attention_backward_dbias(floatX* dqkv_bias, const float* dbias_q, int rq,
+                                                    const float* dbias_kv, int rkv, int C) {
+    __shared__ float sums[32][33];
+    const int col = blockIdx.x * 32 + threadIdx.x;
+    float sum = 0.0f;
+    if (col < C) {
+        for (int r = threadIdx.y; r < rq; r += 32) sum += dbias_q[(long long)r * C + col];
+    } else if (col < 3 * C) {
+        for (int r = threadIdx.y; r < rkv; r += 32) sum += dbias_kv[(long long)r * 2 * C + col - C];
+    }
+    sums[threadIdx.y][threadIdx.x] = sum;
+    __syncthreads();
+    if (threadIdx.y == 0 && col < 3 * C) {
+        sum = 0.0f;
+        for (int y = 0; y < 32; y++) sum += sums[y][threadIdx.x];
+        dqkv_bias[col] = fromF(toF(dqkv_bias[col]) + sum);
+    }
 }
 
 #endif

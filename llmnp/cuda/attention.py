@@ -7,12 +7,14 @@ head size that is a multiple of 16 up to 128 the mma.sync tensor-core kernels of
 portable path, and the reference for the Hopper ones); everything else (fp32 storage, other head sizes up
 to 128) the fp32 CUDA-core kernels, the reference for both.
 lse and the backward's D = rowsum(dout * out) are float32 (B,NH,T); the tensor-core backwards add dq into
-a float32 (B,T,C) scratch buffer first.
+a float32 (B,T,C) scratch buffer first. Given dqkv_bias, the backward also sums dqkv's rows into it (the
+qkv projection's bias gradient): the tensor-core kernels leave partial sums as they store dqkv.
 Shapes: B batch, T time, C channels, NH heads, hs = C/NH; qkv (B,T,3C), out/dout (B,T,C).
 """
 import numpy as np
 
-from llmnp.cuda.runtime import blocks, check, hopper, kernel, pack, scratch, storage_is_bf16
+from llmnp.cuda.matmul import matmul_dbias
+from llmnp.cuda.runtime import blocks, check, hopper, kernel, num_sms, pack, scratch, storage_is_bf16
 
 ROWS = 64                     # query (or key) rows per block in every kernel (attention.cu ROWS1, TILE)
 TILE1 = 32                    # attention.cu TILE1
@@ -99,38 +101,66 @@ def rowdot(D, dq_acc, dout, out, NH):
       (D, np.uint64(0) if dq_acc is None else dq_acc, dout, out, np.int32(B), np.int32(T), np.int32(NH)))
 
 
-def dq_store(dqkv, dq_acc, NH):
-    """dqkv (B,T,3C)'s q part <- dq_acc (B,T,C) float / sqrt(hs), one 16-byte pack (8 values) per thread."""
+def dq_store_grid(dqkv):
+    """attention_backward_dq_store's grid and block: a thread per 16-byte pack of a row's C columns, rows
+    per block so that a block has about 256 threads, and up to 8 blocks per SM striding over the rows."""
     B, T, C3 = dqkv.shape
-    C = C3 // 3
-    kernel("attention", "attention_backward_dq_store", dqkv.dtype, HS=C // NH)(
-        (blocks(B * T * C // pack(dqkv.dtype), 256),), (256,), (dqkv, dq_acc, np.int32(B), np.int32(T), np.int32(NH)))
+    packs = C3 // 3 // pack(dqkv.dtype)
+    rows = max(1, 256 // packs)
+    return (min(blocks(B * T, 4 * rows), 8 * num_sms()),), (packs, rows)   # 4: attention.cu's DQ_ROWS
 
 
-def attention_backward(dqkv, dout, qkv, out, lse, kernels=None):
-    """dqkv (B,T,3C) overwritten <- dout (B,T,C), with qkv, out, lse saved by forward. kernels: as forward's."""
+def dq_store(dqkv, dq_acc, dbias_q, NH):
+    """dqkv (B,T,3C)'s q part <- dq_acc (B,T,C) float / sqrt(hs); dbias_q (dq_store_grid's threads over
+    y, C) float, unless None, <- each thread row's column sums of what it stored."""
+    B, T, C3 = dqkv.shape
+    grid, block = dq_store_grid(dqkv)
+    kernel("attention", "attention_backward_dq_store", dqkv.dtype, HS=C3 // 3 // NH)(
+        grid, block, (dqkv, np.uint64(0) if dbias_q is None else dbias_q, dq_acc, np.int32(B), np.int32(T), np.int32(NH)))
+
+
+def attention_backward(dqkv, dout, qkv, out, lse, kernels=None, dqkv_bias=None):
+    """dqkv (B,T,3C) overwritten <- dout (B,T,C), with qkv, out, lse saved by forward. kernels: as forward's.
+    dqkv_bias (3C,), unless None: += dqkv's rows summed (the qkv projection's bias gradient, its dout
+    being dqkv); the tensor-core kernels leave partial column sums as they store dqkv (q: one row per
+    thread row of dq_store, k | v: one row per 16 keys), attention_backward_dbias adds them up."""
     B, T, C, NH, hs = _shapes(out, lse, qkv)
     check(out.dtype, dqkv=dqkv, dout=dout, qkv=qkv, out=out)
     check(np.float32, lse=lse)
+    if dqkv_bias is not None:
+        check(out.dtype, dqkv_bias=dqkv_bias)
     kernels = chosen(kernels, out.dtype, hs, dqkv, dout, qkv, out)
     D = scratch("attention_D", B * NH * T)
-    dq_acc = scratch("attention_dq", B * T * C) if kernels != "fp32" else None
+    tensor_cores = kernels != "fp32"
+    dq_acc = scratch("attention_dq", B * T * C) if tensor_cores else None
     rowdot(D, dq_acc, dout, out, NH)                       # D, and dq_acc = 0 for the atomics
     sizes = (np.int32(B), np.int32(T), np.int32(NH))
     grid = (blocks(T, ROWS), B * NH)
-    if kernels != "fp32":
+    if tensor_cores:
+        sums = dqkv_bias is not None
+        rows_kv = B * blocks(T, 16)
+        (dq_blocks,), (_, dq_rows) = dq_store_grid(dqkv)
+        dbias_kv = scratch("attention_dbias_kv", rows_kv * 2 * C) if sums else None
+        dbias_q = scratch("attention_dbias_q", dq_blocks * dq_rows * C) if sums else None
+        args = (dqkv, dq_acc, np.uint64(0) if dbias_kv is None else dbias_kv, dout, qkv, lse, D) + sizes
         if kernels == "wgmma":                             # 128 keys per block of three warpgroups
             smem = HOPPER_BACKWARD_SMEM
             k = tensor_core_kernel("attention_backward_wgmma", out.dtype, hs, smem, "attention_hopper")
-            k((blocks(T, 2 * ROWS), B * NH), (384,), (dqkv, dq_acc, dout, qkv, lse, D) + sizes, shared_mem=smem)
+            k((blocks(T, 2 * ROWS), B * NH), (384,), args, shared_mem=smem)
         else:
             smem = tile_smem(hs, 6, 4 * ROWS) + ROWS * (ROWS + 8) * 2                   # + dS^T at pitch 72
             k = tensor_core_kernel("attention_backward_mma", out.dtype, hs, smem)
-            k(grid, (128,), (dqkv, dq_acc, dout, qkv, lse, D) + sizes, shared_mem=smem)
-        dq_store(dqkv, dq_acc, NH)
+            k(grid, (128,), args, shared_mem=smem)
+        dq_store(dqkv, dq_acc, dbias_q, NH)
+        if sums:
+            kernel("attention", "attention_backward_dbias", out.dtype, HS=hs)(
+                (blocks(3 * C, 32),), (32, 32), (dqkv_bias, dbias_q, np.int32(dq_blocks * dq_rows), dbias_kv,
+                                                 np.int32(rows_kv), np.int32(C)))
     else:
         smem = 4 * (2 * ROWS * (hs + 1) + 2 * TILE1 * hs + 2 * TILE1)
         for name in ("attention_backward_dkdv_fp32", "attention_backward_dq_fp32"):
             k = kernel("attention", name, out.dtype, HS=hs)
             k.max_dynamic_shared_size_bytes = smem
             k(grid, (ROWS,), (dqkv, dout, qkv, lse, D) + sizes, shared_mem=smem)
+        if dqkv_bias is not None:
+            matmul_dbias(dqkv_bias, dqkv)

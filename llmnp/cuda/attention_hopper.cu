@@ -189,8 +189,8 @@ __device__ __forceinline__ void bar_sync(int id, int threads) { asm volatile("ba
 __device__ __forceinline__ void bar_arrive(int id, int threads) { asm volatile("bar.arrive %0, %1;\n" :: "r"(id), "r"(threads) : "memory"); }
 
 extern "C" __global__ void __launch_bounds__(384, 1)
-attention_backward_wgmma(floatX* dqkv, float* dq_acc, const floatX* dout, const floatX* qkv, const float* lse,
-                            const float* D, int B, int T, int NH) {
+attention_backward_wgmma(floatX* dqkv, float* dq_acc, float* dbias_kv, const floatX* dout, const floatX* qkv,
+                         const float* lse, const float* D, int B, int T, int NH) {
     floatX* ks = smem_aligned_1024();
     floatX* vs = ks + 2 * TILE * HS;                              // K, V: [128 keys][HS]
     floatX* tiles = vs + 2 * TILE * HS;                           // [WS_STAGES][Q, dO][TILE][HS]
@@ -317,6 +317,6 @@ attention_backward_wgmma(floatX* dqkv, float* dq_acc, const floatX* dout, const 
         wg_wait<0>();                                             // dV and dK done: stage s is free
         if (i + WS_STAGES < n) bar_arrive(BAR_EMPTY + s, 384);
     }
-    store_dkdv(dqkv, dk, dv, b, h, NH, j0, T);
+    store_dkdv(dqkv, dbias_kv, dk, dv, b, h, NH, j0, T);
 }
 #endif

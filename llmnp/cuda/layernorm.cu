@@ -7,6 +7,7 @@
 //           dweight += sum_rows dout * norm,  dbias += sum_rows dout. All three accumulate.
 //           layernorm_backward_rows adds into dinp and leaves one partial (dweight | dbias) row per block in `partial`
 //           (gridDim.x, 2C); layernorm_backward_dweight_dbias sums those rows into dweight and dbias: deterministic, no atomics.
+//           Given dproj_bias, the rows of dinp as written are summed into it too (partial (gridDim.x, 3C)).
 // Shapes: N rows (B*T), C channels; mean, rstd (N,) float; weight, bias (C,).
 //
 // residual_layernorm and the backward are memory-bound: their warps stride over the rows (one wave of
@@ -130,17 +131,19 @@ __device__ __forceinline__ void layernorm_row_in_registers(floatX* o, float* mea
     }
 }
 
-// the end of a layernorm backward block: acc (warps x [CP dweight terms, CP dbias terms], lane-minor as
-// below) summed over the block's warps into its row of partial (2C: dweight, then dbias)
-__device__ __forceinline__ void store_dweight_dbias_partials(float* partial, const float* acc, int C, int CP) {
+// the end of a layernorm backward block: acc (warps x sums x CP terms, lane-minor as below: dweight, dbias
+// and, when sums is 3, the projection's dbias) summed over the block's warps into its row of partial
+// (sums x C, in that order)
+__device__ __forceinline__ void store_dweight_dbias_partials(float* partial, const float* acc, int sums, int C,
+                                                             int CP) {
     const int warps = blockDim.x / 32;
-    for (int i = threadIdx.x; i < 2 * C; i += blockDim.x) {
-        const int part = i / C, c = i % C;                          // dweight or dbias, column c
+    for (int i = threadIdx.x; i < sums * C; i += blockDim.x) {
+        const int part = i / C, c = i % C;                          // which sum, column c
         const int rem = c % (32 * PACK);
         const int at = part * CP + (c - rem) + (rem % PACK) * 32 + rem / PACK;
         float sum = 0.0f;
-        for (int w = 0; w < warps; w++) sum += acc[w * 2 * CP + at];
-        partial[(long long)blockIdx.x * 2 * C + i] = sum;
+        for (int w = 0; w < warps; w++) sum += acc[w * sums * CP + at];
+        partial[(long long)blockIdx.x * sums * C + i] = sum;
     }
 }
 
@@ -178,20 +181,22 @@ extern "C" __global__ void residual_layernorm_forward_kernel(floatX* residual, f
 // lane owns the same PACK-wide column chunks of every row (and keeps its chunks of weight) and adds its
 // dweight | dbias terms into its warp's own shared rows (no atomics), stored lane-minor (element k of lane
 // l's chunk i at i*32*PACK + k*32 + l: no bank conflicts); at the end the block sums its warps' rows into
-// one partial row. Dynamic shared memory: warps * 2 * CP floats, CP = ROW_CHUNKS * 32*PACK (C rounded up
-// to a multiple of 32*PACK).
+// one partial row. With sums 3 a third shared row sums dinp as written: the bias gradient of the
+// projection that wrote this residual stream (its dout is dinp). Dynamic shared memory: warps * sums * CP
+// floats, CP = ROW_CHUNKS * 32*PACK (C rounded up to a multiple of 32*PACK).
 #ifndef LN_BWD_MIN_BLOCKS                // blocks of 128 threads per SM the registers must leave room for:
 #define LN_BWD_MIN_BLOCKS (ROW_CHUNKS <= 3 ? 4 : 1)   // 4 (128 registers) where that spills nothing
 #endif
 extern "C" __global__ void __launch_bounds__(128, LN_BWD_MIN_BLOCKS)
 layernorm_backward_rows(floatX* dinp, float* partial, const floatX* dout, const floatX* inp, const floatX* weight,
-                        const float* mean, const float* rstd, int N, int C) {
+                        const float* mean, const float* rstd, int N, int C, int sums) {
     extern __shared__ float acc[];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
     const int stride = gridDim.x * warps, CP = ROW_CHUNKS * 32 * PACK;
-    float* dw_acc = acc + warp * 2 * CP;         // this warp's dweight terms, then its dbias terms
+    float* dw_acc = acc + warp * sums * CP;      // this warp's dweight terms, its dbias terms, its dinp terms
     float* db_acc = dw_acc + CP;
-    for (int i = lane; i < 2 * CP; i += 32) dw_acc[i] = 0.0f;
+    float* dp_acc = db_acc + CP;
+    for (int i = lane; i < sums * CP; i += 32) dw_acc[i] = 0.0f;
     const bool vec = C % PACK == 0 && aligned16(dinp) && aligned16(dout) && aligned16(inp) && aligned16(weight);
     x128 w[ROW_CHUNKS];
     load_row(w, weight, C, vec);
@@ -223,20 +228,21 @@ layernorm_backward_rows(floatX* dinp, float* partial, const floatX* dout, const 
             for (int k = 0; k < PACK; k++) {
                 const float dnorm = toF(d[i].v[k]) * toF(w[i].v[k]), norm = (toF(x[i].v[k]) - m) * r;
                 g[i].v[k] = fromF(toF(g[i].v[k]) + (dnorm - dnorm_mean - norm * dnorm_norm_mean) * r);
+                if (sums == 3) dp_acc[i * 32 * PACK + k * 32 + lane] += toF(g[i].v[k]);   // past C: not read out
             }
         store_row(dinp + at, g, C, vec);
     }
     __syncthreads();
-    store_dweight_dbias_partials(partial, acc, C, CP);
+    store_dweight_dbias_partials(partial, acc, sums, C, CP);
 }
 
-// block (32, 32), grid ceil(2C / 32): the column sums of partial (nblocks, 2C), dweight (first C) and dbias
-// (last C) accumulate
-extern "C" __global__ void layernorm_backward_dweight_dbias(floatX* dweight, floatX* dbias, const float* partial,
-                                                      int nblocks, int C) {
+// block (32, 32), grid ceil(sums C / 32): the column sums of partial (nblocks, sums C) accumulate into
+// dweight (first C), dbias (next C) and, when sums is 3, dproj_bias (last C)
+extern "C" __global__ void layernorm_backward_dweight_dbias(floatX* dweight, floatX* dbias, floatX* dproj_bias,
+                                                            const float* partial, int nblocks, int sums, int C) {
     const int i = blockIdx.x * 32 + threadIdx.x;
-    const float sum = column_sum(partial, nblocks, 2 * C);
-    if (threadIdx.y != 0 || i >= 2 * C) return;
-    if (i < C) dweight[i] = fromF(toF(dweight[i]) + sum);
-    else dbias[i - C] = fromF(toF(dbias[i - C]) + sum);
+    const float sum = column_sum(partial, nblocks, sums * C);
+    if (threadIdx.y != 0 || i >= sums * C) return;
+    floatX* out = i < C ? dweight : i < 2 * C ? dbias : dproj_bias;
+    out[i % C] = fromF(toF(out[i % C]) + sum);
 }

@@ -39,20 +39,25 @@ def residual_layernorm_forward(residual, out, mean, rstd, inp, proj, proj_bias, 
     k((grid,), (block_size,), (residual, out, mean, rstd, inp, proj, proj_bias, weight, bias, np.int32(N), np.int32(C)))
 
 
-def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
-    """Adds into dinp (B,T,C), dweight (C,), dbias (C,) from dout (B,T,C)."""
+def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, dproj_bias=None):
+    """Adds into dinp (B,T,C), dweight (C,), dbias (C,) from dout (B,T,C); and into dproj_bias (C,), unless
+    None, the rows of dinp as it leaves them summed."""
     C = inp.shape[-1]
     N = inp.size // C
     check(dinp.dtype, dinp=dinp, dweight=dweight, dbias=dbias, dout=dout, inp=inp, weight=weight)
     check(np.float32, mean=mean, rstd=rstd)
+    sums = 2 if dproj_bias is None else 3                # partial sums per column: dweight, dbias (, dproj_bias)
+    if dproj_bias is not None:
+        check(dinp.dtype, dproj_bias=dproj_bias)
     block_size = 128                                      # 4 warps, rows strided over the grid (layernorm.cu's
     chunks = row_chunks(C, dinp.dtype)                    # __launch_bounds__ name this size)
-    smem = (block_size // 32) * 2 * chunks * 32 * pack(dinp.dtype) * 4     # each warp's dweight | dbias rows
+    smem = (block_size // 32) * sums * chunks * 32 * pack(dinp.dtype) * 4     # each warp's rows of sums
     k = kernel("layernorm", "layernorm_backward_rows", dinp.dtype, ROW_CHUNKS=chunks)
     k.max_dynamic_shared_size_bytes = smem
     grid = min(blocks(N, block_size // 32), resident_blocks(k, block_size, smem))   # one wave
-    partial = scratch("layernorm_partial", grid * 2 * C)
-    k((grid,), (block_size,), (dinp, partial, dout, inp, weight, mean, rstd, np.int32(N), np.int32(C)),
+    partial = scratch("layernorm_partial", grid * sums * C)
+    k((grid,), (block_size,), (dinp, partial, dout, inp, weight, mean, rstd, np.int32(N), np.int32(C), np.int32(sums)),
       shared_mem=smem)
     k = kernel("layernorm", "layernorm_backward_dweight_dbias", dinp.dtype, ROW_CHUNKS=chunks)
-    k((blocks(2 * C, 32),), (32, 32), (dweight, dbias, partial, np.int32(grid), np.int32(C)))
+    k((blocks(sums * C, 32),), (32, 32), (dweight, dbias, dbias if dproj_bias is None else dproj_bias, partial,
+                                         np.int32(grid), np.int32(sums), np.int32(C)))
