@@ -286,10 +286,12 @@ print(inspect.getsource(matmul_gelu_forward))
 
 # %% [markdown]
 # In backward the merges cost nothing new: the residual add passes its gradient on unchanged (notebook
-# 06), so the layernorm's backward adds straight into the residual stream's gradient and the
-# projection's bias gradient comes from its matmul's backward as before. fcproj's `matmul_backward` is
-# given `fch[l]` as `pre_gelu` and takes its input gradient on through GELU's backward, so `dfch` comes
-# out of one call.
+# 06), so the layernorm's backward adds straight into the residual stream's gradient. That gradient is
+# also the dout of the projection that wrote the stream, whose bias gradient is the sum of its rows: the
+# layernorm's backward adds those up as it leaves them (`dproj_bias`), so the projection's
+# `matmul_backward` gets no `dbias` (and `attention_backward` likewise sums `dqkv` into the qkv bias
+# gradient). fcproj's `matmul_backward` is given `fch[l]` as `pre_gelu` and takes its input gradient on
+# through GELU's backward, so `dfch` comes out of one call.
 
 # %% [markdown]
 # ## A block's dataflow, both ways
