@@ -651,7 +651,8 @@ extern "C" __global__ void attention_backward_dq_store(floatX* dqkv, float* dbia
     }
     if (dbias_q != nullptr) {
         float* row = dbias_q + ((long long)blockIdx.x * blockDim.y + threadIdx.y) * C + c;
-        for (int k = 0; k < PACK; k += 4) *reinterpret_cast<float4*>(row + k) = make_float4(sum[k], sum[k + 1], sum[k + 2], sum[k + 3]);
+        for (int k = 0; k < PACK; k += 4)
+            *reinterpret_cast<float4*>(row + k) = make_float4(sum[k], sum[k + 1], sum[k + 2], sum[k + 3]);
     }
 }
 

@@ -115,8 +115,8 @@ def dq_store(dqkv, dq_acc, dbias_q, NH):
     y, C) float, unless None, <- each thread row's column sums of what it stored."""
     B, T, C3 = dqkv.shape
     grid, block = dq_store_grid(dqkv)
-    kernel("attention", "attention_backward_dq_store", dqkv.dtype, HS=C3 // 3 // NH)(
-        grid, block, (dqkv, np.uint64(0) if dbias_q is None else dbias_q, dq_acc, np.int32(B), np.int32(T), np.int32(NH)))
+    k = kernel("attention", "attention_backward_dq_store", dqkv.dtype, HS=C3 // 3 // NH)
+    k(grid, block, (dqkv, np.uint64(0) if dbias_q is None else dbias_q, dq_acc, np.int32(B), np.int32(T), np.int32(NH)))
 
 
 def attention_backward(dqkv, dout, qkv, out, lse, kernels=None, dqkv_bias=None):
