@@ -6,8 +6,9 @@ call, forward and backward, and one line names the step, the layer and the tenso
 How: for the re-run only, the model's backend namespace (model.ops) is swapped for CheckedOps, which
 calls the real function and then checks the arrays it wrote. Every op's outputs come first in its
 signature (OUTPUTS says how many), or are keywords OUTPUT_KEYWORDS names; which buffer an output is,
-and of which layer, is read off its address inside the model's tables (model.acts, model.dacts, model.grads). model.py itself is not touched, and a
-run that does not ask for the checks does not pay for them.
+and of which layer, is read off its address inside the model's tables (model.acts, model.dacts,
+model.grads). model.py itself is not touched, and a run that does not ask for the checks does not pay
+for them.
 
 Names: activations as in params.activation_specs (atty, fch, residual3, ...), activation gradients as in
 params.gradient_scratch_specs (dqkv, dfch, ...), parameter gradients d + the parameter's name (dqkvw),

@@ -13,7 +13,8 @@ DEVICES = ["cpu", pytest.param("cuda", marks=requires_gpu)]
 
 class PlantingOps:
     """A backend namespace that, on the `call`-th call (0-based) of `op`, writes `value` into element 0
-    of output `index` after the real function ran: a layer that produced a NaN or inf."""
+    of output `index` (a position, or the name of an output passed by keyword) after the real function
+    ran: a layer that produced a NaN or inf."""
 
     def __init__(self, ops, op, call, index, value):
         self.ops, self.op, self.call, self.index, self.value, self.calls = ops, op, call, index, value, 0
@@ -26,7 +27,7 @@ class PlantingOps:
         def planted(*args, **kwargs):
             fn(*args, **kwargs)
             if self.calls == self.call:
-                args[self.index].reshape(-1)[0] = self.value
+                (kwargs if isinstance(self.index, str) else args)[self.index].reshape(-1)[0] = self.value
             self.calls += 1
         return planted
 
@@ -81,6 +82,17 @@ def test_planted_in_a_parameter_gradient(device):
     model, x, y = model_and_batch(device, L=3)
     plant(model, "matmul_backward", call=1, index=1, value=np.inf)   # calls: classifier, then layer 2's fcproj
     assert locate(model, x, y, step=3) == "step 3: layer 2 matmul backward produced inf in dfcprojw"
+
+
+def test_planted_in_an_output_passed_by_keyword():
+    """The bias gradients that layernorm_backward and attention_backward sum (dproj_bias, dqkv_bias) are
+    checked too (nonfinite.OUTPUT_KEYWORDS)."""
+    model, x, y = model_and_batch("cpu", L=3)
+    plant(model, "attention_backward", call=0, index="dqkv_bias", value=np.inf)   # layer 2's, the first
+    assert locate(model, x, y, step=5) == "step 5: layer 2 attention backward produced inf in dqkvb"
+    model, x, y = model_and_batch("cpu", L=3)
+    plant(model, "layernorm_backward", call=0, index="dproj_bias", value=np.nan)  # lnf's: layer 2's fcproj
+    assert locate(model, x, y, step=5) == "step 5: layernorm backward produced nan in dfcprojb (layer 2's)"
 
 
 @pytest.mark.parametrize("device", DEVICES)
