@@ -137,11 +137,13 @@ def attention_backward(dqkv, dout, qkv, out, lse, kernels=None, dqkv_bias=None):
     sizes = (np.int32(B), np.int32(T), np.int32(NH))
     grid = (blocks(T, ROWS), B * NH)
     if tensor_cores:
-        sums = dqkv_bias is not None
-        rows_kv = B * blocks(T, 16)
-        (dq_blocks,), (_, dq_rows) = dq_store_grid(dqkv)
-        dbias_kv = scratch("attention_dbias_kv", rows_kv * 2 * C) if sums else None
-        dbias_q = scratch("attention_dbias_q", dq_blocks * dq_rows * C) if sums else None
+        dbias_kv = dbias_q = None                          # the qkv bias's partial rows: k | v, and q
+        if dqkv_bias is not None:
+            rows_kv = B * blocks(T, 16)                    # one per 16 keys
+            (dq_blocks,), (_, dq_rows) = dq_store_grid(dqkv)
+            rows_q = dq_blocks * dq_rows                   # one per thread row of dq_store
+            dbias_kv = scratch("attention_dbias_kv", rows_kv * 2 * C)
+            dbias_q = scratch("attention_dbias_q", rows_q * C)
         args = (dqkv, dq_acc, np.uint64(0) if dbias_kv is None else dbias_kv, dout, qkv, lse, D) + sizes
         if kernels == "wgmma":                             # 128 keys per block of three warpgroups
             smem = HOPPER_BACKWARD_SMEM
@@ -152,10 +154,10 @@ def attention_backward(dqkv, dout, qkv, out, lse, kernels=None, dqkv_bias=None):
             k = tensor_core_kernel("attention_backward_mma", out.dtype, hs, smem)
             k(grid, (128,), args, shared_mem=smem)
         dq_store(dqkv, dq_acc, dbias_q, NH)
-        if sums:
+        if dqkv_bias is not None:
             kernel("attention", "attention_backward_dbias", out.dtype, HS=hs)(
-                (blocks(3 * C, 32),), (32, 32), (dqkv_bias, dbias_q, np.int32(dq_blocks * dq_rows), dbias_kv,
-                                                 np.int32(rows_kv), np.int32(C)))
+                (blocks(3 * C, 32),), (32, 32), (dqkv_bias, dbias_q, np.int32(rows_q), dbias_kv, np.int32(rows_kv),
+                                                 np.int32(C)))
     else:
         smem = 4 * (2 * ROWS * (hs + 1) + 2 * TILE1 * hs + 2 * TILE1)
         for name in ("attention_backward_dkdv_fp32", "attention_backward_dq_fp32"):
