@@ -55,3 +55,25 @@ extern "C" __global__ void crossentropy_forward_backward_plain(float* losses, fl
         store_floats(d + c, v, vec ? Vp - c : 1, vec);
     }
 }
+
+// The form before crossentropy_row_shared: the same strided blocks and whole-row cp.async copy as the
+// mainline kernel, then crossentropy_row over the shared copy (three reads of it, two exps per logit:
+// the sum's, then dlogits from exp(x - lse)). Same arguments as the mainline kernel; the row must fit.
+extern "C" __global__ void crossentropy_forward_backward_twoexp(float* losses, floatX* dlogits, const floatX* logits,
+                                                                 const int* targets, float dloss, int N, int V,
+                                                                 int Vp, int cached) {
+    extern __shared__ __align__(16) unsigned char row_cache[];
+    floatX* cache = reinterpret_cast<floatX*>(row_cache);
+    const bool vec = Vp % PACK == 0 && aligned16(logits) && aligned16(dlogits);
+    for (long long row = blockIdx.x; row < N; row += gridDim.x) {
+        const floatX* x = logits + row * Vp;
+        const int target = targets[row];
+        const float target_logit = toF(x[target]);
+        copy_row_async(cache, x, Vp, vec);
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+        crossentropy_row(losses + row, dlogits + row * Vp, cache, target, target_logit, dloss, V, Vp, vec);
+        __syncthreads();
+    }
+}

@@ -425,13 +425,27 @@ def crossentropy_plain(losses, dlogits, logits, targets, dloss, V):
                       np.int32(1)), shared_mem=smem)
 
 
+def crossentropy_twoexp(losses, dlogits, logits, targets, dloss, V):
+    """dev/cuda/classifier_plain.cu: the mainline's blocks and row copy, two exps per logit."""
+    from llmnp.cuda.runtime import resident_blocks
+    Vp = logits.shape[-1]
+    N = logits.size // Vp
+    smem = Vp * logits.dtype.itemsize
+    k = plain_kernel("crossentropy_forward_backward_twoexp", logits.dtype, "classifier_plain")
+    k.max_dynamic_shared_size_bytes = smem
+    k((min(N, resident_blocks(k, 1024, smem)),), (1024,),
+      (losses, dlogits, logits, targets, np.float32(dloss), np.int32(N), np.int32(V), np.int32(Vp), np.int32(1)),
+      shared_mem=smem)
+
+
 def classifier(N=64 * 1024, rows=8192, V=50257, Vp=50304, tol=2e-2):
     """Each variant checked against NumPy's softmax at small shapes, then timed over N rows in blocks of
     `rows`; GB/s from the bytes a pass must move (the logits read once, dlogits written once)."""
     from llmnp import classifier as ref_cl
     from llmnp.cuda.classifier import crossentropy_forward_backward
     variants = (("one row per block, loaded through registers", crossentropy_plain),
-                ("rows strided, each copied in whole (cp.async)*", crossentropy_forward_backward))
+                ("rows strided, each copied in whole (cp.async), two exps per logit", crossentropy_twoexp),
+                ("one exp per logit, the next row copied in as this one goes out*", crossentropy_forward_backward))
     rng = np.random.default_rng(0)
     print(f"| classifier variant | max rel. error vs NumPy | ms for N={N} in blocks of {rows} | GB/s |")
     print("|---|---|---|---|")

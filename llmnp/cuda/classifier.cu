@@ -168,29 +168,87 @@ __device__ __forceinline__ void crossentropy_row(float* loss, floatX* d, const f
     }
 }
 
+// The loss and dlogits of a row held in shared memory (x, Vp floatX; written over), by the whole block,
+// with one exp per logit: each thread takes the max m of its own columns, writes e = exp(x - m) over
+// them as it sums them, the block brings the sums to the row's max, and dlogits = e * exp(m - max) *
+// dloss / sum are written from the e's (in bf16 the e's are rounded once more than crossentropy_row's
+// exp(x - lse) * dloss). Each thread only ever touches its own packs of x, the copy_row_async share:
+// once it has written a pack of dlogits, it starts copying that pack of the row `next` (unless null)
+// into x, so the next row comes in while this one goes out, with no barrier between them.
+__device__ __forceinline__ void crossentropy_row_shared(float* loss, floatX* d, floatX* x, const floatX* next,
+                                                        int target, float target_logit, float dloss, int V, int Vp,
+                                                        bool vec) {
+    const int step = vec ? PACK : 1;
+    float m = -INFINITY;
+    for (int c = threadIdx.x * step; c < V; c += blockDim.x * step) {
+        float v[PACK];
+        const int n = min(step, V - c);
+        load_floats(v, x + c, n, vec);
+        for (int k = 0; k < PACK; k++)
+            if (n == PACK || k < n) m = fmaxf(m, v[k]);
+    }
+    const float shift = fmaxf(m, -3.0e38f) * LOG2E;               // finite: a column of -inf gives e = 0
+    float s = 0.0f;
+    for (int c = threadIdx.x * step; c < V; c += blockDim.x * step) {
+        float v[PACK];
+        const int n = min(step, V - c);
+        load_floats(v, x + c, n, vec);
+        for (int k = 0; k < PACK; k++) {
+            v[k] = n == PACK || k < n ? exp2_ftz(fmaf(v[k], LOG2E, -shift)) : 0.0f;
+            s += v[k];
+        }
+        store_floats(x + c, v, n, vec);
+    }
+    const float row_m = block_max(m);
+    const float to_row = exp2_ftz((m - row_m) * LOG2E);          // a thread that saw no column: 0
+    const float sum = block_sum(s * to_row);
+    if (threadIdx.x == 0) *loss = row_m + logf(sum) - target_logit;
+    const float scale = to_row * dloss / sum;
+    for (int c = threadIdx.x * step; c < Vp; c += blockDim.x * step) {
+        float v[PACK];
+        const int n = max(0, min(step, V - c));                    // past V: not read, written as 0
+        load_floats(v, x + c, n, vec);
+        for (int k = 0; k < PACK; k++) v[k] = n == PACK || k < n ? v[k] * scale : 0.0f;
+        if (target >= c && target < c + step)                      // the target's pack: once a row
+            for (int k = 0; k < PACK; k++) v[k] -= c + k == target ? dloss : 0.0f;
+        if (vec) {
+            x128 o;
+            for (int k = 0; k < PACK; k++) o.v[k] = fromF(v[k]);
+            store128_streaming(d + c, o);                          // o needs the pack read: the copy below
+            if (next != nullptr) cp_async16(x + c, next + c, true);   // can no longer overtake that read
+        } else {
+            store_floats(d + c, v, 1, false);
+            if (next != nullptr) x[c] = next[c];
+        }
+    }
+}
+
 // The loss and dlogits in one kernel (training's classifier). Blocks stride over the rows (two blocks per
-// SM at GPT-2's Vp in bf16). Each row is copied into shared memory (cached: its Vp floatX fit), every
-// thread's 16-byte copies in flight at once (cp.async), and crossentropy_row reads it from there, so
-// device memory sees one read and one write of the row; not cached, crossentropy_row reads the row
-// from device memory three times. The target's logit is read before the row is written over (dlogits
-// may be logits).
+// SM at GPT-2's Vp in bf16). Cached (the row's Vp floatX fit in shared memory): each row is copied in
+// with every thread's 16-byte copies in flight at once (cp.async), while the block's previous row is
+// written out (crossentropy_row_shared), so device memory sees one read and one write of each row; not
+// cached, crossentropy_row reads the row from device memory three times. The target's logit is read
+// before the row is written over (dlogits may be logits).
 extern "C" __global__ void crossentropy_forward_backward_kernel(float* losses, floatX* dlogits, const floatX* logits,
                                                                  const int* targets, float dloss, int N, int V,
                                                                  int Vp, int cached) {
     extern __shared__ __align__(16) unsigned char row_cache[];
     floatX* cache = reinterpret_cast<floatX*>(row_cache);         // (Vp,) when cached
     const bool vec = Vp % PACK == 0 && aligned16(logits) && aligned16(dlogits);
+    if (cached && blockIdx.x < N) {
+        copy_row_async(cache, logits + blockIdx.x * (long long)Vp, Vp, vec);
+        cp_async_commit();
+    }
     for (long long row = blockIdx.x; row < N; row += gridDim.x) {
         const floatX* x = logits + row * Vp;
         const int target = targets[row];
         const float target_logit = toF(x[target]);
         if (cached) {
-            copy_row_async(cache, x, Vp, vec);
+            cp_async_wait<0>();                 // this thread's packs of the row are in: all it reads
+            const floatX* next = row + gridDim.x < N ? x + gridDim.x * (long long)Vp : nullptr;
+            crossentropy_row_shared(losses + row, dlogits + row * Vp, cache, next, target, target_logit, dloss, V,
+                                    Vp, vec);
             cp_async_commit();
-            cp_async_wait<0>();
-            __syncthreads();                    // every thread's part of the row in
-            crossentropy_row(losses + row, dlogits + row * Vp, cache, target, target_logit, dloss, V, Vp, vec);
-            __syncthreads();                    // the copy read out before the next row is copied over it
         } else {
             crossentropy_row(losses + row, dlogits + row * Vp, x, target, target_logit, dloss, V, Vp, vec);
         }
