@@ -166,7 +166,8 @@ extern "C" __global__ void __launch_bounds__(256) attention_forward_wgmma(floatX
 //                                     all after those queries)
 //   Producer, warpgroup 2: copies the query tiles in (Q, dO, lse, D; WS_STAGES stages, so the copies run
 //   two tiles ahead), and per tile computes dQ = dS K over all 128 keys (wgmma, A = dS^T read transposed,
-//   B = K N-major) and adds it into dq_acc from its registers (8-byte atomic additions).
+//   B = K N-major), started before it copies and announces the next tiles and waited for after, then
+//   adds it into dq_acc from its registers (16-byte atomic additions, two lanes swapping halves).
 // So Q and dO are copied once per 128 keys, dq_acc takes half the additions the one-warpgroup form
 // made, and the consumers wait on neither the copies, dQ nor the atomics. Shared (1024-byte aligned,
 // 128-byte swizzle, 64 x 64 bf16 tiles of 8 KB): K, V (128 keys), Q | dO per stage, dS^T (128 keys) per
@@ -228,7 +229,15 @@ attention_backward_wgmma(floatX* dqkv, float* dq_acc, float* dbias_kv, const flo
         cp_async_wait<WS_STAGES - 2>();                           // tile 0 (and K, V) in
         fence_async_shared();
         bar_arrive(BAR_FULL, 384);
-        for (int i = 0; i <= n; i++) {        // tile i + WS_STAGES - 1 in, tile i + 1 announced, tile i - 1's dQ
+        for (int i = 0; i <= n; i++) {        // tile i - 1's dQ started, tile i + WS_STAGES - 1 in, tile i + 1
+            const int p = i - 1, d = (p + WS_DS) % WS_DS;         // announced, tile i - 1's dQ added (from dS^T d)
+            float dq[HS / 8][4];                                  // rows: queries warp*16 + g (+ 8)
+            if (i > 0) {                                          // dQ of query tile q0 + p, running while
+                bar_sync(BAR_DSFULL + d, 384);                    // the next tiles are copied and announced
+                wg_fence();
+                for (int kk = 0; kk < 2 * TILE / 16; kk++) wgmma_ss_t(dq, dsd + d * 2 * TD + kk * 128, kd + kk * 128, kk > 0);
+                wg_commit();
+            }
             if (i + WS_STAGES - 1 < n) {
                 if (i >= 1) bar_sync(BAR_EMPTY + (i - 1) % WS_STAGES, 384);   // tile i - 1's stage is free
                 load_query_tile(i + WS_STAGES - 1);
@@ -240,20 +249,19 @@ attention_backward_wgmma(floatX* dqkv, float* dq_acc, float* dbias_kv, const flo
                 bar_arrive(BAR_FULL + (i + 1) % WS_STAGES, 384);
             }
             if (i == 0) continue;
-            const int p = i - 1, d = p % WS_DS;                   // dQ of query tile q0 + p
-            float dq[HS / 8][4];                                  // rows: queries warp*16 + g (+ 8)
-            bar_sync(BAR_DSFULL + d, 384);
-            wg_fence();
-            for (int kk = 0; kk < 2 * TILE / 16; kk++) wgmma_ss_t(dq, dsd + d * 2 * TD + kk * 128, kd + kk * 128, kk > 0);
-            wg_commit();
             wg_wait<0>();
             if (p + WS_DS < n) bar_arrive(BAR_DSEMPTY + d, 384);
-            for (int e = 0; e < 2; e++) {                         // into dq_acc straight from the registers
-                const int iq = (q0 + p) * TILE + warp * 16 + g + 8 * e;
-                if (iq < T) {
-                    float2* row = reinterpret_cast<float2*>(dq_acc + ((long long)b * T + iq) * C + h * HS + 2 * tig);
-                    for (int n8 = 0; n8 < HS / 8; n8++) atomicAdd(row + n8 * 4, make_float2(dq[n8][2 * e], dq[n8][2 * e + 1]));
-                }
+            // into dq_acc from the registers in 16-byte additions: lanes tig and tig ^ 1 swap halves, the even
+            // one then holding 4 columns of row g, the odd one the same 4 of row g + 8
+            const bool odd = tig & 1;
+            const int iq = (q0 + p) * TILE + warp * 16 + g + (odd ? 8 : 0);
+            float* row = dq_acc + ((long long)b * T + iq) * C + h * HS + 2 * (tig & ~1);
+            for (int n8 = 0; n8 < HS / 8; n8++) {
+                const float sx = odd ? dq[n8][0] : dq[n8][2], sy = odd ? dq[n8][1] : dq[n8][3];
+                const float rx = __shfl_xor_sync(0xffffffffu, sx, 1), ry = __shfl_xor_sync(0xffffffffu, sy, 1);
+                if (iq < T)
+                    atomic_add4(row + n8 * 8, odd ? make_float4(rx, ry, dq[n8][2], dq[n8][3])
+                                                  : make_float4(dq[n8][0], dq[n8][1], rx, ry));
             }
         }
         return;
