@@ -124,12 +124,9 @@ __device__ __forceinline__ void copy_row_async(floatX* dst, const floatX* src, i
     }
 }
 
-// The loss and dlogits of one row x (Vp floatX, in shared memory or not) by the whole block, in three
-// reads of x: the max, the sum of exp(x - max), then dlogits written to d, with exp(x - lse) * dloss as
-// exp2(x log2(e) + log2(dloss) - lse log2(e)): one multiply-add and one exp2 per logit. Each thread takes
-// 16-byte packs (vec) or single columns (step); n of a pack lie below V (all PACK but in the last).
-__device__ __forceinline__ void crossentropy_row(float* loss, floatX* d, const floatX* x, int target,
-                                                 float target_logit, float dloss, int V, int Vp, bool vec) {
+// the max of this thread's columns of row x below V: its 16-byte packs (vec) or single columns, as
+// crossentropy_row and crossentropy_row_shared take them (-inf where it has none)
+__device__ __forceinline__ float thread_max(const floatX* x, int V, bool vec) {
     const int step = vec ? PACK : 1;
     float m = -INFINITY;
     for (int c = threadIdx.x * step; c < V; c += blockDim.x * step) {
@@ -139,7 +136,17 @@ __device__ __forceinline__ void crossentropy_row(float* loss, floatX* d, const f
         for (int k = 0; k < PACK; k++)
             if (n == PACK || k < n) m = fmaxf(m, v[k]);
     }
-    m = block_max(m);
+    return m;
+}
+
+// The loss and dlogits of one row x (Vp floatX, in shared memory or not) by the whole block, in three
+// reads of x: the max, the sum of exp(x - max), then dlogits written to d, with exp(x - lse) * dloss as
+// exp2(x log2(e) + log2(dloss) - lse log2(e)): one multiply-add and one exp2 per logit. Each thread takes
+// 16-byte packs (vec) or single columns (step); n of a pack lie below V (all PACK but in the last).
+__device__ __forceinline__ void crossentropy_row(float* loss, floatX* d, const floatX* x, int target,
+                                                 float target_logit, float dloss, int V, int Vp, bool vec) {
+    const int step = vec ? PACK : 1;
+    const float m = block_max(thread_max(x, V, vec));
     float s = 0.0f;
     for (int c = threadIdx.x * step; c < V; c += blockDim.x * step) {
         float v[PACK];
@@ -179,14 +186,7 @@ __device__ __forceinline__ void crossentropy_row_shared(float* loss, floatX* d, 
                                                         int target, float target_logit, float dloss, int V, int Vp,
                                                         bool vec) {
     const int step = vec ? PACK : 1;
-    float m = -INFINITY;
-    for (int c = threadIdx.x * step; c < V; c += blockDim.x * step) {
-        float v[PACK];
-        const int n = min(step, V - c);
-        load_floats(v, x + c, n, vec);
-        for (int k = 0; k < PACK; k++)
-            if (n == PACK || k < n) m = fmaxf(m, v[k]);
-    }
+    const float m = thread_max(x, V, vec);
     const float shift = fmaxf(m, -3.0e38f) * LOG2E;               // finite: a column of -inf gives e = 0
     float s = 0.0f;
     for (int c = threadIdx.x * step; c < V; c += blockDim.x * step) {
