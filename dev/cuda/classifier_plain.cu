@@ -6,30 +6,6 @@
 // stages, grid N.
 #include "classifier.cu"
 
-// row_max_sum, also copying the row into shared memory cache (V floatX) as it is read
-__device__ __forceinline__ void row_max_sum_copying(float& m, float& s, const floatX* x, int V, bool vec, floatX* cache) {
-    const int step = vec ? PACK : 1;
-    m = -INFINITY;
-    s = 0.0f;
-    for (int c = threadIdx.x * step; c < V; c += blockDim.x * step) {
-        float v[PACK];
-        load_floats(v, x + c, vec ? V - c : 1, vec);
-        if (cache) store_floats(cache + c, v, vec ? V - c : 1, vec);   // floatX -> float -> floatX: exact
-        float pm = -INFINITY;
-        for (int k = 0; k < PACK; k++)
-            if (k < step && c + k < V) pm = fmaxf(pm, v[k]);
-        if (pm > m) {
-            s *= __expf(m - pm);
-            m = pm;
-        }
-        for (int k = 0; k < PACK; k++)
-            if (k < step && c + k < V) s += __expf(v[k] - m);
-    }
-    const float row_m = block_max(m);
-    s = block_sum(s * __expf(m - row_m));
-    m = row_m;
-}
-
 extern "C" __global__ void crossentropy_forward_backward_plain(float* losses, floatX* dlogits, const floatX* logits,
                                                                 const int* targets, float dloss, int N, int V,
                                                                 int Vp, int cached) {
@@ -43,7 +19,7 @@ extern "C" __global__ void crossentropy_forward_backward_plain(float* losses, fl
     const bool vec = Vp % PACK == 0 && aligned16(logits) && aligned16(dlogits);
     const int step = vec ? PACK : 1;
     float m, s;
-    row_max_sum_copying(m, s, x, V, vec, cache);   // its barriers also complete the cached row
+    row_max_sum(m, s, x, V, vec, cache);   // its barriers also complete the cached row
     const float row_lse = m + logf(s);
     if (threadIdx.x == 0) losses[row] = row_lse - target_logit;
     const floatX* src = cached ? cache : x;

@@ -414,28 +414,20 @@ def membound(N=64 * 1024, C=768, dbias_oc=(768, 2304, 3072), tol=2e-2):
 # ----------------------------------------------------------------------------------------- classifier
 # the loss and dlogits in one kernel, as training runs it: d12's B*T = 65,536 rows of Vp = 50,304 logits in
 # the model's eight blocks of 8,192 rows, dlogits written over the logits
-def crossentropy_plain(losses, dlogits, logits, targets, dloss, V):
-    """dev/cuda/classifier_plain.cu: one block per row, the row loaded through registers a pack at a time."""
-    Vp = logits.shape[-1]
-    N = logits.size // Vp
-    smem = Vp * logits.dtype.itemsize
-    k = plain_kernel("crossentropy_forward_backward_plain", logits.dtype, "classifier_plain")
-    k.max_dynamic_shared_size_bytes = smem
-    k((N,), (1024,), (losses, dlogits, logits, targets, np.float32(dloss), np.int32(N), np.int32(V), np.int32(Vp),
-                      np.int32(1)), shared_mem=smem)
-
-
-def crossentropy_twoexp(losses, dlogits, logits, targets, dloss, V):
-    """dev/cuda/classifier_plain.cu: the mainline's blocks and row copy, two exps per logit."""
-    from llmnp.cuda.runtime import resident_blocks
-    Vp = logits.shape[-1]
-    N = logits.size // Vp
-    smem = Vp * logits.dtype.itemsize
-    k = plain_kernel("crossentropy_forward_backward_twoexp", logits.dtype, "classifier_plain")
-    k.max_dynamic_shared_size_bytes = smem
-    k((min(N, resident_blocks(k, 1024, smem)),), (1024,),
-      (losses, dlogits, logits, targets, np.float32(dloss), np.int32(N), np.int32(V), np.int32(Vp), np.int32(1)),
-      shared_mem=smem)
+def crossentropy_dev(name, strided):
+    """A launcher for dev/cuda/classifier_plain.cu's kernel `name` (the mainline kernel's arguments, the row
+    always cached): one block per row, or (strided) one wave of blocks striding over the rows."""
+    def run(losses, dlogits, logits, targets, dloss, V):
+        from llmnp.cuda.runtime import resident_blocks
+        Vp = logits.shape[-1]
+        N = logits.size // Vp
+        smem = Vp * logits.dtype.itemsize
+        k = plain_kernel(name, logits.dtype, "classifier_plain")
+        k.max_dynamic_shared_size_bytes = smem
+        grid = min(N, resident_blocks(k, 1024, smem)) if strided else N
+        k((grid,), (1024,), (losses, dlogits, logits, targets, np.float32(dloss), np.int32(N), np.int32(V),
+                             np.int32(Vp), np.int32(1)), shared_mem=smem)
+    return run
 
 
 def classifier(N=64 * 1024, rows=8192, V=50257, Vp=50304, tol=2e-2):
@@ -443,8 +435,10 @@ def classifier(N=64 * 1024, rows=8192, V=50257, Vp=50304, tol=2e-2):
     `rows`; GB/s from the bytes a pass must move (the logits read once, dlogits written once)."""
     from llmnp import classifier as ref_cl
     from llmnp.cuda.classifier import crossentropy_forward_backward
-    variants = (("one row per block, loaded through registers", crossentropy_plain),
-                ("rows strided, each copied in whole (cp.async), two exps per logit", crossentropy_twoexp),
+    variants = (("one row per block, loaded through registers",
+                 crossentropy_dev("crossentropy_forward_backward_plain", strided=False)),
+                ("rows strided, each copied in whole (cp.async), two exps per logit",
+                 crossentropy_dev("crossentropy_forward_backward_twoexp", strided=True)),
                 ("one exp per logit, the next row copied in as this one goes out*", crossentropy_forward_backward))
     rng = np.random.default_rng(0)
     print(f"| classifier variant | max rel. error vs NumPy | ms for N={N} in blocks of {rows} | GB/s |")

@@ -58,13 +58,16 @@ extern "C" __global__ void softmax_forward_kernel(floatX* probs, const floatX* l
 // the max of row x's first V columns and the sum of exp(x - max) over them, in fp32, for the whole
 // block (every thread gets both): one read of the row, each thread keeping a running max and a sum that
 // it rescales whenever its max grows, then the block's partial sums are brought to the block's max.
-__device__ __forceinline__ void row_max_sum(float& m, float& s, const floatX* x, int V, bool vec) {
+// copy (V floatX), unless null: the row written there as it is read (floatX -> float -> floatX: exact).
+__device__ __forceinline__ void row_max_sum(float& m, float& s, const floatX* x, int V, bool vec,
+                                            floatX* copy = nullptr) {
     const int step = vec ? PACK : 1;
     m = -INFINITY;
     s = 0.0f;
     for (int c = threadIdx.x * step; c < V; c += blockDim.x * step) {
         float v[PACK];
         load_floats(v, x + c, vec ? V - c : 1, vec);
+        if (copy) store_floats(copy + c, v, vec ? V - c : 1, vec);
         float pm = -INFINITY;
         for (int k = 0; k < PACK; k++)
             if (k < step && c + k < V) pm = fmaxf(pm, v[k]);
