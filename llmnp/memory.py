@@ -133,9 +133,11 @@ def estimate(config, B, T, dtype="fp32", recompute=1, processes=1, zero_stage=0,
         # check before a checkpoint, one byte a parameter, fits in it). Against the peaks of the README's
         # bench/gpu.py table (d12, T=1024, B=4, 16, 64, bf16 and fp32, -r 0; five of the six from an earlier
         # run less its probs buffer) this table reads 0.99-1.02 with that row, 0.93-0.99 without it.
-        # In bf16 the tensor-core attention backward also adds dq into a (B, T, C) fp32 buffer and leaves
-        # the qkv bias gradient's partial sums of dk and dv in a (B * ceil(T/16), 2C) one.
-        temporary = B * NH * T * 4 + 4 * n + ((B * T * C + B * -(-T // 16) * 2 * C) * 4 if size == 2 else 0)
+        # In bf16 the tensor-core attention backward also adds dq into a (B, T, C) fp32 buffer (T rounded
+        # up to 64 on Hopper: its query tiles) and leaves the qkv bias gradient's partial sums of dk and dv
+        # in a (B * ceil(T/16), 2C) one.
+        dq = B * -(-T // 64) * 64 * C
+        temporary = B * NH * T * 4 + 4 * n + ((dq + B * -(-T // 16) * 2 * C) * 4 if size == 2 else 0)
         scratch_note = ("one layer's activation gradients + attention's row sums"
                         + (", dq and bias partial sums" if size == 2 else "") + " + the weights' upload copy")
     dtype_name = {2: "bf16", 4: "fp32", 8: "fp64"}.get(size, str(dtype))

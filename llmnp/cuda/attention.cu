@@ -70,9 +70,9 @@ extern "C" __global__ void attention_forward_fp32(floatX* out, float* lse, const
 
 // D[b,h,t] = sum_d dout[b,t,h,d] * out[b,t,h,d]; `lanes` threads per (b, t, h) row: one 16-byte pack
 // each when HS is a whole number of packs that divides a warp, else a warp striding over the row.
-// dq_acc (B,T,C) float, when not null, is zeroed on the way (attention_backward_mma adds into it).
-extern "C" __global__ void attention_backward_rowdot(float* D, float* dq_acc, const floatX* dout, const floatX* out,
-                                                     int B, int T, int NH) {
+// dq_acc (dq_size floats), when not null, is zeroed on the way (the tensor-core backwards add into it).
+extern "C" __global__ void attention_backward_rowdot(float* D, float* dq_acc, long long dq_size, const floatX* dout,
+                                                     const floatX* out, int B, int T, int NH) {
     constexpr bool packed = HS % PACK == 0 && 32 % (HS / PACK) == 0;
     constexpr int lanes = packed ? HS / PACK : 32;
     const long long rows = (long long)B * T * NH;
@@ -86,9 +86,10 @@ extern "C" __global__ void attention_backward_rowdot(float* D, float* dq_acc, co
         } else {
             for (int d = sub; d < HS; d += lanes) sum += toF(dout[row * HS + d]) * toF(out[row * HS + d]);
         }
-        if (dq_acc != nullptr)
-            for (int d = sub; d < HS; d += lanes) dq_acc[row * HS + d] = 0.0f;
     }
+    if (dq_acc != nullptr)
+        for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < dq_size; i += (long long)gridDim.x * blockDim.x)
+            dq_acc[i] = 0.0f;
     for (int offset = lanes / 2; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
     if (sub == 0 && row < rows) {
         const int h = (int)(row % NH);

@@ -7,8 +7,10 @@ head size that is a multiple of 16 up to 128 the mma.sync tensor-core kernels of
 portable path, and the reference for the Hopper ones); everything else (fp32 storage, other head sizes up
 to 128) the fp32 CUDA-core kernels, the reference for both.
 lse and the backward's D = rowsum(dout * out) are float32 (B,NH,T); the tensor-core backwards add dq into
-a float32 (B,T,C) scratch buffer first. Given dqkv_bias, the backward also sums dqkv's rows into it (the
-qkv projection's bias gradient): the tensor-core kernels leave partial sums as they store dqkv.
+a float32 scratch buffer first: (B,T,C) rows for the mma kernel, (B*NH, ceil(T/64), 64*hs) query tiles
+for the wgmma one (attention_hopper.cu says why). Given dqkv_bias, the backward also sums dqkv's rows
+into it (the qkv projection's bias gradient): the tensor-core kernels leave partial sums as they store
+dqkv.
 Shapes: B batch, T time, C channels, NH heads, hs = C/NH; qkv (B,T,3C), out/dout (B,T,C).
 """
 import numpy as np
@@ -67,8 +69,9 @@ def tensor_core_kernel(name, dtype, hs, smem, family="attention"):
 # attention_hopper.cu's shared memory: 64 x 64 bf16 tiles (8 KB), and up to 1 KB to align them to 1024 bytes
 HOPPER_FORWARD_SMEM = 8 * 8192 + 1024                 # Q (128 rows), K and V in three stages
 WS_STAGES, WS_DS = 3, 2                               # attention_hopper.cu: query tile stages, dS^T buffers
-# K and V (128 keys: 4 tiles), Q | dO per stage, dS^T (128 keys) per buffer, lse and D per stage
-HOPPER_BACKWARD_SMEM = (4 + 2 * WS_STAGES + 2 * WS_DS) * 8192 + 2 * WS_STAGES * ROWS * 4 + 1024
+# K and V (128 keys: 4 tiles), Q | dO per stage, dS^T (128 keys) per buffer, lse and D per stage, two
+# 64 x 64 float dq staging buffers
+HOPPER_BACKWARD_SMEM = (4 + 2 * WS_STAGES + 2 * WS_DS + 2 * 2) * 8192 + 2 * WS_STAGES * ROWS * 4 + 1024
 
 
 def attention_forward(out, lse, qkv, kernels=None):
@@ -91,14 +94,15 @@ def attention_forward(out, lse, qkv, kernels=None):
 
 
 def rowdot(D, dq_acc, dout, out, NH):
-    """D (B,NH,T) float <- rowsum(dout * out) per head; dq_acc (B,T,C) float, unless None, zeroed."""
+    """D (B,NH,T) float <- rowsum(dout * out) per head; dq_acc (float, any shape), unless None, zeroed."""
     B, T, C = out.shape
     hs = C // NH
     packs = hs // pack(out.dtype)                          # attention_backward_rowdot's threads per row
     lanes = packs if hs % pack(out.dtype) == 0 and 32 % packs == 0 else 32
     k = kernel("attention", "attention_backward_rowdot", out.dtype, HS=hs)
     k((blocks(B * T * NH * lanes, 256),), (256,),
-      (D, np.uint64(0) if dq_acc is None else dq_acc, dout, out, np.int32(B), np.int32(T), np.int32(NH)))
+      (D, np.uint64(0) if dq_acc is None else dq_acc, np.int64(0 if dq_acc is None else dq_acc.size), dout, out,
+       np.int32(B), np.int32(T), np.int32(NH)))
 
 
 def dq_store_grid(dqkv):
@@ -119,11 +123,21 @@ def dq_store(dqkv, dq_acc, dbias_q, NH):
     k(grid, block, (dqkv, np.uint64(0) if dbias_q is None else dbias_q, dq_acc, np.int32(B), np.int32(T), np.int32(NH)))
 
 
+def dq_store_tiles(dqkv, dq_acc, dbias_q, NH):
+    """dqkv (B,T,3C)'s q part <- dq_acc (B*NH, ceil(T/64), 64*hs) float / sqrt(hs), attention_backward_wgmma's
+    query tiles, a block each; dbias_q (B*ceil(T/64), C) float, unless None, <- each block's column sums of
+    what it stored."""
+    B, T, C3 = dqkv.shape
+    k = kernel("attention_hopper", "attention_backward_dq_store_tiles", dqkv.dtype, HS=C3 // 3 // NH)
+    k((blocks(T, ROWS), B * NH), (128,),
+      (dqkv, np.uint64(0) if dbias_q is None else dbias_q, dq_acc, np.int32(B), np.int32(T), np.int32(NH)))
+
+
 def attention_backward(dqkv, dout, qkv, out, lse, kernels=None, dqkv_bias=None):
     """dqkv (B,T,3C) overwritten <- dout (B,T,C), with qkv, out, lse saved by forward. kernels: as forward's.
     dqkv_bias (3C,), unless None: += dqkv's rows summed (the qkv projection's bias gradient, its dout
-    being dqkv); the tensor-core kernels leave partial column sums as they store dqkv (q: one row per
-    thread row of dq_store, k | v: one row per 16 keys), attention_backward_dbias adds them up."""
+    being dqkv); the tensor-core kernels leave partial column sums as they store dqkv (q: the dq store's,
+    k | v: one row per 16 keys), attention_backward_dbias adds them up."""
     B, T, C, NH, hs = _shapes(out, lse, qkv)
     check(out.dtype, dqkv=dqkv, dout=dout, qkv=qkv, out=out)
     check(np.float32, lse=lse)
@@ -131,38 +145,42 @@ def attention_backward(dqkv, dout, qkv, out, lse, kernels=None, dqkv_bias=None):
         check(out.dtype, dqkv_bias=dqkv_bias)
     kernels = chosen(kernels, out.dtype, hs, dqkv, dout, qkv, out)
     D = scratch("attention_D", B * NH * T)
-    tensor_cores = kernels != "fp32"
-    dq_acc = scratch("attention_dq", B * T * C) if tensor_cores else None
-    rowdot(D, dq_acc, dout, out, NH)                       # D, and dq_acc = 0 for the atomics
     sizes = (np.int32(B), np.int32(T), np.int32(NH))
-    grid = (blocks(T, ROWS), B * NH)
-    if tensor_cores:
-        dbias_kv = dbias_q = None                          # the qkv bias's partial rows: k | v, and q
-        if dqkv_bias is not None:
-            rows_kv = B * blocks(T, 16)                    # one per 16 keys
-            (dq_blocks,), (_, dq_rows) = dq_store_grid(dqkv)
-            rows_q = dq_blocks * dq_rows                   # one per thread row of dq_store
-            dbias_kv = scratch("attention_dbias_kv", rows_kv * 2 * C)
-            dbias_q = scratch("attention_dbias_q", rows_q * C)
-        args = (dqkv, dq_acc, np.uint64(0) if dbias_kv is None else dbias_kv, dout, qkv, lse, D) + sizes
-        if kernels == "wgmma":                             # 128 keys per block of three warpgroups
-            smem = HOPPER_BACKWARD_SMEM
-            k = tensor_core_kernel("attention_backward_wgmma", out.dtype, hs, smem, "attention_hopper")
-            k((blocks(T, 2 * ROWS), B * NH), (384,), args, shared_mem=smem)
-        else:
-            smem = tile_smem(hs, 6, 4 * ROWS) + ROWS * (ROWS + 8) * 2                   # + dS^T at pitch 72
-            k = tensor_core_kernel("attention_backward_mma", out.dtype, hs, smem)
-            k(grid, (128,), args, shared_mem=smem)
-        dq_store(dqkv, dq_acc, dbias_q, NH)
-        if dqkv_bias is not None:
-            kernel("attention", "attention_backward_dbias", out.dtype, HS=hs)(
-                (blocks(3 * C, 32),), (32, 32), (dqkv_bias, dbias_q, np.int32(rows_q), dbias_kv, np.int32(rows_kv),
-                                                 np.int32(C)))
-    else:
+    if kernels == "fp32":
+        rowdot(D, None, dout, out, NH)
         smem = 4 * (2 * ROWS * (hs + 1) + 2 * TILE1 * hs + 2 * TILE1)
         for name in ("attention_backward_dkdv_fp32", "attention_backward_dq_fp32"):
             k = kernel("attention", name, out.dtype, HS=hs)
             k.max_dynamic_shared_size_bytes = smem
-            k(grid, (ROWS,), (dqkv, dout, qkv, lse, D) + sizes, shared_mem=smem)
+            k((blocks(T, ROWS), B * NH), (ROWS,), (dqkv, dout, qkv, lse, D) + sizes, shared_mem=smem)
         if dqkv_bias is not None:
             matmul_dbias(dqkv_bias, dqkv)
+        return
+    # the tensor-core kernels add dq into dq_acc (zeroed by rowdot), then a store kernel writes it into dqkv
+    if kernels == "wgmma":                                 # in 64-query tiles, stored a block per tile
+        dq_size, rows_q = B * NH * blocks(T, ROWS) * ROWS * hs, B * blocks(T, ROWS)
+    else:                                                  # in rows (B,T,C), one partial row per thread row
+        (dq_blocks,), (_, dq_rows) = dq_store_grid(dqkv)
+        dq_size, rows_q = B * T * C, dq_blocks * dq_rows
+    dq_acc = scratch("attention_dq", dq_size)
+    rowdot(D, dq_acc, dout, out, NH)
+    dbias_kv = dbias_q = None                              # the qkv bias's partial rows: k | v, and q
+    rows_kv = B * blocks(T, 16)                            # one per 16 keys
+    if dqkv_bias is not None:
+        dbias_kv = scratch("attention_dbias_kv", rows_kv * 2 * C)
+        dbias_q = scratch("attention_dbias_q", rows_q * C)
+    args = (dqkv, dq_acc, np.uint64(0) if dbias_kv is None else dbias_kv, dout, qkv, lse, D) + sizes
+    if kernels == "wgmma":                                 # 128 keys per block of three warpgroups
+        smem = HOPPER_BACKWARD_SMEM
+        k = tensor_core_kernel("attention_backward_wgmma", out.dtype, hs, smem, "attention_hopper")
+        k((blocks(T, 2 * ROWS), B * NH), (384,), args, shared_mem=smem)
+        dq_store_tiles(dqkv, dq_acc, dbias_q, NH)
+    else:
+        smem = tile_smem(hs, 6, 4 * ROWS) + ROWS * (ROWS + 8) * 2                       # + dS^T at pitch 72
+        k = tensor_core_kernel("attention_backward_mma", out.dtype, hs, smem)
+        k((blocks(T, ROWS), B * NH), (128,), args, shared_mem=smem)
+        dq_store(dqkv, dq_acc, dbias_q, NH)
+    if dqkv_bias is not None:
+        kernel("attention", "attention_backward_dbias", out.dtype, HS=hs)(
+            (blocks(3 * C, 32),), (32, 32), (dqkv_bias, dbias_q, np.int32(rows_q), dbias_kv, np.int32(rows_kv),
+                                             np.int32(C)))

@@ -1,10 +1,11 @@
 // Causal self-attention on Hopper's warpgroup instructions (sm_90a: wgmma reading shared memory
 // directly), head size 64 (every GPT-2 size): the forward and the fused backward of attention.cu's
 // tensor-core kernels, which stay the portable path (pre-Hopper GPUs, other head sizes) and the
-// reference these are tested against. Same arguments, outputs and companions (attention_backward_rowdot
-// before the backward, attention_backward_dq_store after it); the online
-// softmax, its output and the backward's element-wise step are attention.cu's, whose mma.sync
-// accumulator layout wgmma's m64nN shares (warp w of a warpgroup holds its rows 16w..16w+15).
+// reference these are tested against. Same arguments and outputs; the backward's companions are
+// attention_backward_rowdot before it and its own attention_backward_dq_store_tiles after it (dq_acc is
+// kept in 64-query tiles here, in rows there); the online softmax, its output and the backward's
+// element-wise step are attention.cu's, whose mma.sync accumulator layout wgmma's m64nN shares (warp w
+// of a warpgroup holds its rows 16w..16w+15).
 // Compiled with -arch=sm_90a (runtime.py ARCH); empty for any other target.
 //
 // Shared tiles: one token per 128-byte row (HS = 64 bf16), 8-row atoms of 1024 bytes in wgmma's 128-byte
@@ -167,12 +168,16 @@ extern "C" __global__ void __launch_bounds__(256) attention_forward_wgmma(floatX
 //   Producer, warpgroup 2: copies the query tiles in (Q, dO, lse, D; WS_STAGES stages, so the copies run
 //   two tiles ahead), and per tile computes dQ = dS K over all 128 keys (wgmma, A = dS^T read transposed,
 //   B = K N-major), started before it copies and announces the next tiles and waited for after, then
-//   adds it into dq_acc from its registers (16-byte atomic additions, two lanes swapping halves).
+//   writes it to a shared staging buffer in its registers' order and adds that into dq_acc's tile with
+//   one bulk reduction (cp.reduce.async.bulk: the copy engine does the 4,096 additions). dq_acc
+//   (B*NH, ceil(T/64), 64 x 64) float keeps each query tile in that order, so the tile is 16 KB in
+//   one piece; attention_backward_dq_store_tiles puts it in rows.
 // So Q and dO are copied once per 128 keys, dq_acc takes half the additions the one-warpgroup form
-// made, and the consumers wait on neither the copies, dQ nor the atomics. Shared (1024-byte aligned,
+// made, and the consumers wait on neither the copies, dQ nor its additions. Shared (1024-byte aligned,
 // 128-byte swizzle, 64 x 64 bf16 tiles of 8 KB): K, V (128 keys), Q | dO per stage, dS^T (128 keys) per
-// buffer, then lse and D per stage. The warpgroups meet at named barriers (bar 0 is __syncthreads), each
-// counting 384 threads: one side arrives (bar.arrive), the other waits (bar.sync):
+// buffer, then lse and D per stage, then two dq staging buffers (64 x 64 float). The warpgroups meet at
+// named barriers (bar 0 is __syncthreads), each counting 384 threads: one side arrives (bar.arrive), the
+// other waits (bar.sync):
 //   FULL[s]    producer -> consumers: the query tile of stage s is in shared memory
 //   EMPTY[s]   consumers -> producer: done reading stage s (their dV, dK products finished)
 //   DSFULL[d]  consumers -> producer: dS^T buffer d written
@@ -185,7 +190,19 @@ extern "C" __global__ void __launch_bounds__(256) attention_forward_wgmma(floatX
 #define BAR_EMPTY (BAR_FULL + WS_STAGES)
 #define BAR_DSFULL (BAR_EMPTY + WS_STAGES)
 #define BAR_DSEMPTY (BAR_DSFULL + WS_DS)
-static_assert(BAR_DSEMPTY + WS_DS <= 16, "16 named barriers");
+#define BAR_PRODUCER (BAR_DSEMPTY + WS_DS)            // the producer's own 128 threads
+static_assert(BAR_PRODUCER < 16, "16 named barriers");
+// dst[0 .. bytes/4) += src[...] (floats), global from shared, by the copy engine (TMA's bulk reduction)
+__device__ __forceinline__ void bulk_reduce_add(float* dst, const float* src, unsigned bytes) {
+    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n"
+                 :: "l"(dst), "r"(smem_u32(src)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// wait until at most N of this thread's committed bulk groups are still reading shared memory / running
+template <int N> __device__ __forceinline__ void bulk_wait_read() {
+    asm volatile("cp.async.bulk.wait_group.read %0;\n" :: "n"(N) : "memory");
+}
+template <int N> __device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group %0;\n" :: "n"(N) : "memory"); }
 __device__ __forceinline__ void bar_sync(int id, int threads) { asm volatile("bar.sync %0, %1;\n" :: "r"(id), "r"(threads) : "memory"); }
 __device__ __forceinline__ void bar_arrive(int id, int threads) { asm volatile("bar.arrive %0, %1;\n" :: "r"(id), "r"(threads) : "memory"); }
 
@@ -198,6 +215,7 @@ attention_backward_wgmma(floatX* dqkv, float* dq_acc, float* dbias_kv, const flo
     floatX* dst = tiles + WS_STAGES * 2 * TILE * HS;              // dS^T: [WS_DS][128 keys][TILE queries]
     float* ls = reinterpret_cast<float*>(dst + WS_DS * 2 * TILE * TILE);   // [WS_STAGES][TILE]
     float* Ds = ls + WS_STAGES * TILE;                            // [WS_STAGES][TILE]
+    float* dqs = Ds + WS_STAGES * TILE;                           // dq staging: [2][TILE * HS] float
     const int C = NH * HS, C3 = 3 * C;
     const int kt = blockIdx.x;                                    // keys kt*128 .. kt*128 + 127
     const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
@@ -251,19 +269,23 @@ attention_backward_wgmma(floatX* dqkv, float* dq_acc, float* dbias_kv, const flo
             if (i == 0) continue;
             wg_wait<0>();
             if (p + WS_DS < n) bar_arrive(BAR_DSEMPTY + d, 384);
-            // into dq_acc from the registers in 16-byte additions: lanes tig and tig ^ 1 swap halves, the even
-            // one then holding 4 columns of row g, the odd one the same 4 of row g + 8
-            const bool odd = tig & 1;
-            const int iq = (q0 + p) * TILE + warp * 16 + g + (odd ? 8 : 0);
-            float* row = dq_acc + ((long long)b * T + iq) * C + h * HS + 2 * (tig & ~1);
-            for (int n8 = 0; n8 < HS / 8; n8++) {
-                const float sx = odd ? dq[n8][0] : dq[n8][2], sy = odd ? dq[n8][1] : dq[n8][3];
-                const float rx = __shfl_xor_sync(0xffffffffu, sx, 1), ry = __shfl_xor_sync(0xffffffffu, sy, 1);
-                if (iq < T)
-                    atomic_add4(row + n8 * 8, odd ? make_float4(rx, ry, dq[n8][2], dq[n8][3])
-                                                  : make_float4(dq[n8][0], dq[n8][1], rx, ry));
+            // into dq_acc's tile by one bulk addition: the registers into staging buffer p % 2 in their own
+            // order (float4 n8 * 128 + t: thread t's dq[n8]), which is the tile's order in dq_acc too
+            float* stage = dqs + (p % 2) * TILE * HS;
+            if (t == 0) bulk_wait_read<1>();                      // the addition from it two tiles ago has read it
+            bar_sync(BAR_PRODUCER, 128);
+            for (int n8 = 0; n8 < HS / 8; n8++)
+                *reinterpret_cast<float4*>(stage + (n8 * 128 + t) * 4) =
+                    make_float4(dq[n8][0], dq[n8][1], dq[n8][2], dq[n8][3]);
+            fence_async_shared();                                 // the writes, visible to the copy engine
+            bar_sync(BAR_PRODUCER, 128);
+            if (t == 0) {
+                const long long tile = (long long)bh * ((T + TILE - 1) / TILE) + q0 + p;   // (b, h, query tile)
+                bulk_reduce_add(dq_acc + tile * TILE * HS, stage, TILE * HS * 4);
+                bulk_commit();
             }
         }
+        if (t == 0) bulk_wait<0>();                              // the last additions done before the block ends
         return;
     }
     // the consumers: warpgroup wg holds keys j0, j0 + 8 (its 64 keys start at (q0 + wg) * TILE)
@@ -326,5 +348,45 @@ attention_backward_wgmma(floatX* dqkv, float* dq_acc, float* dbias_kv, const flo
         if (i + WS_STAGES < n) bar_arrive(BAR_EMPTY + s, 384);
     }
     store_dkdv(dqkv, dbias_kv, dk, dv, b, h, NH, j0, T);
+}
+
+// attention_backward_wgmma's dq_acc (B*NH, ceil(T/64), 64 x 64 floats, float4 n8 * 128 + t of a tile
+// holding the producer thread t's dq[n8]) / sqrt(HS) into dqkv's q part: grid (ceil(T/64), B*NH), 128
+// threads; the tile turned into bf16 rows in shared memory, then stored 16 bytes a thread. Unless dbias_q
+// is null, the block's column sums of what it stored go to its row b * gridDim.x + blockIdx.x of dbias_q
+// (B ceil(T/64), C) float.
+extern "C" __global__ void __launch_bounds__(128)
+attention_backward_dq_store_tiles(floatX* dqkv, float* dbias_q, const float* dq_acc, int B, int T, int NH) {
+    __shared__ __align__(16) floatX rows[TILE][HS + 8];
+    __shared__ float sums[16][HS];
+    const int qt = blockIdx.x, bh = blockIdx.y, b = bh / NH, h = bh % NH, C = NH * HS, t = threadIdx.x;
+    const int warp = t / 32, g = t % 32 / 4, tig = t % 4;
+    const float scale = 1.0f / sqrtf((float)HS);
+    const float4* src = reinterpret_cast<const float4*>(dq_acc + ((long long)bh * gridDim.x + qt) * TILE * HS);
+    float4 f[HS / 8];
+    for (int n8 = 0; n8 < HS / 8; n8++) f[n8] = src[n8 * 128 + t];
+    for (int n8 = 0; n8 < HS / 8; n8++) {
+        const int r = warp * 16 + g, c = n8 * 8 + 2 * tig;       // rows r and r + 8, columns c and c + 1
+        *reinterpret_cast<unsigned*>(&rows[r][c]) = pack_bf16(f[n8].x * scale, f[n8].y * scale);
+        *reinterpret_cast<unsigned*>(&rows[r + 8][c]) = pack_bf16(f[n8].z * scale, f[n8].w * scale);
+    }
+    __syncthreads();
+    const int c = t % 8;                                          // this thread's 16-byte pack of a row
+    float sum[PACK] = {};
+    for (int r = t / 8; r < TILE; r += 16) {
+        const int row = qt * TILE + r;
+        if (row >= T) break;
+        const x128 v = *reinterpret_cast<const x128*>(&rows[r][c * PACK]);
+        store128(dqkv + ((long long)b * T + row) * 3 * C + h * HS + c * PACK, v);
+        for (int k = 0; k < PACK; k++) sum[k] += toF(v.v[k]);
+    }
+    if (dbias_q == nullptr) return;
+    for (int k = 0; k < PACK; k++) sums[t / 8][c * PACK + k] = sum[k];
+    __syncthreads();
+    if (t < HS) {
+        float s = 0.0f;
+        for (int y = 0; y < 16; y++) s += sums[y][t];
+        dbias_q[((long long)b * gridDim.x + qt) * C + h * HS + t] = s;
+    }
 }
 #endif
