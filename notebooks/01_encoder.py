@@ -200,18 +200,24 @@ plt.show()
 # write the loop it is the body of, in NumPy, with the same flat indices, and check that loop against
 # the layer.
 #
-# **Forward: one thread per output number.** The (B, T, C) output is N·C numbers in a row (N = B·T
-# positions); thread `idx` of the grid works out which position `n`, channel `c` and time `t` it is:
+# **Forward: one thread per 16 bytes of output.** The (B, T, C) output is N·C numbers in a row (N = B·T
+# positions). Memory moves fastest in 16-byte pieces, so each thread takes `PACK` consecutive numbers
+# of one row (8 in bf16, 4 in float32; `PACK` in common.cuh): thread `idx` of the grid works out its
+# position `n`, time `t` and first channel `c`, then reads its piece of the `wte` row and of the `wpe`
+# row with one instruction each (`load_floats`, where the rows are 16-byte aligned; else number by
+# number) and writes the sums with one more (`store_floats`):
 
 # %%
-def encoder_forward_threads(inp, wte, wpe):
+def encoder_forward_threads(inp, wte, wpe, P=8):
     B, T = inp.shape
     N, C = B * T, wte.shape[1]
+    chunks = -(-C // P)                                 # PACK-wide pieces per row (the last may be short)
     out = np.empty(N * C)                               # flat, as the GPU sees every buffer
-    for idx in range(N * C):                            # the body: thread idx = blockIdx.x * blockDim.x + threadIdx.x
-        n, c = idx // C, idx % C
+    for idx in range(N * chunks):                       # the body: thread idx = blockIdx.x * blockDim.x + threadIdx.x
+        n, c = idx // chunks, idx % chunks * P
         t = n % T
-        out[idx] = wte.ravel()[inp.ravel()[n] * C + c] + wpe.ravel()[t * C + c]
+        for k in range(c, min(c + P, C)):               # its P numbers: one load and one store on the GPU
+            out[n * C + k] = wte.ravel()[inp.ravel()[n] * C + k] + wpe.ravel()[t * C + k]
     return out.reshape(B, T, C)
 
 
@@ -222,11 +228,11 @@ print("the thread loop = the layer:", np.allclose(encoder_forward_threads(inp, w
 # token would add into the same `dwte` row at the same moment. Atomic adds would work, in an order that
 # changes from run to run; instead the launcher sorts the positions by token (`order`), and block `i`
 # looks at the i-th position in that order: if it starts a run of equal tokens, it sums the whole run,
-# its threads striding over the C channels; if not, it exits at once. Every row is summed by one block,
+# its threads striding over the C channels a 16-byte piece at a time; if not, it exits at once. Every row is summed by one block,
 # always in the same order, so the result is the same bit for bit on every run. In NumPy:
 
 # %%
-def encoder_backward_dwte_blocks(dout, inp, Vp, block_dim=2):
+def encoder_backward_dwte_blocks(dout, inp, Vp, block_dim=2, P=8):
     N, C = inp.size, dout.shape[-1]
     inp, dout = inp.ravel(), dout.reshape(N, C)
     order = np.argsort(inp, kind="stable")             # the launcher's sort: positions grouped by token
@@ -239,8 +245,9 @@ def encoder_backward_dwte_blocks(dout, inp, Vp, block_dim=2):
         while end < N and inp[order[end]] == token:
             end += 1
         for thread in range(block_dim):                 # threadIdx.x, in parallel on the GPU
-            for c in range(thread, C, block_dim):       # each thread strides over the channels
-                dwte[token, c] += sum(dout[order[j], c] for j in range(i, end))
+            for c0 in range(thread * P, C, block_dim * P):   # each thread strides over the channels, P at a time
+                for c in range(c0, min(c0 + P, C)):
+                    dwte[token, c] += sum(dout[order[j], c] for j in range(i, end))
     return dwte
 
 
@@ -253,9 +260,9 @@ print("the block loop = np.add.at:", np.allclose(encoder_backward_dwte_blocks(do
 # %%
 from kernels import GPU, compile_kernels, show
 
-show("encoder", "encoder_forward_kernel(", "out[idx] =")
+show("encoder", "encoder_forward_kernel(", "store_floats(out")
 print()
-show("encoder", "encoder_backward_dwte(", "dwte[(long long)token")
+show("encoder", "encoder_backward_dwte(", "store_floats(row")
 
 # %% [markdown]
 # `toF` / `fromF` convert from and to the storage type (float32, or bf16: notebook 10), and the sums

@@ -5,7 +5,7 @@ updates, and params receive them rounded to bf16 stochastically (adamw.py stocha
 """
 import numpy as np
 
-from llmnp.cuda.runtime import blocks, check, cupy, kernel, num_sms, scratch
+from llmnp.cuda.runtime import blocks, check, cupy, kernel, num_sms, pack, scratch
 
 
 def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, t, grad_scale=1.0, master=None,
@@ -32,7 +32,7 @@ def global_norm_squared(grads):
     """sum(g^2) over a flat 1-D buffer: a 0-d float64 device array (float() reads it, and syncs)."""
     check(grads.dtype, grads=grads)
     block_size = 512
-    grid = min(blocks(grads.size, block_size), 4 * num_sms())
+    grid = min(blocks(grads.size, block_size * pack(grads.dtype)), 4 * num_sms())   # a PACK per thread per pass
     partial = scratch("global_norm_partial", grid)
     out = cupy().empty((), dtype=np.float64)
     kernel("global_norm", "global_norm_squared_partial", grads.dtype)((grid,), (block_size,),

@@ -4,7 +4,7 @@ Shapes: B batch, T time, C channels, Vp padded vocab, maxT positions; inp int32 
 """
 import numpy as np
 
-from llmnp.cuda.runtime import blocks, check, cupy, kernel
+from llmnp.cuda.runtime import blocks, check, cupy, kernel, pack
 
 
 def encoder_forward(out, inp, wte, wpe):
@@ -14,7 +14,7 @@ def encoder_forward(out, inp, wte, wpe):
     check(np.int32, inp=inp)
     block_size = 256
     k = kernel("encoder", "encoder_forward_kernel", out.dtype)
-    k((blocks(B * T * C, block_size),), (block_size,),
+    k((blocks(B * T * blocks(C, pack(out.dtype)), block_size),), (block_size,),     # a thread per PACK of a row
       (out, inp, wte, wpe, np.int32(B * T), np.int32(T), np.int32(C)))
 
 
@@ -28,4 +28,4 @@ def encoder_backward(dwte, dwpe, dout, inp):
     k((blocks(T * C, block_size),), (block_size,), (dwpe, dout, np.int32(B), np.int32(T), np.int32(C)))
     order = cupy().argsort(inp.ravel())                  # positions grouped by token (int64)
     k = kernel("encoder", "encoder_backward_dwte", dout.dtype)
-    k((B * T,), (block_size,), (dwte, dout, inp, order, np.int32(B * T), np.int32(C)))
+    k((B * T,), (128,), (dwte, dout, inp, order, np.int32(B * T), np.int32(C)))
