@@ -136,8 +136,9 @@ def dq_store_tiles(dqkv, dq_acc, dbias_q, NH):
 def attention_backward(dqkv, dout, qkv, out, lse, kernels=None, dqkv_bias=None):
     """dqkv (B,T,3C) overwritten <- dout (B,T,C), with qkv, out, lse saved by forward. kernels: as forward's.
     dqkv_bias (3C,), unless None: += dqkv's rows summed (the qkv projection's bias gradient, its dout
-    being dqkv); the tensor-core kernels leave partial column sums as they store dqkv (q: the dq store's,
-    k | v: one row per 16 keys), attention_backward_dbias adds them up."""
+    being dqkv); the tensor-core kernels leave partial column sums as they store dqkv (q: one row per
+    thread row of dq_store or per tile of dq_store_tiles, k | v: per 16 keys, or 64 with wgmma),
+    attention_backward_dbias adds them up."""
     B, T, C, NH, hs = _shapes(out, lse, qkv)
     check(out.dtype, dqkv=dqkv, dout=dout, qkv=qkv, out=out)
     check(np.float32, lse=lse)
@@ -156,16 +157,16 @@ def attention_backward(dqkv, dout, qkv, out, lse, kernels=None, dqkv_bias=None):
         if dqkv_bias is not None:
             matmul_dbias(dqkv_bias, dqkv)
         return
-    # the tensor-core kernels add dq into dq_acc (zeroed by rowdot), then a store kernel writes it into dqkv
+    # the tensor-core kernels add dq into dq_acc (zeroed by rowdot), then a store kernel writes it into dqkv;
+    # rows_q, rows_kv: the qkv bias's partial rows they leave (q: the store's; k | v: the kernel's)
     if kernels == "wgmma":                                 # in 64-query tiles, stored a block per tile
-        dq_size, rows_q = B * NH * blocks(T, ROWS) * ROWS * hs, B * blocks(T, ROWS)
+        dq_size, rows_q, rows_kv = B * NH * blocks(T, ROWS) * ROWS * hs, B * blocks(T, ROWS), B * blocks(T, ROWS)
     else:                                                  # in rows (B,T,C), one partial row per thread row
         (dq_blocks,), (_, dq_rows) = dq_store_grid(dqkv)
-        dq_size, rows_q = B * T * C, dq_blocks * dq_rows
+        dq_size, rows_q, rows_kv = B * T * C, dq_blocks * dq_rows, B * blocks(T, 16)
     dq_acc = scratch("attention_dq", dq_size)
     rowdot(D, dq_acc, dout, out, NH)
-    dbias_kv = dbias_q = None                              # the qkv bias's partial rows: k | v, and q
-    rows_kv = B * blocks(T, 16)                            # one per 16 keys
+    dbias_kv = dbias_q = None
     if dqkv_bias is not None:
         dbias_kv = scratch("attention_dbias_kv", rows_kv * 2 * C)
         dbias_q = scratch("attention_dbias_q", rows_q * C)

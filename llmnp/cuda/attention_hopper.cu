@@ -191,7 +191,8 @@ extern "C" __global__ void __launch_bounds__(256) attention_forward_wgmma(floatX
 #define BAR_DSFULL (BAR_EMPTY + WS_STAGES)
 #define BAR_DSEMPTY (BAR_DSFULL + WS_DS)
 #define BAR_PRODUCER (BAR_DSEMPTY + WS_DS)            // the producer's own 128 threads
-static_assert(BAR_PRODUCER < 16, "16 named barriers");
+#define BAR_CONSUMERS (BAR_PRODUCER + 1)              // the two consumer warpgroups' 256 (then one for each)
+static_assert(BAR_CONSUMERS + 2 < 16, "16 named barriers");
 // dst[0 .. bytes/4) += src[...] (floats), global from shared, by the copy engine (TMA's bulk reduction)
 __device__ __forceinline__ void bulk_reduce_add(float* dst, const float* src, unsigned bytes) {
     asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n"
@@ -205,6 +206,42 @@ template <int N> __device__ __forceinline__ void bulk_wait_read() {
 template <int N> __device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group %0;\n" :: "n"(N) : "memory"); }
 __device__ __forceinline__ void bar_sync(int id, int threads) { asm volatile("bar.sync %0, %1;\n" :: "r"(id), "r"(threads) : "memory"); }
 __device__ __forceinline__ void bar_arrive(int id, int threads) { asm volatile("bar.arrive %0, %1;\n" :: "r"(id), "r"(threads) : "memory"); }
+
+// The consumers' end, warpgroup by warpgroup: its 64 keys' dk / sqrt(HS) and dv (bf16) written to shared
+// memory (two 64 x 64 tiles at `stage`, 128-byte swizzled like the others; `bar` the warpgroup's named
+// barrier), then copied out in 16-byte stores, a whole 128-byte row per 8 threads (attention.cu's
+// store_dkdv leaves a row in 16 pieces of 4 bytes), keys at or past T left alone. Unless dbias_kv is null, thread t then sums column t of the two tiles (dk's
+// 64, then dv's) over the keys below T, into row b * ceil(T/64) + key0 / 64 of dbias_kv
+// (B * ceil(T/64), 2C) float, k | v columns: partial sums of the qkv bias gradient, one row per 64 keys.
+__device__ __forceinline__ void store_dkdv_staged(floatX* dqkv, float* dbias_kv, const float (&dk)[HS / 8][4],
+                                                  const float (&dv)[HS / 8][4], char* stage, int b, int h, int NH,
+                                                  int key0, int T, int bar) {
+    const int t = threadIdx.x % 128, warp = t / 32, g = t % 32 / 4, tig = t % 4, C = NH * HS, C3 = 3 * C;
+    const float scale = 1.0f / sqrtf((float)HS);
+    for (int n = 0; n < HS / 8; n++)
+        for (int e = 0; e < 2; e++) {                             // rows warp*16 + g and + 8
+            const int r = warp * 16 + g + 8 * e, at = r * 128 + ((n ^ (r % 8)) * 16) + 4 * tig;
+            *reinterpret_cast<unsigned*>(stage + at) = pack_bf16(dk[n][2 * e] * scale, dk[n][2 * e + 1] * scale);
+            *reinterpret_cast<unsigned*>(stage + TILE * 128 + at) = pack_bf16(dv[n][2 * e], dv[n][2 * e + 1]);
+        }
+    bar_sync(bar, 128);                                           // the warpgroup's rows are all written
+    const int c = t % 8;                                          // 16-byte chunk of a row
+    for (int r = t / 8; r < 2 * TILE; r += 16) {                  // rows 0..63: dk's, 64..127: dv's
+        const int key = key0 + r % TILE;
+        if (key >= T) continue;
+        const uint4 v = *reinterpret_cast<const uint4*>(stage + r * 128 + ((c ^ (r % 8)) * 16));
+        *reinterpret_cast<uint4*>(dqkv + ((long long)b * T + key) * C3 + (r < TILE ? C : 2 * C) + h * HS + c * 8) = v;
+    }
+    if (dbias_kv == nullptr || key0 >= T) return;
+    const int col = t % HS;                                       // thread t: column col of dk (t < 64) or dv
+    const char* tile = stage + (t / HS) * TILE * 128;
+    float sum = 0.0f;
+    for (int r = 0; r < TILE && key0 + r < T; r++) {
+        const char* at = tile + r * 128 + (((col / 8) ^ (r % 8)) * 16) + (col % 8) * 2;
+        sum += __bfloat162float(*reinterpret_cast<const __nv_bfloat16*>(at));
+    }
+    dbias_kv[((long long)b * ((T + TILE - 1) / TILE) + key0 / TILE) * 2 * C + (t / HS) * C + h * HS + col] = sum;
+}
 
 extern "C" __global__ void __launch_bounds__(384, 1)
 attention_backward_wgmma(floatX* dqkv, float* dq_acc, float* dbias_kv, const floatX* dout, const floatX* qkv,
@@ -347,7 +384,9 @@ attention_backward_wgmma(floatX* dqkv, float* dq_acc, float* dbias_kv, const flo
         wg_wait<0>();                                             // dV and dK done: stage s is free
         if (i + WS_STAGES < n) bar_arrive(BAR_EMPTY + s, 384);
     }
-    store_dkdv(dqkv, dbias_kv, dk, dv, b, h, NH, j0, T);
+    bar_sync(BAR_CONSUMERS, 256);                       // both done reading the stages' Q and dO: their space is free
+    store_dkdv_staged(dqkv, dbias_kv, dk, dv, reinterpret_cast<char*>(tiles) + wg * 2 * TILE * 128, b, h, NH,
+                      (q0 + wg) * TILE, T, BAR_CONSUMERS + 1 + wg);
 }
 
 // attention_backward_wgmma's dq_acc (B*NH, ceil(T/64), 64 x 64 floats, float4 n8 * 128 + t of a tile
