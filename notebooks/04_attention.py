@@ -375,8 +375,9 @@ show("attention", "float m = -INFINITY, l = 0.0f;", "lse[(long long)bh * T + t]"
 # atomics), tested against them; on Hopper GPUs (H100, H200) `attention_hopper.cu` runs it again with
 # warpgroup instructions that read the tiles from shared memory directly, tested against those. Its
 # backward gives each of its three warpgroups a job: two hold 64 keys' $dk$ and $dv$ each and walk the
-# query tiles, the third copies the next query tiles in and turns each tile's $dS$ into $dq$, so the
-# copies and the atomics never hold up the products. All compile here; `HS`, the head size, is a
+# query tiles, the third copies the next query tiles in, turns each tile's $dS$ into $dq$ and has the
+# copy engine add it (one bulk addition per tile), so neither the copies nor the additions hold up the
+# products. All compile here; `HS`, the head size, is a
 # compile-time constant, 64 for GPT-2:
 
 # %%
