@@ -88,7 +88,8 @@ extern "C" __global__ void attention_backward_rowdot(float* D, float* dq_acc, lo
         }
     }
     if (dq_acc != nullptr)
-        for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < dq_size; i += (long long)gridDim.x * blockDim.x)
+        for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < dq_size;
+             i += (long long)gridDim.x * blockDim.x)
             dq_acc[i] = 0.0f;
     for (int offset = lanes / 2; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
     if (sub == 0 && row < rows) {

@@ -210,9 +210,10 @@ __device__ __forceinline__ void bar_arrive(int id, int threads) { asm volatile("
 // The consumers' end, warpgroup by warpgroup: its 64 keys' dk / sqrt(HS) and dv (bf16) written to shared
 // memory (two 64 x 64 tiles at `stage`, 128-byte swizzled like the others; `bar` the warpgroup's named
 // barrier), then copied out in 16-byte stores, a whole 128-byte row per 8 threads (attention.cu's
-// store_dkdv leaves a row in 16 pieces of 4 bytes), keys at or past T left alone. Unless dbias_kv is null, thread t then sums column t of the two tiles (dk's
-// 64, then dv's) over the keys below T, into row b * ceil(T/64) + key0 / 64 of dbias_kv
-// (B * ceil(T/64), 2C) float, k | v columns: partial sums of the qkv bias gradient, one row per 64 keys.
+// store_dkdv leaves a row in 16 pieces of 4 bytes), keys at or past T left alone. Unless dbias_kv is
+// null, thread t then sums column t of the two tiles (dk's 64, then dv's) over the keys below T, into
+// row b * ceil(T/64) + key0 / 64 of dbias_kv (B * ceil(T/64), 2C) float, k | v columns: partial sums of
+// the qkv bias gradient, one row per 64 keys.
 __device__ __forceinline__ void store_dkdv_staged(floatX* dqkv, float* dbias_kv, const float (&dk)[HS / 8][4],
                                                   const float (&dv)[HS / 8][4], char* stage, int b, int h, int NH,
                                                   int key0, int T, int bar) {
