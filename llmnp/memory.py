@@ -135,9 +135,11 @@ def estimate(config, B, T, dtype="fp32", recompute=1, processes=1, zero_stage=0,
         # run less its probs buffer) this table reads 0.99-1.02 with that row, 0.93-0.99 without it.
         # In bf16 the tensor-core attention backward also adds dq into a (B, T, C) fp32 buffer (T rounded
         # up to 64 on Hopper: its query tiles) and leaves the qkv bias gradient's partial sums of dk and dv
-        # in a (B * ceil(T/16), 2C) one (a quarter of that on Hopper).
+        # in a (B * ceil(T/16), 2C) one (a quarter of that on Hopper, which also keeps a copy of lse beside
+        # D, both in rows of T rounded up to 4).
         dq = B * -(-T // 64) * 64 * C
-        temporary = B * NH * T * 4 + 4 * n + ((dq + B * -(-T // 16) * 2 * C) * 4 if size == 2 else 0)
+        temporary = B * NH * T * 4 + 4 * n + ((dq + B * -(-T // 16) * 2 * C + B * NH * -(-T // 4) * 4) * 4
+                                              if size == 2 else 0)
         scratch_note = ("one layer's activation gradients + attention's row sums"
                         + (", dq and bias partial sums" if size == 2 else "") + " + the weights' upload copy")
     dtype_name = {2: "bf16", 4: "fp32", 8: "fp64"}.get(size, str(dtype))

@@ -375,10 +375,10 @@ show("attention", "float m = -INFINITY, l = 0.0f;", "lse[(long long)bh * T + t]"
 # atomics), tested against them; on Hopper GPUs (H100, H200) `attention_hopper.cu` runs it again with
 # warpgroup instructions that read the tiles from shared memory directly, tested against those. Its
 # backward gives each of its three warpgroups a job: two hold 64 keys' $dk$ and $dv$ each and walk the
-# query tiles, the third copies the next query tiles in, turns each tile's $dS$ into $dq$ and has the
-# copy engine add it (one bulk addition per tile), so neither the copies nor the additions hold up the
-# products. All compile here; `HS`, the head size, is a
-# compile-time constant, 64 for GPT-2:
+# query tiles, the third has the copy engine copy the next query tiles in (tensor copies, one thread
+# issuing them), turns each tile's $dS$ into $dq$ and has the copy engine add it (one bulk addition per
+# tile), so neither the copies nor the additions hold up the products. All compile here; `HS`, the
+# head size, is a compile-time constant, 64 for GPT-2:
 
 # %%
 compile_kernels("attention", HS=64)

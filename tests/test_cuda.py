@@ -296,6 +296,32 @@ def test_attention(dtype, B, T, NH, hs, kernels):
 
 
 @requires_gpu
+@pytest.mark.parametrize("T", [100, 131])
+def test_attention_backward_lse_anywhere(T):
+    """The tensor-core backwards read lse wherever it lies: from 4 bytes past a 16-byte boundary inside a
+    larger buffer whose other floats are NaN, with rows of T floats (not a multiple of 16 bytes at T = 131;
+    the Hopper kernel's tensor copies need 16-byte rows, so rowdot copies lse), they give the same dqkv as
+    from a fresh lse, bit for bit."""
+    from llmnp.cuda.attention import attention_backward, attention_forward
+    k = Case("bfloat16")
+    B, NH, hs = 2, 3, 64
+    C = NH * hs
+    qkv, _ = k.randn(B, T, 3 * C)
+    dout, _ = k.randn(B, T, C)
+    out, lse = k.nan(B, T, C), k.nan(B, NH, T, dtype=np.float32)
+    attention_forward(out, lse, qkv)
+    around = k.nan(B * NH * T + 8, dtype=np.float32)
+    inside = around[1:1 + B * NH * T].reshape(B, NH, T)
+    inside[...] = lse
+    for kernels in ["mma"] + (["wgmma"] if runtime.hopper() else []):
+        dqkv, dqkv_inside = k.nan(B, T, 3 * C), k.nan(B, T, 3 * C)
+        attention_backward(dqkv, dout, qkv, out, lse, kernels=kernels)
+        attention_backward(dqkv_inside, dout, qkv, out, inside, kernels=kernels)
+        assert bool(cp.isfinite(dqkv_inside.astype(np.float32)).all()), kernels
+        assert bool((dqkv_inside == dqkv).all()), kernels
+
+
+@requires_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(7,), (4, 64, 3072), (3, 5, 13)])
 def test_gelu_and_residual(dtype, shape):

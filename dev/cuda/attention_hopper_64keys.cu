@@ -5,6 +5,22 @@
 #include "attention_hopper.cu"
 
 #if LLMNP_BF16 && HS == 64 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// start copying ROWS rows of one head (HS = 64 bf16 = 128 bytes each) into a swizzled shared tile, by
+// THREADS threads (this one is number tid of them; rows at or past T: zeros), each thread its own
+// cp.async copies (the mainline kernels have the copy engine copy by tensor maps). Both are constants,
+// so each thread's rows and chunk, and the swizzle, are worked out once and the copies unrolled.
+template <int ROWS, int THREADS>
+__device__ __forceinline__ void load_tile_sw(floatX* tile, const floatX* src, int row0, int T, int stride, int tid) {
+    static_assert(THREADS % 8 == 0 && ROWS * 8 % THREADS == 0, "whole rows per pass");
+    const int r = tid / 8, c = tid % 8;                             // first row, 16-byte chunk
+    char* dst = reinterpret_cast<char*>(tile) + r * 128 + ((c ^ (r % 8)) * 16);   // r % 8 is the same every pass
+    for (int k = 0; k < ROWS * 8 / THREADS; k++) {
+        const int row = row0 + r + k * (THREADS / 8);
+        const bool ok = row < T;
+        cp_async16(dst + k * (THREADS / 8) * 128, src + (long long)(ok ? row : 0) * stride + c * 8, ok);
+    }
+}
+
 // The backward on warpgroup instructions, in attention_backward_mma's order and with its arguments, grid
 // and companions (attention_backward_rowdot first, attention_backward_dq_store after): one warpgroup
 // (128 threads) per 64-key tile, walking the query tiles from the diagonal to the end. Per query tile:

@@ -68,11 +68,13 @@ extern "C" __global__ void attention_forward_fp32(floatX* out, float* lse, const
     }
 }
 
-// D[b,h,t] = sum_d dout[b,t,h,d] * out[b,t,h,d]; `lanes` threads per (b, t, h) row: one 16-byte pack
-// each when HS is a whole number of packs that divides a warp, else a warp striding over the row.
-// dq_acc (dq_size floats), when not null, is zeroed on the way (the tensor-core backwards add into it).
-extern "C" __global__ void attention_backward_rowdot(float* D, float* dq_acc, long long dq_size, const floatX* dout,
-                                                     const floatX* out, int B, int T, int NH) {
+// D[b,h,t] = sum_d dout[b,t,h,d] * out[b,t,h,d], D's rows `pitch` >= T floats apart; `lanes` threads per
+// (b, t, h) row: one 16-byte pack each when HS is a whole number of packs that divides a warp, else a warp
+// striding over the row. dq_acc (dq_size floats), when not null, is zeroed on the way (the tensor-core
+// backwards add into it); lse_copy, when not null, <- lse (B,NH,T) in rows of the same pitch as D.
+extern "C" __global__ void attention_backward_rowdot(float* D, float* dq_acc, long long dq_size, float* lse_copy,
+                                                     const float* lse, const floatX* dout, const floatX* out,
+                                                     int B, int T, int NH, int pitch) {
     constexpr bool packed = HS % PACK == 0 && 32 % (HS / PACK) == 0;
     constexpr int lanes = packed ? HS / PACK : 32;
     const long long rows = (long long)B * T * NH;
@@ -94,8 +96,9 @@ extern "C" __global__ void attention_backward_rowdot(float* D, float* dq_acc, lo
     for (int offset = lanes / 2; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
     if (sub == 0 && row < rows) {
         const int h = (int)(row % NH);
-        const long long bt = row / NH;
-        D[((long long)(bt / T) * NH + h) * T + bt % T] = sum;
+        const long long bt = row / NH, bh = bt / T * NH + h;
+        D[bh * pitch + bt % T] = sum;
+        if (lse_copy != nullptr) lse_copy[bh * pitch + bt % T] = lse[bh * T + bt % T];
     }
 }
 

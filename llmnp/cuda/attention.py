@@ -6,17 +6,18 @@ bf16 storage with GPT-2's head size 64 runs the warpgroup kernels of attention_h
 head size that is a multiple of 16 up to 128 the mma.sync tensor-core kernels of attention.cu (the
 portable path, and the reference for the Hopper ones); everything else (fp32 storage, other head sizes up
 to 128) the fp32 CUDA-core kernels, the reference for both.
-lse and the backward's D = rowsum(dout * out) are float32 (B,NH,T); the tensor-core backwards add dq into
-a float32 scratch buffer first: (B,T,C) rows for the mma kernel, (B*NH, ceil(T/64), 64*hs) query tiles
-for the wgmma one (attention_hopper.cu says why). Given dqkv_bias, the backward also sums dqkv's rows
-into it (the qkv projection's bias gradient): the tensor-core kernels leave partial sums as they store
-dqkv.
+lse and the backward's D = rowsum(dout * out) are float32 (B,NH,T) (for the Hopper backward's tensor
+copies, D and a copy of lse in rows padded to 16 bytes: hopper_maps); the tensor-core backwards add dq
+into a float32 scratch buffer first: (B,T,C) rows for the mma kernel, (B*NH, ceil(T/64), 64*hs) query
+tiles for the wgmma one (attention_hopper.cu says why). Given dqkv_bias, the backward also sums dqkv's
+rows into it (the qkv projection's bias gradient): the tensor-core kernels leave partial sums as they
+store dqkv.
 Shapes: B batch, T time, C channels, NH heads, hs = C/NH; qkv (B,T,3C), out/dout (B,T,C).
 """
 import numpy as np
 
 from llmnp.cuda.matmul import matmul_dbias
-from llmnp.cuda.runtime import blocks, check, hopper, kernel, num_sms, pack, scratch, storage_is_bf16
+from llmnp.cuda.runtime import blocks, check, cupy, hopper, kernel, num_sms, pack, scratch, storage_is_bf16, tensor_map
 
 ROWS = 64                     # query (or key) rows per block in every kernel (attention.cu ROWS1, TILE)
 TILE1 = 32                    # attention.cu TILE1
@@ -67,11 +68,41 @@ def tensor_core_kernel(name, dtype, hs, smem, family="attention"):
 
 
 # attention_hopper.cu's shared memory: 64 x 64 bf16 tiles (8 KB), and up to 1 KB to align them to 1024 bytes
-HOPPER_FORWARD_SMEM = 8 * 8192 + 1024                 # Q (128 rows), K and V in three stages
+FWD_STAGES = 3                                        # attention_hopper.cu: K, V stages of the forward
+HOPPER_FORWARD_SMEM = (2 + 2 * FWD_STAGES) * 8192 + 8 * FWD_STAGES + 1024   # Q (128 rows), K | V per stage, mbarriers
 WS_STAGES, WS_DS = 3, 2                               # attention_hopper.cu: query tile stages, dS^T buffers
 # K and V (128 keys: 4 tiles), Q | dO per stage, dS^T (128 keys) per buffer, lse and D per stage, two
-# 64 x 64 float dq staging buffers
-HOPPER_BACKWARD_SMEM = (4 + 2 * WS_STAGES + 2 * WS_DS + 2 * 2) * 8192 + 2 * WS_STAGES * ROWS * 4 + 1024
+# 64 x 64 float dq staging buffers, an mbarrier per stage and one for K and V
+HOPPER_BACKWARD_SMEM = ((4 + 2 * WS_STAGES + 2 * WS_DS + 2 * 2) * 8192 + 2 * WS_STAGES * ROWS * 4
+                        + 8 * (WS_STAGES + 1) + 1024)
+_maps = {}
+
+
+def hopper_maps(qkv, dout=None, lse_rows=None, D=None):
+    """The tensor maps attention_hopper.cu's kernels copy through, a (n, 128) uint8 device array built once
+    per set of arrays: qkv (B,T,3C) and, for the backward, dout (B,T,C) in 64 x 64 boxes, 128-byte swizzled;
+    lse_rows and D (B*NH, pitch) float, pitch a multiple of 4 (rows 16-byte aligned), in boxes of 64 of
+    each row's first T."""
+    cp = cupy()
+    B, T, C3 = qkv.shape
+    arrays = [a for a in (qkv, dout, lse_rows, D) if a is not None]
+    key = (cp.cuda.runtime.getDevice(), qkv.shape) + tuple((a.data.ptr, a.shape) for a in arrays)
+    maps = _maps.get(key)
+    if maps is None:
+        def tokens(a, C):
+            pitch = a.itemsize * C
+            return tensor_map(a.data.ptr, a.dtype, (C, T, B), (pitch, pitch * T), (ROWS, ROWS, 1), swizzle=True)
+
+        def rows(a):
+            n, pitch = a.shape
+            return tensor_map(a.data.ptr, a.dtype, (T, n), (a.itemsize * pitch,), (ROWS, 1), swizzle=False)
+        built = [tokens(qkv, C3)]
+        if dout is not None:
+            built += [tokens(dout, C3 // 3), rows(lse_rows), rows(D)]
+        if len(_maps) >= 64:                               # a model has a few (a qkv per layer)
+            _maps.clear()
+        maps = _maps[key] = cp.asarray(np.stack(built))
+    return maps
 
 
 def attention_forward(out, lse, qkv, kernels=None):
@@ -84,7 +115,7 @@ def attention_forward(out, lse, qkv, kernels=None):
     if kernels == "wgmma":
         smem = HOPPER_FORWARD_SMEM
         tensor_core_kernel("attention_forward_wgmma", out.dtype, hs, smem, "attention_hopper")(
-            (blocks(T, 2 * ROWS), B * NH), (256,), args, shared_mem=smem)
+            (blocks(T, 2 * ROWS), B * NH), (256,), args + (hopper_maps(qkv),), shared_mem=smem)
     elif kernels == "mma":
         smem = tile_smem(hs, 5)
         tensor_core_kernel("attention_forward_mma", out.dtype, hs, smem)((blocks(T, ROWS), B * NH), (128,), args,
@@ -93,16 +124,19 @@ def attention_forward(out, lse, qkv, kernels=None):
         kernel("attention", "attention_forward_fp32", out.dtype, HS=hs)((blocks(T, ROWS), B * NH), (ROWS,), args)
 
 
-def rowdot(D, dq_acc, dout, out, NH):
-    """D (B,NH,T) float <- rowsum(dout * out) per head; dq_acc (float, any shape), unless None, zeroed."""
+def rowdot(D, dq_acc, dout, out, NH, pitch=None, lse_copy=None, lse=None):
+    """D (B*NH rows of pitch floats, T by default) <- rowsum(dout * out) per head; dq_acc (float, any shape),
+    unless None, zeroed; lse_copy, unless None, <- lse (B,NH,T) in rows of the same pitch."""
     B, T, C = out.shape
     hs = C // NH
     packs = hs // pack(out.dtype)                          # attention_backward_rowdot's threads per row
     lanes = packs if hs % pack(out.dtype) == 0 and 32 % packs == 0 else 32
     k = kernel("attention", "attention_backward_rowdot", out.dtype, HS=hs)
+    none = np.uint64(0)
     k((blocks(B * T * NH * lanes, 256),), (256,),
-      (D, np.uint64(0) if dq_acc is None else dq_acc, np.int64(0 if dq_acc is None else dq_acc.size), dout, out,
-       np.int32(B), np.int32(T), np.int32(NH)))
+      (D, none if dq_acc is None else dq_acc, np.int64(0 if dq_acc is None else dq_acc.size),
+       none if lse_copy is None else lse_copy, none if lse is None else lse, dout, out,
+       np.int32(B), np.int32(T), np.int32(NH), np.int32(pitch or T)))
 
 
 def dq_store_grid(dqkv):
@@ -145,9 +179,9 @@ def attention_backward(dqkv, dout, qkv, out, lse, kernels=None, dqkv_bias=None):
     if dqkv_bias is not None:
         check(out.dtype, dqkv_bias=dqkv_bias)
     kernels = chosen(kernels, out.dtype, hs, dqkv, dout, qkv, out)
-    D = scratch("attention_D", B * NH * T)
     sizes = (np.int32(B), np.int32(T), np.int32(NH))
     if kernels == "fp32":
+        D = scratch("attention_D", B * NH * T)
         rowdot(D, None, dout, out, NH)
         smem = 4 * (2 * ROWS * (hs + 1) + 2 * TILE1 * hs + 2 * TILE1)
         for name in ("attention_backward_dkdv_fp32", "attention_backward_dq_fp32"):
@@ -165,21 +199,26 @@ def attention_backward(dqkv, dout, qkv, out, lse, kernels=None, dqkv_bias=None):
         (dq_blocks,), (_, dq_rows) = dq_store_grid(dqkv)
         dq_size, rows_q, rows_kv = B * T * C, dq_blocks * dq_rows, B * blocks(T, 16)
     dq_acc = scratch("attention_dq", dq_size)
-    rowdot(D, dq_acc, dout, out, NH)
     dbias_kv = dbias_q = None
     if dqkv_bias is not None:
         dbias_kv = scratch("attention_dbias_kv", rows_kv * 2 * C)
         dbias_q = scratch("attention_dbias_q", rows_q * C)
-    args = (dqkv, dq_acc, np.uint64(0) if dbias_kv is None else dbias_kv, dout, qkv, lse, D) + sizes
-    if kernels == "wgmma":                                 # 128 keys per block of three warpgroups
+    outputs = (dqkv, dq_acc, np.uint64(0) if dbias_kv is None else dbias_kv)
+    if kernels == "wgmma":      # 128 keys per block of three warpgroups, which copy everything in by tensor maps:
+        pitch = 4 * blocks(T, 4)                           # so lse (copied) and D in 16-byte aligned rows
+        D, lse_rows = scratch("attention_D", B * NH * pitch), scratch("attention_lse", B * NH * pitch)
+        rowdot(D, dq_acc, dout, out, NH, pitch, lse_rows, lse)
+        maps = hopper_maps(qkv, dout, lse_rows.reshape(B * NH, pitch), D.reshape(B * NH, pitch))
         smem = HOPPER_BACKWARD_SMEM
         k = tensor_core_kernel("attention_backward_wgmma", out.dtype, hs, smem, "attention_hopper")
-        k((blocks(T, 2 * ROWS), B * NH), (384,), args, shared_mem=smem)
+        k((blocks(T, 2 * ROWS), B * NH), (384,), outputs + sizes + (maps,), shared_mem=smem)
         dq_store_tiles(dqkv, dq_acc, dbias_q, NH)
     else:
+        D = scratch("attention_D", B * NH * T)
+        rowdot(D, dq_acc, dout, out, NH)
         smem = tile_smem(hs, 6, 4 * ROWS) + ROWS * (ROWS + 8) * 2                       # + dS^T at pitch 72
         k = tensor_core_kernel("attention_backward_mma", out.dtype, hs, smem)
-        k((blocks(T, ROWS), B * NH), (128,), args, shared_mem=smem)
+        k((blocks(T, ROWS), B * NH), (128,), outputs + (dout, qkv, lse, D) + sizes, shared_mem=smem)
         dq_store(dqkv, dq_acc, dbias_q, NH)
     if dqkv_bias is not None:
         kernel("attention", "attention_backward_dbias", out.dtype, HS=hs)(

@@ -1,11 +1,12 @@
 // Causal self-attention on Hopper's warpgroup instructions (sm_90a: wgmma reading shared memory
 // directly), head size 64 (every GPT-2 size): the forward and the fused backward of attention.cu's
 // tensor-core kernels, which stay the portable path (pre-Hopper GPUs, other head sizes) and the
-// reference these are tested against. Same arguments and outputs; the backward's companions are
-// attention_backward_rowdot before it and its own attention_backward_dq_store_tiles after it (dq_acc is
-// kept in 64-query tiles here, in rows there); the online softmax, its output and the backward's
-// element-wise step are attention.cu's, whose mma.sync accumulator layout wgmma's m64nN shares (warp w
-// of a warpgroup holds its rows 16w..16w+15).
+// reference these are tested against. Same outputs; the inputs come through tensor maps (TMA: the copy
+// engine copies them in); the backward's companions are attention_backward_rowdot before it (which also
+// lays lse and D out in rows of 16-byte multiples, as tensor copies need) and its own
+// attention_backward_dq_store_tiles after it (dq_acc is kept in 64-query tiles here, in rows there);
+// the online softmax, its output and the backward's element-wise step are attention.cu's, whose mma.sync
+// accumulator layout wgmma's m64nN shares (warp w of a warpgroup holds its rows 16w..16w+15).
 // Compiled with -arch=sm_90a (runtime.py ARCH); empty for any other target.
 //
 // Shared tiles: one token per 128-byte row (HS = 64 bf16), 8-row atoms of 1024 bytes in wgmma's 128-byte
@@ -19,21 +20,6 @@
 
 #if LLMNP_BF16 && HS == 64 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define WG_ROWS 128                            // query rows per block: two warpgroups of 64
-
-// start copying ROWS rows of one head (HS = 64 bf16 = 128 bytes each) into a swizzled shared tile, by
-// THREADS threads (this one is number tid of them; rows at or past T: zeros). Both are constants, so
-// each thread's rows and chunk, and the swizzle, are worked out once and the copies unrolled.
-template <int ROWS, int THREADS>
-__device__ __forceinline__ void load_tile_sw(floatX* tile, const floatX* src, int row0, int T, int stride, int tid) {
-    static_assert(THREADS % 8 == 0 && ROWS * 8 % THREADS == 0, "whole rows per pass");
-    const int r = tid / 8, c = tid % 8;                             // first row, 16-byte chunk
-    char* dst = reinterpret_cast<char*>(tile) + r * 128 + ((c ^ (r % 8)) * 16);   // r % 8 is the same every pass
-    for (int k = 0; k < ROWS * 8 / THREADS; k++) {
-        const int row = row0 + r + k * (THREADS / 8);
-        const bool ok = row < T;
-        cp_async16(dst + k * (THREADS / 8) * 128, src + (long long)(ok ? row : 0) * stride + c * 8, ok);
-    }
-}
 
 // the dynamic shared memory's first 1024-byte boundary (the launchers add 1 KB for it), as a pointer the
 // compiler knows is shared, so its loads and stores are LDS/STS rather than generic ones
@@ -83,29 +69,66 @@ __device__ __forceinline__ void wgmma_ss_t(float (&d)[8][4], unsigned long long 
                  : WG_ACC32(d) : "l"(a), "l"(b), "r"(accumulate));
 }
 
+// The copy engine's tensor copies (TMA): a box of a tensor, described by a tensor map that the launcher
+// built (runtime.py tensor_map: where, shape, strides, box, swizzle), copied into shared memory, its bytes
+// counted on an mbarrier in shared memory as they arrive
+struct alignas(64) TensorMap { char bytes[128]; };        // the driver's CUtensorMap
+__device__ __forceinline__ void mbar_init(unsigned long long* bar, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" :: "r"(smem_u32(bar)), "r"(count) : "memory");
+}
+// this thread's arrival on bar, and `bytes` more to come from the copy engine before its phase completes
+__device__ __forceinline__ void mbar_expect_tx(unsigned long long* bar, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n"
+                 :: "r"(smem_u32(bar)), "r"(bytes) : "memory");
+}
+// wait until bar's phase of parity `phase` has completed
+__device__ __forceinline__ void mbar_wait(unsigned long long* bar, unsigned phase) {
+    asm volatile("{\n.reg .pred done;\nWAIT:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+                 "@!done bra WAIT;\n}\n" :: "r"(smem_u32(bar)), "r"(phase) : "memory");
+}
+// the box of `map` at coordinates (c0 innermost, c1, c2) into dst, counted on bar
+__device__ __forceinline__ void tma_load_3d(void* dst, const TensorMap* map, int c0, int c1, int c2,
+                                            unsigned long long* bar) {
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%2, %3, %4}], [%5];\n"
+                 :: "r"(smem_u32(dst)), "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(smem_u32(bar)) : "memory");
+}
+__device__ __forceinline__ void tma_load_2d(void* dst, const TensorMap* map, int c0, int c1, unsigned long long* bar) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%2, %3}], [%4];\n"
+                 :: "r"(smem_u32(dst)), "l"(map), "r"(c0), "r"(c1), "r"(smem_u32(bar)) : "memory");
+}
+
 // The forward: grid (ceil(T/128), B*NH), 256 threads, two warpgroups of 64 queries; the longest query
 // tiles start first. Per 64-key tile each warpgroup starts S = Q K^T (wgmma, both in shared memory) and
 // the previous tile's O += P V (wgmma, P from registers) together, works out this tile's softmax step
-// in registers while the P V product runs, then rescales O to the new max once it is done. Shared
-// (dynamic, 64 KB and up to 1 KB to align it to 1024 bytes): Q (128 rows), then K and V in three
-// stages (64 rows each): the next tile is copied in while this tile's K and the previous tile's V are
-// being read.
+// in registers while the P V product runs, then rescales O to the new max once it is done. Thread 0 has
+// the copy engine copy the tiles in (tensor copies of qkv's map, each stage's bytes counted on its
+// mbarrier, which every thread waits on). Shared (dynamic, 64 KB and up to 1 KB to align it to 1024
+// bytes): Q (128 rows), then K and V in three stages (64 rows each): the next tile is copied in while
+// this tile's K and the previous tile's V are being read; then the stages' mbarriers.
 #define FWD_STAGES 3
 extern "C" __global__ void __launch_bounds__(256) attention_forward_wgmma(floatX* out, float* lse, const floatX* qkv,
-                                                                            int B, int T, int NH) {
+                                                                            int B, int T, int NH, const TensorMap* maps) {
     floatX* qs = smem_aligned_1024();
     floatX* ks = qs + WG_ROWS * HS;                               // FWD_STAGES tiles
     floatX* vs = ks + FWD_STAGES * TILE * HS;                     // FWD_STAGES tiles
-    const int C = NH * HS, C3 = 3 * C;
+    const int C = NH * HS;
     const int qt = gridDim.x - 1 - blockIdx.x;
     const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
     const int wg = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);   // the compiler sees it is the same across a warp
     const int warp = (threadIdx.x / 32) % 4, g = threadIdx.x % 32 / 4;
-    const floatX* q = qkv + (long long)b * T * C3 + h * HS;
-    load_tile_sw<WG_ROWS, 256>(qs, q, qt * WG_ROWS, T, C3, threadIdx.x);
-    load_tile_sw<TILE, 256>(ks, q + C, 0, T, C3, threadIdx.x);
-    load_tile_sw<TILE, 256>(vs, q + 2 * C, 0, T, C3, threadIdx.x);
-    cp_async_commit();
+    unsigned long long* full = reinterpret_cast<unsigned long long*>(vs + FWD_STAGES * TILE * HS);   // [FWD_STAGES]
+    if (threadIdx.x == 0) {                                       // maps[0]: qkv (B, T, 3C) in 64 x 64 boxes
+        for (int s = 0; s < FWD_STAGES; s++) mbar_init(&full[s], 1);
+        fence_async_shared();                                     // the barriers, visible to the copy engine
+        mbar_expect_tx(&full[0], (WG_ROWS + 2 * TILE) * HS * sizeof(floatX));
+        tma_load_3d(qs, maps, h * HS, qt * WG_ROWS, b, &full[0]);
+        tma_load_3d(qs + TILE * HS, maps, h * HS, qt * WG_ROWS + TILE, b, &full[0]);
+        tma_load_3d(ks, maps, C + h * HS, 0, b, &full[0]);
+        tma_load_3d(vs, maps, 2 * C + h * HS, 0, b, &full[0]);
+    }
     const int row_base = qt * WG_ROWS + wg * 64;                  // this warpgroup's first query
     const int r0 = row_base + warp * 16 + g;                      // this thread's query rows: r0, r0 + 8
     const int my_last = row_base / TILE;                          // the diagonal key tile of this warpgroup
@@ -118,15 +141,14 @@ extern "C" __global__ void __launch_bounds__(256) attention_forward_wgmma(floatX
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};    // rows r0, r0 + 8: running max (base 2), sum
     unsigned pa[TILE / 16][4];                                    // the previous tile's P, as A fragments
     for (int kt = 0; kt <= last; kt++) {
-        cp_async_wait<0>();                                       // tile kt in
-        fence_async_shared();                                     // this thread's copies, visible to wgmma
-        __syncthreads();                                          // ... everyone's; tile kt - 2's buffers are free
-        if (kt < last) {
+        __syncthreads();                                          // tile kt - 2's buffers are free (and at
+        if (kt < last && threadIdx.x == 0) {                      // kt = 0 the barriers initialized)
             const int next = (kt + 1) % FWD_STAGES;
-            load_tile_sw<TILE, 256>(ks + next * TILE * HS, q + C, (kt + 1) * TILE, T, C3, threadIdx.x);
-            load_tile_sw<TILE, 256>(vs + next * TILE * HS, q + 2 * C, (kt + 1) * TILE, T, C3, threadIdx.x);
-            cp_async_commit();
+            mbar_expect_tx(&full[next], 2 * TILE * HS * sizeof(floatX));
+            tma_load_3d(ks + next * TILE * HS, maps, C + h * HS, (kt + 1) * TILE, b, &full[next]);
+            tma_load_3d(vs + next * TILE * HS, maps, 2 * C + h * HS, (kt + 1) * TILE, b, &full[next]);
         }
+        mbar_wait(&full[kt % FWD_STAGES], (kt / FWD_STAGES) & 1);   // tile kt in
         if (kt <= my_last && row_base < T) {
             float s[TILE / 8][4];                                 // written by the first wgmma (no accumulate)
             const unsigned long long kcur = kd + kt % FWD_STAGES * TD, vprev = vd + (kt + FWD_STAGES - 1) % FWD_STAGES * TD;
@@ -156,7 +178,7 @@ extern "C" __global__ void __launch_bounds__(256) attention_forward_wgmma(floatX
 
 // The backward, its warpgroups specialized (dev/cuda/attention_hopper_64keys.cu has the one-warpgroup form
 // it replaced): grid (ceil(T/128), B*NH), three warpgroups per block of 128 keys, the longest blocks
-// (the first keys) first; one block per SM (115 KB of shared memory, 162 registers).
+// (the first keys) first; one block per SM (147 KB of shared memory, 160 registers).
 //   Consumers, warpgroups 0 and 1: 64 keys each, their dK and dV in registers, walking the query tiles
 //   (64 queries) from their diagonal to the end. Per tile:
 //     S^T = K Q^T and dP^T = V dO^T  (wgmma, both operands in shared memory, K-major)
@@ -165,19 +187,21 @@ extern "C" __global__ void __launch_bounds__(256) attention_forward_wgmma(floatX
 //     dV += P^T dO, dK += dS^T Q     (wgmma, A from registers, B = dO, Q in shared memory, N-major)
 //     dS^T into shared memory        (warpgroup 1 writes zeros on the block's first tile: its keys are
 //                                     all after those queries)
-//   Producer, warpgroup 2: copies the query tiles in (Q, dO, lse, D; WS_STAGES stages, so the copies run
-//   two tiles ahead), and per tile computes dQ = dS K over all 128 keys (wgmma, A = dS^T read transposed,
-//   B = K N-major), started before it copies and announces the next tiles and waited for after, then
-//   writes it to a shared staging buffer in its registers' order and adds that into dq_acc's tile with
-//   one bulk reduction (cp.reduce.async.bulk: the copy engine does the 4,096 additions). dq_acc
-//   (B*NH, ceil(T/64), 64 x 64) float keeps each query tile in that order, so the tile is 16 KB in
-//   one piece; attention_backward_dq_store_tiles puts it in rows.
+//   Producer, warpgroup 2: its thread 0 has the copy engine copy K and V in, then the query tiles (Q, dO,
+//   lse, D; WS_STAGES stages, so the copies run two tiles ahead) by tensor copies (TMA), each stage's
+//   bytes counted on an mbarrier it waits on before the warpgroup announces the tile. Per tile the
+//   warpgroup computes dQ = dS K over all 128 keys (wgmma, A = dS^T read transposed, B = K N-major),
+//   started before it copies and announces the next tiles and waited for after, then writes it to a
+//   shared staging buffer in its registers' order and adds that into dq_acc's tile with one bulk
+//   reduction (cp.reduce.async.bulk: the copy engine does the 4,096 additions). dq_acc (B*NH,
+//   ceil(T/64), 64 x 64) float keeps each query tile in that order, so the tile is 16 KB in one piece;
+//   attention_backward_dq_store_tiles puts it in rows.
 // So Q and dO are copied once per 128 keys, dq_acc takes half the additions the one-warpgroup form
 // made, and the consumers wait on neither the copies, dQ nor its additions. Shared (1024-byte aligned,
 // 128-byte swizzle, 64 x 64 bf16 tiles of 8 KB): K, V (128 keys), Q | dO per stage, dS^T (128 keys) per
-// buffer, then lse and D per stage, then two dq staging buffers (64 x 64 float). The warpgroups meet at
-// named barriers (bar 0 is __syncthreads), each counting 384 threads: one side arrives (bar.arrive), the
-// other waits (bar.sync):
+// buffer, then lse and D per stage, two dq staging buffers (64 x 64 float) and the mbarriers (one per
+// stage, one for K and V). The warpgroups meet at named barriers (bar 0 is __syncthreads), each counting
+// 384 threads: one side arrives (bar.arrive), the other waits (bar.sync):
 //   FULL[s]    producer -> consumers: the query tile of stage s is in shared memory
 //   EMPTY[s]   consumers -> producer: done reading stage s (their dV, dK products finished)
 //   DSFULL[d]  consumers -> producer: dS^T buffer d written
@@ -245,8 +269,7 @@ __device__ __forceinline__ void store_dkdv_staged(floatX* dqkv, float* dbias_kv,
 }
 
 extern "C" __global__ void __launch_bounds__(384, 1)
-attention_backward_wgmma(floatX* dqkv, float* dq_acc, float* dbias_kv, const floatX* dout, const floatX* qkv,
-                         const float* lse, const float* D, int B, int T, int NH) {
+attention_backward_wgmma(floatX* dqkv, float* dq_acc, float* dbias_kv, int B, int T, int NH, const TensorMap* maps) {
     floatX* ks = smem_aligned_1024();
     floatX* vs = ks + 2 * TILE * HS;                              // K, V: [128 keys][HS]
     floatX* tiles = vs + 2 * TILE * HS;                           // [WS_STAGES][Q, dO][TILE][HS]
@@ -254,13 +277,12 @@ attention_backward_wgmma(floatX* dqkv, float* dq_acc, float* dbias_kv, const flo
     float* ls = reinterpret_cast<float*>(dst + WS_DS * 2 * TILE * TILE);   // [WS_STAGES][TILE]
     float* Ds = ls + WS_STAGES * TILE;                            // [WS_STAGES][TILE]
     float* dqs = Ds + WS_STAGES * TILE;                           // dq staging: [2][TILE * HS] float
-    const int C = NH * HS, C3 = 3 * C;
+    unsigned long long* full = reinterpret_cast<unsigned long long*>(dqs + 2 * TILE * HS);   // [WS_STAGES + 1]
+    const int C = NH * HS;
     const int kt = blockIdx.x;                                    // keys kt*128 .. kt*128 + 127
     const int bh = blockIdx.y, b = bh / NH, h = bh % NH;
     const int wg = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);   // the compiler sees it is the same across a warp
     const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
-    const floatX* q = qkv + (long long)b * T * C3 + h * HS;
-    const floatX* dO = dout + (long long)b * T * C + h * HS;
     const int q0 = 2 * kt;                                        // the first query tile: the diagonal's
     const int n = (T + TILE - 1) / TILE - q0;                     // query tiles of this block
     constexpr unsigned TD = TILE * HS * 2 / 16;                   // a 64 x 64 bf16 tile in descriptor units
@@ -268,23 +290,30 @@ attention_backward_wgmma(floatX* dqkv, float* dq_acc, float* dbias_kv, const flo
     const unsigned long long td = smem_desc(tiles, 16, 1024), dsd = smem_desc(dst, 16, 1024);
     if (wg == 2) {                                                // the producer
         const int t = threadIdx.x - 256;
-        const float* lse_bh = lse + (long long)bh * T;
-        const float* D_bh = D + (long long)bh * T;
-        auto load_query_tile = [&](int i) {                       // query tile q0 + i into stage i % WS_STAGES
-            const int s = i % WS_STAGES, row0 = (q0 + i) * TILE, row = row0 + t % TILE;
-            load_tile_sw<TILE, 128>(tiles + 2 * s * TILE * HS, q, row0, T, C3, t);
-            load_tile_sw<TILE, 128>(tiles + (2 * s + 1) * TILE * HS, dO, row0, T, C, t);
-            cp_async4((t < TILE ? ls : Ds) + s * TILE + t % TILE, (t < TILE ? lse_bh : D_bh) + (row < T ? row : 0), row < T);
+        // maps (attention.py hopper_maps): [0] qkv (B, T, 3C) and [1] dout (B, T, C) in 64 x 64 boxes swizzled
+        // like every tile, [2] lse and [3] D (B*NH rows of T) in boxes of 64; rows at or past T read as zeros
+        auto load_query_tile = [&](int i) {                       // thread 0: tile q0 + i into stage i % WS_STAGES
+            const int s = i % WS_STAGES, row0 = (q0 + i) * TILE;
+            mbar_expect_tx(&full[s], 2 * TILE * HS * sizeof(floatX) + 2 * TILE * sizeof(float));
+            tma_load_3d(tiles + 2 * s * TILE * HS, &maps[0], h * HS, row0, b, &full[s]);
+            tma_load_3d(tiles + (2 * s + 1) * TILE * HS, &maps[1], h * HS, row0, b, &full[s]);
+            tma_load_2d(ls + s * TILE, &maps[2], row0, bh, &full[s]);
+            tma_load_2d(Ds + s * TILE, &maps[3], row0, bh, &full[s]);
         };
-        load_tile_sw<2 * TILE, 128>(ks, q + C, kt * 2 * TILE, T, C3, t);
-        load_tile_sw<2 * TILE, 128>(vs, q + 2 * C, kt * 2 * TILE, T, C3, t);
-        for (int i = 0; i < WS_STAGES - 1; i++) {                // tiles 0 .. WS_STAGES - 2, a group each
-            if (i < n) load_query_tile(i);
-            cp_async_commit();
+        if (t == 0) {
+            for (int s = 0; s <= WS_STAGES; s++) mbar_init(&full[s], 1);   // full[WS_STAGES]: K and V
+            fence_async_shared();                                 // the barriers, visible to the copy engine
+            mbar_expect_tx(&full[WS_STAGES], 4 * TILE * HS * sizeof(floatX));
+            for (int r = 0; r < 2; r++) {                         // K, V: 128 keys, two boxes each
+                tma_load_3d(ks + r * TILE * HS, &maps[0], C + h * HS, (2 * kt + r) * TILE, b, &full[WS_STAGES]);
+                tma_load_3d(vs + r * TILE * HS, &maps[0], 2 * C + h * HS, (2 * kt + r) * TILE, b, &full[WS_STAGES]);
+            }
+            for (int i = 0; i < WS_STAGES - 1 && i < n; i++) load_query_tile(i);
+            mbar_wait(&full[WS_STAGES], 0);                       // K, V in
+            mbar_wait(&full[0], 0);                               // tile 0 in
         }
-        cp_async_wait<WS_STAGES - 2>();                           // tile 0 (and K, V) in
-        fence_async_shared();
-        bar_arrive(BAR_FULL, 384);
+        __syncwarp();                                             // (thread 0's wait holds the block's first
+        bar_arrive(BAR_FULL, 384);                                //  FULL: it counts warp 0's arrival)
         for (int i = 0; i <= n; i++) {        // tile i - 1's dQ started, tile i + WS_STAGES - 1 in, tile i + 1
             const int p = i - 1, d = (p + WS_DS) % WS_DS;         // announced, tile i - 1's dQ added (from dS^T d)
             float dq[HS / 8][4];                                  // rows: queries warp*16 + g (+ 8)
@@ -296,12 +325,11 @@ attention_backward_wgmma(floatX* dqkv, float* dq_acc, float* dbias_kv, const flo
             }
             if (i + WS_STAGES - 1 < n) {
                 if (i >= 1) bar_sync(BAR_EMPTY + (i - 1) % WS_STAGES, 384);   // tile i - 1's stage is free
-                load_query_tile(i + WS_STAGES - 1);
+                if (t == 0) load_query_tile(i + WS_STAGES - 1);
             }
-            cp_async_commit();                                    // one group per pass, empty or not
             if (i + 1 < n) {
-                cp_async_wait<WS_STAGES - 2>();                   // tile i + 1 in
-                fence_async_shared();                             // this thread's copies, visible to wgmma
+                if (t == 0) mbar_wait(&full[(i + 1) % WS_STAGES], ((i + 1) / WS_STAGES) & 1);   // tile i + 1 in
+                __syncwarp();
                 bar_arrive(BAR_FULL + (i + 1) % WS_STAGES, 384);
             }
             if (i == 0) continue;

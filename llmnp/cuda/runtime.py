@@ -177,6 +177,39 @@ def scratch(name, n, dtype=np.float32):
     return buf[:n]
 
 
+# ------------------------------------------------------------------------------------ tensor maps
+# What a kernel's tensor copies (TMA, Hopper's copy engine) read: a 128-byte description of an array
+# (where it is, its shape and strides, the box one copy moves and how it lands in shared memory), built
+# by the driver. CuPy has no binding for cuTensorMapEncodeTiled, so it is called through ctypes.
+_TENSOR_MAP_TYPES = {"float32": 7, "bfloat16": 9}     # CU_TENSOR_MAP_DATA_TYPE_FLOAT32, _BFLOAT16
+_SWIZZLE_128B, _L2_PROMOTION_128B = 3, 2
+
+
+@functools.lru_cache(maxsize=None)
+def _encode_tiled():
+    import ctypes
+    f = ctypes.CDLL("libcuda.so.1").cuTensorMapEncodeTiled
+    f.restype = ctypes.c_int
+    return f
+
+
+def tensor_map(ptr, dtype, dims, strides, box, swizzle):
+    """A CUtensorMap as 128 uint8 (NumPy) over the array at device address ptr (16-byte aligned): dims and
+    box innermost first, strides in bytes for dims[1:] (multiples of 16); swizzle: the 128-byte swizzle
+    of attention_hopper.cu's tiles (the box's rows 128 bytes), else none. Elements outside dims read as 0."""
+    import ctypes
+    rank = len(dims)
+    raw = np.zeros(128 + 64, np.uint8)                      # the driver writes it 64-byte aligned
+    at = raw.ctypes.data + (-raw.ctypes.data) % 64
+    u64, u32 = ctypes.c_uint64 * rank, ctypes.c_uint32 * rank
+    status = _encode_tiled()(ctypes.c_void_p(at), _TENSOR_MAP_TYPES[np.dtype(dtype).name], rank, ctypes.c_void_p(ptr),
+                             u64(*dims), (ctypes.c_uint64 * max(1, rank - 1))(*strides), u32(*box), u32(*[1] * rank),
+                             0, _SWIZZLE_128B if swizzle else 0, _L2_PROMOTION_128B, 0)
+    if status != 0:
+        raise RuntimeError(f"cuTensorMapEncodeTiled failed ({status}): dims {dims}, strides {strides}, box {box}")
+    return raw[at - raw.ctypes.data:][:128].copy()
+
+
 # ----------------------------------------------------------------------------------------- cuBLAS
 _CUDA_R_32F, _CUDA_R_16BF = 0, 14
 _CUBLAS_COMPUTE_32F = 68          # fp32 accumulation; for fp32 data, no TF32
