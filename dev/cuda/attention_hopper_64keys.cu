@@ -13,7 +13,7 @@ template <int ROWS, int THREADS>
 __device__ __forceinline__ void load_tile_sw(floatX* tile, const floatX* src, int row0, int T, int stride, int tid) {
     static_assert(THREADS % 8 == 0 && ROWS * 8 % THREADS == 0, "whole rows per pass");
     const int r = tid / 8, c = tid % 8;                             // first row, 16-byte chunk
-    char* dst = reinterpret_cast<char*>(tile) + r * 128 + ((c ^ (r % 8)) * 16);   // r % 8 is the same every pass
+    char* dst = reinterpret_cast<char*>(tile) + swizzled(r, c);            // r % 8 is the same every pass
     for (int k = 0; k < ROWS * 8 / THREADS; k++) {
         const int row = row0 + r + k * (THREADS / 8);
         const bool ok = row < T;
@@ -110,8 +110,8 @@ attention_backward_wgmma_64keys(floatX* dqkv, float* dq_acc, const floatX* dout,
             acc_to_a(da[kk], dpt[2 * kk], dpt[2 * kk + 1]);
         }
         for (int n = 0; n < TILE / 8; n++) {                      // dS^T to shared memory, swizzled like the tiles
-            *reinterpret_cast<unsigned*>(dsc + jl0 * 128 + ((n ^ (jl0 % 8)) * 16) + 4 * tig) = da[n / 2][n % 2 * 2];
-            *reinterpret_cast<unsigned*>(dsc + jl1 * 128 + ((n ^ (jl1 % 8)) * 16) + 4 * tig) = da[n / 2][n % 2 * 2 + 1];
+            *reinterpret_cast<unsigned*>(dsc + swizzled(jl0, n) + 4 * tig) = da[n / 2][n % 2 * 2];
+            *reinterpret_cast<unsigned*>(dsc + swizzled(jl1, n) + 4 * tig) = da[n / 2][n % 2 * 2 + 1];
         }
         wg_fence();
         for (int kk = 0; kk < TILE / 16; kk++) {

@@ -21,6 +21,9 @@
 #if LLMNP_BF16 && HS == 64 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define WG_ROWS 128                            // query rows per block: two warpgroups of 64
 
+// where the 16-byte chunk c of row r of a swizzled tile lies: its byte offset (128-byte rows, above)
+__device__ __forceinline__ int swizzled(int r, int c) { return r * 128 + ((c ^ (r % 8)) * 16); }
+
 // the dynamic shared memory's first 1024-byte boundary (the launchers add 1 KB for it), as a pointer the
 // compiler knows is shared, so its loads and stores are LDS/STS rather than generic ones
 __device__ __forceinline__ floatX* smem_aligned_1024() {
@@ -245,7 +248,7 @@ __device__ __forceinline__ void store_dkdv_staged(floatX* dqkv, float* dbias_kv,
     const float scale = 1.0f / sqrtf((float)HS);
     for (int n = 0; n < HS / 8; n++)
         for (int e = 0; e < 2; e++) {                             // rows warp*16 + g and + 8
-            const int r = warp * 16 + g + 8 * e, at = r * 128 + ((n ^ (r % 8)) * 16) + 4 * tig;
+            const int r = warp * 16 + g + 8 * e, at = swizzled(r, n) + 4 * tig;
             *reinterpret_cast<unsigned*>(stage + at) = pack_bf16(dk[n][2 * e] * scale, dk[n][2 * e + 1] * scale);
             *reinterpret_cast<unsigned*>(stage + TILE * 128 + at) = pack_bf16(dv[n][2 * e], dv[n][2 * e + 1]);
         }
@@ -254,7 +257,7 @@ __device__ __forceinline__ void store_dkdv_staged(floatX* dqkv, float* dbias_kv,
     for (int r = t / 8; r < 2 * TILE; r += 16) {                  // rows 0..63: dk's, 64..127: dv's
         const int key = key0 + r % TILE;
         if (key >= T) continue;
-        const uint4 v = *reinterpret_cast<const uint4*>(stage + r * 128 + ((c ^ (r % 8)) * 16));
+        const uint4 v = *reinterpret_cast<const uint4*>(stage + swizzled(r, c));
         *reinterpret_cast<uint4*>(dqkv + ((long long)b * T + key) * C3 + (r < TILE ? C : 2 * C) + h * HS + c * 8) = v;
     }
     if (dbias_kv == nullptr || key0 >= T) return;
@@ -262,7 +265,7 @@ __device__ __forceinline__ void store_dkdv_staged(floatX* dqkv, float* dbias_kv,
     const char* tile = stage + (t / HS) * TILE * 128;
     float sum = 0.0f;
     for (int r = 0; r < TILE && key0 + r < T; r++) {
-        const char* at = tile + r * 128 + (((col / 8) ^ (r % 8)) * 16) + (col % 8) * 2;
+        const char* at = tile + swizzled(r, col / 8) + (col % 8) * 2;
         sum += __bfloat162float(*reinterpret_cast<const __nv_bfloat16*>(at));
     }
     dbias_kv[((long long)b * ((T + TILE - 1) / TILE) + key0 / TILE) * 2 * C + (t / HS) * C + h * HS + col] = sum;
@@ -405,8 +408,8 @@ attention_backward_wgmma(floatX* dqkv, float* dq_acc, float* dbias_kv, int B, in
         }
         if (i >= WS_DS) bar_sync(BAR_DSEMPTY + d, 384);           // tile i - WS_DS's dQ has read buffer d
         for (int n8 = 0; n8 < TILE / 8; n8++) {                   // dS^T, swizzled like the tiles (0 if not active)
-            *reinterpret_cast<unsigned*>(dsc + jl0 * 128 + ((n8 ^ (jl0 % 8)) * 16) + 4 * tig) = active ? da[n8 / 2][n8 % 2 * 2] : 0u;
-            *reinterpret_cast<unsigned*>(dsc + jl1 * 128 + ((n8 ^ (jl1 % 8)) * 16) + 4 * tig) = active ? da[n8 / 2][n8 % 2 * 2 + 1] : 0u;
+            *reinterpret_cast<unsigned*>(dsc + swizzled(jl0, n8) + 4 * tig) = active ? da[n8 / 2][n8 % 2 * 2] : 0u;
+            *reinterpret_cast<unsigned*>(dsc + swizzled(jl1, n8) + 4 * tig) = active ? da[n8 / 2][n8 % 2 * 2 + 1] : 0u;
         }
         fence_async_shared();                                     // dS^T, visible to the producer's wgmma
         bar_arrive(BAR_DSFULL + d, 384);
