@@ -662,25 +662,13 @@ extern "C" __global__ void attention_backward_dq_store(floatX* dqkv, float* dbia
 }
 
 // block (32, 32), grid ceil(3C / 32): dqkv_bias (3C,) += the column sums of the partial rows: dbias_q (rq, C)
-// for the q part, dbias_kv (rkv, 2C) for k and v; thread (x, y) adds rows y, y + 32, ..., then the
-// block its 32 row groups, in the same order every run
+// for the q part, dbias_kv (rkv, 2C) for k and v
 extern "C" __global__ void attention_backward_dbias(floatX* dqkv_bias, const float* dbias_q, int rq,
                                                     const float* dbias_kv, int rkv, int C) {
-    __shared__ float sums[32][33];
     const int col = blockIdx.x * 32 + threadIdx.x;
-    float sum = 0.0f;
-    if (col < C) {
-        for (int r = threadIdx.y; r < rq; r += 32) sum += dbias_q[(long long)r * C + col];
-    } else if (col < 3 * C) {
-        for (int r = threadIdx.y; r < rkv; r += 32) sum += dbias_kv[(long long)r * 2 * C + col - C];
-    }
-    sums[threadIdx.y][threadIdx.x] = sum;
-    __syncthreads();
-    if (threadIdx.y == 0 && col < 3 * C) {
-        sum = 0.0f;
-        for (int y = 0; y < 32; y++) sum += sums[y][threadIdx.x];
-        dqkv_bias[col] = fromF(toF(dqkv_bias[col]) + sum);
-    }
+    const bool q = col < C;                       // one call by every thread: a block may hold both parts
+    const float sum = column_sum(q ? dbias_q + col : dbias_kv + col - C, q ? rq : rkv, q ? C : 2 * C, col < 3 * C);
+    if (threadIdx.y == 0 && col < 3 * C) dqkv_bias[col] = fromF(toF(dqkv_bias[col]) + sum);
 }
 
 #endif

@@ -140,16 +140,16 @@ __device__ __forceinline__ void store_column_partials(float* partial, const floa
     }
 }
 
-// the sum over the R rows of column blockIdx.x * 32 + threadIdx.x of a float matrix m (R, M), for a
-// block of (32, 32) threads: thread (x, y) adds rows y, y + 32, ..., then the block adds its 32 row groups
-// in order (the same order every run); threads with threadIdx.y == 0 get the column's sum, the others 0
-__device__ __forceinline__ float column_sum(const float* m, int R, int M) {
+// the sum over R rows of one column of a float matrix (row stride M), the column starting at `column`
+// (not read where `valid` is false), for a block of (32, 32) threads, each column's 32 threads in x:
+// thread (x, y) adds rows y, y + 32, ..., then the block adds its 32 row groups in order (the same order
+// every run); threads with threadIdx.y == 0 get the column's sum, the others 0. Every thread calls it.
+__device__ __forceinline__ float column_sum(const float* column, int R, long long M, bool valid) {
     __shared__ float sums[32][33];                // padded: the column reads hit 32 banks
-    const int col = blockIdx.x * 32 + threadIdx.x;
     float sum = 0.0f;
-    if (col < M) {
+    if (valid) {
 #pragma unroll 8
-        for (int r = threadIdx.y; r < R; r += 32) sum += m[(long long)r * M + col];   // 8 loads in flight
+        for (int r = threadIdx.y; r < R; r += 32) sum += column[r * M];   // 8 loads in flight
     }
     sums[threadIdx.y][threadIdx.x] = sum;
     __syncthreads();

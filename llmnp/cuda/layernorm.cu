@@ -241,7 +241,7 @@ layernorm_backward_rows(floatX* dinp, float* partial, const floatX* dout, const 
 extern "C" __global__ void layernorm_backward_dweight_dbias(floatX* dweight, floatX* dbias, floatX* dproj_bias,
                                                             const float* partial, int nblocks, int sums, int C) {
     const int i = blockIdx.x * 32 + threadIdx.x;
-    const float sum = column_sum(partial, nblocks, sums * C);
+    const float sum = column_sum(partial + i, nblocks, sums * C, i < sums * C);
     if (threadIdx.y != 0 || i >= sums * C) return;
     floatX* out = i < C ? dweight : i < 2 * C ? dbias : dproj_bias;
     out[i % C] = fromF(toF(out[i % C]) + sum);

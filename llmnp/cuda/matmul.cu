@@ -56,7 +56,7 @@ extern "C" __global__ void matmul_backward_dbias_partial(float* partial, const f
 // block (32, 32), grid ceil(OC / 32): dbias (OC,) += the column sums of partial (R, OC)
 extern "C" __global__ void matmul_backward_dbias_total(floatX* dbias, const float* partial, int R, int OC) {
     const int col = blockIdx.x * 32 + threadIdx.x;
-    const float sum = column_sum(partial, R, OC);
+    const float sum = column_sum(partial + col, R, OC, col < OC);
     if (threadIdx.y == 0 && col < OC) dbias[col] = fromF(toF(dbias[col]) + sum);
 }
 
