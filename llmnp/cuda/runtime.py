@@ -5,6 +5,7 @@ A kernel file is compiled with NVRTC through cupy.RawModule from its own text, u
 thing injected is -D constants (LLMNP_BF16, HS, and a hash of the shared header so CuPy's on-disk
 cache notices when it changes). Not here: any kernel or layer.
 """
+import ctypes
 import functools
 import hashlib
 import os
@@ -187,7 +188,6 @@ _SWIZZLE_128B, _L2_PROMOTION_128B = 3, 2
 
 @functools.lru_cache(maxsize=None)
 def _encode_tiled():
-    import ctypes
     f = ctypes.CDLL("libcuda.so.1").cuTensorMapEncodeTiled
     f.restype = ctypes.c_int
     return f
@@ -197,7 +197,6 @@ def tensor_map(ptr, dtype, dims, strides, box, swizzle):
     """A CUtensorMap as 128 uint8 (NumPy) over the array at device address ptr (16-byte aligned): dims and
     box innermost first, strides in bytes for dims[1:] (multiples of 16); swizzle: the 128-byte swizzle
     of attention_hopper.cu's tiles (the box's rows 128 bytes), else none. Elements outside dims read as 0."""
-    import ctypes
     rank = len(dims)
     raw = np.zeros(128 + 64, np.uint8)                      # the driver writes it 64-byte aligned
     at = raw.ctypes.data + (-raw.ctypes.data) % 64
