@@ -86,7 +86,7 @@ def hopper_maps(qkv, dout=None, lse_rows=None, D=None):
     cp = cupy()
     B, T, C3 = qkv.shape
     arrays = [a for a in (qkv, dout, lse_rows, D) if a is not None]
-    key = (cp.cuda.runtime.getDevice(), qkv.shape) + tuple((a.data.ptr, a.shape) for a in arrays)
+    key = (cp.cuda.runtime.getDevice(),) + tuple((a.data.ptr, a.shape) for a in arrays)
     maps = _maps.get(key)
     if maps is None:
         def tokens(a, C):
@@ -180,8 +180,9 @@ def attention_backward(dqkv, dout, qkv, out, lse, kernels=None, dqkv_bias=None):
         check(out.dtype, dqkv_bias=dqkv_bias)
     kernels = chosen(kernels, out.dtype, hs, dqkv, dout, qkv, out)
     sizes = (np.int32(B), np.int32(T), np.int32(NH))
+    pitch = 4 * blocks(T, 4) if kernels == "wgmma" else T   # D's rows: 16-byte aligned for tensor copies
+    D = scratch("attention_D", B * NH * pitch)
     if kernels == "fp32":
-        D = scratch("attention_D", B * NH * T)
         rowdot(D, None, dout, out, NH)
         smem = 4 * (2 * ROWS * (hs + 1) + 2 * TILE1 * hs + 2 * TILE1)
         for name in ("attention_backward_dkdv_fp32", "attention_backward_dq_fp32"):
@@ -205,8 +206,7 @@ def attention_backward(dqkv, dout, qkv, out, lse, kernels=None, dqkv_bias=None):
         dbias_q = scratch("attention_dbias_q", rows_q * C)
     outputs = (dqkv, dq_acc, np.uint64(0) if dbias_kv is None else dbias_kv)
     if kernels == "wgmma":      # 128 keys per block of three warpgroups, which copy everything in by tensor maps:
-        pitch = 4 * blocks(T, 4)                           # so lse (copied) and D in 16-byte aligned rows
-        D, lse_rows = scratch("attention_D", B * NH * pitch), scratch("attention_lse", B * NH * pitch)
+        lse_rows = scratch("attention_lse", B * NH * pitch)   # so lse too, copied into rows like D's
         rowdot(D, dq_acc, dout, out, NH, pitch, lse_rows, lse)
         maps = hopper_maps(qkv, dout, lse_rows.reshape(B * NH, pitch), D.reshape(B * NH, pitch))
         smem = HOPPER_BACKWARD_SMEM
@@ -214,7 +214,6 @@ def attention_backward(dqkv, dout, qkv, out, lse, kernels=None, dqkv_bias=None):
         k((blocks(T, 2 * ROWS), B * NH), (384,), outputs + sizes + (maps,), shared_mem=smem)
         dq_store_tiles(dqkv, dq_acc, dbias_q, NH)
     else:
-        D = scratch("attention_D", B * NH * T)
         rowdot(D, dq_acc, dout, out, NH)
         smem = tile_smem(hs, 6, 4 * ROWS) + ROWS * (ROWS + 8) * 2                       # + dS^T at pitch 72
         k = tensor_core_kernel("attention_backward_mma", out.dtype, hs, smem)
